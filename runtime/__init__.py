@@ -1,0 +1,1 @@
+"""dermsort.runtime: the light runtime (numpy, pillow, click, onnxruntime). Never imports torch."""

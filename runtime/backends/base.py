@@ -1,0 +1,160 @@
+"""The Backend interface and the registry that maps backend names to implementations.
+
+Backends register through the ``dermsort.backends`` entry-point group (setup.cfg), so the runtime
+finds the torch reference backend without importing train/ or torch itself.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from importlib import metadata as importlib_metadata
+from typing import Any, ClassVar
+
+import numpy as np
+
+from ..bundle import Artifact, Bundle
+from ..errors import BackendUnavailable, DermsortError
+
+log = logging.getLogger(__name__)
+
+#: Fallback when the package metadata (entry points) is not installed, e.g. running from a source tree.
+_BUILTIN = {
+    "onnxruntime": "dermsort.runtime.backends.ort:OnnxRuntimeBackend",
+    "openvino": "dermsort.runtime.backends.ov:OpenVinoBackend",
+    "tensorrt": "dermsort.runtime.backends.trt:TensorRTBackend",
+    "torch": "dermsort.train.torch_backend:TorchBackend",
+}
+
+
+@dataclass(frozen=True)
+class BackendSpec:
+    """A row of the capability table: what a backend is, what it loads and how to get it."""
+
+    name: str
+    formats: tuple[str, ...]
+    extra: str
+    description: str
+
+
+class Backend(ABC):
+    """Loads one artifact and turns a batch of preprocessed images into class probabilities.
+
+    Lifecycle: ``available()`` (class-level, cheap) -> ``load()`` -> ``predict()``... -> ``close()``.
+    """
+
+    spec: ClassVar[BackendSpec]
+
+    def __init__(self, bundle: Bundle, artifact: Artifact, device: str | None = None, threads: int | None = None):
+        self.bundle = bundle
+        self.artifact = artifact
+        self.metadata = bundle.metadata
+        self.device = device
+        self.threads = threads
+        self._loaded = False
+
+    @classmethod
+    @abstractmethod
+    def available(cls) -> tuple[bool, str]:
+        """(True, version/device info) or (False, why not and how to fix it)."""
+
+    def load(self) -> "Backend":
+        if not self._loaded:
+            self._load_impl()
+            self._loaded = True
+        return self
+
+    @abstractmethod
+    def _load_impl(self) -> None: ...
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        """(N, 3, H, W) float32 -> (N, n_classes) probabilities."""
+        if not self._loaded:
+            self.load()
+        if batch.ndim != 4 or batch.dtype != np.float32:
+            raise ValueError(f"expected a float32 NCHW batch, got {batch.dtype} {batch.shape}")
+        out = np.asarray(self._predict_impl(np.ascontiguousarray(batch)), dtype=np.float64)
+        if self.metadata.output == "logits":
+            out = out - out.max(axis=1, keepdims=True)
+            out = np.exp(out)
+            out /= out.sum(axis=1, keepdims=True)
+        return out
+
+    @abstractmethod
+    def _predict_impl(self, batch: np.ndarray) -> np.ndarray: ...
+
+    def p_malignant(self, probabilities: np.ndarray) -> np.ndarray:
+        return probabilities[:, self.metadata.malignant_indices()].sum(axis=1)
+
+    @property
+    def max_batch(self) -> int:
+        return 32
+
+    def describe(self) -> dict[str, Any]:
+        return {"backend": self.spec.name, "artifact": self.artifact.name, "precision": self.artifact.precision,
+                "device": self.device or "cpu"}
+
+    def close(self) -> None:
+        self._loaded = False
+
+    def __enter__(self) -> "Backend":
+        return self.load()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def _entry_points() -> dict[str, str]:
+    found = dict(_BUILTIN)
+    try:
+        for ep in importlib_metadata.entry_points(group="dermsort.backends"):
+            found[ep.name] = ep.value
+    except Exception:  # pragma: no cover - broken metadata should not stop the runtime
+        log.debug("could not read dermsort.backends entry points", exc_info=True)
+    return found
+
+
+def list_backends() -> dict[str, str]:
+    """Registered backend names -> 'module:Class' (not imported yet)."""
+    return _entry_points()
+
+
+def get_backend_class(name: str) -> type[Backend] | None:
+    """The class for ``name``, or None when its module cannot be imported (optional extra missing)."""
+    target = list_backends().get(name)
+    if target is None:
+        return None
+    module_name, _, attr = target.partition(":")
+    try:
+        return getattr(importlib.import_module(module_name), attr)
+    except ImportError:
+        return None
+
+
+def backend_status(name: str) -> tuple[bool, str]:
+    """(available, reason) for a registered backend, without loading any model."""
+    hint = {"onnxruntime": "pip install dermsort", "openvino": 'pip install "dermsort[openvino]"',
+            "tensorrt": 'pip install "dermsort[tensorrt]" (needs an NVIDIA GPU)', "torch": 'pip install "dermsort[train]"'}
+    cls = get_backend_class(name)
+    if cls is None:
+        return False, f"not installed: {hint.get(name, 'unknown backend')}"
+    try:
+        return cls.available()
+    except Exception as exc:  # an optional library that imports but cannot start
+        return False, f"unavailable: {exc}"
+
+
+def create_backend(name: str, bundle: Bundle, artifact: Artifact, **kw: Any) -> Backend:
+    names = list_backends()
+    if name not in names:
+        raise DermsortError(f"unknown backend {name!r}; choose one of: auto, {', '.join(sorted(names))}")
+    ok, why = backend_status(name)
+    if not ok:
+        raise BackendUnavailable(f"backend {name} is not available here: {why}")
+    cls = get_backend_class(name)
+    assert cls is not None
+    if artifact.format not in cls.spec.formats:
+        raise BackendUnavailable(f"backend {name} cannot load {artifact.name} ({artifact.format})")
+    return cls(bundle, artifact, **kw)

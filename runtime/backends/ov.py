@@ -1,0 +1,49 @@
+"""OpenVINO backend: IR (FP16/INT8 from NNCF) or ONNX, on CPU (or GPU/NPU when present)."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+
+from .base import Backend, BackendSpec
+
+
+class OpenVinoBackend(Backend):
+    spec = BackendSpec("openvino", ("openvino-ir", "onnx"), "openvino", "Intel OpenVINO (CPU, iGPU, NPU)")
+
+    @classmethod
+    def available(cls) -> tuple[bool, str]:
+        try:
+            import openvino as ov
+        except ImportError:
+            return False, 'openvino is not installed: pip install "dermsort[openvino]"'
+        devices = ov.Core().available_devices
+        if not devices:
+            return False, "openvino is installed but sees no device"
+        return True, f"openvino {ov.get_version()}, devices {', '.join(devices)}"
+
+    def _load_impl(self) -> None:
+        import openvino as ov
+
+        core = ov.Core()
+        device = (self.device or "CPU").upper()
+        model = core.read_model(os.fspath(self.bundle.artifact_path(self.artifact)))
+        size = self.metadata.preprocess.input_size
+        model.reshape({model.inputs[0].get_any_name(): ov.PartialShape([-1, 3, size, size])})
+        config = {"PERFORMANCE_HINT": "LATENCY"}
+        if self.threads:
+            config["INFERENCE_NUM_THREADS"] = int(self.threads)
+        self.compiled = core.compile_model(model, device, config)
+        self.request = self.compiled.create_infer_request()
+        self.device_name = device
+
+    def _predict_impl(self, batch: np.ndarray) -> np.ndarray:
+        result = self.request.infer({0: batch})
+        return np.array(result[self.compiled.outputs[0]], copy=True)
+
+    def describe(self) -> dict[str, Any]:
+        info = super().describe()
+        info["device"] = getattr(self, "device_name", (self.device or "CPU").upper())
+        return info

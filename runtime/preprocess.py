@@ -1,0 +1,149 @@
+"""The one preprocessing path from file bytes to the model's input tensor.
+
+Training reuses these functions (augmentations run between ``open_image`` and ``to_array``), so
+every backend sees exactly the pixels the model was trained on.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from .metadata import PreprocessSpec
+
+#: Pillow itself refuses > 2x its default limit; we refuse earlier, before any pixel is decoded.
+MAX_PIXELS = 100_000_000
+MIN_SIDE = 64
+#: Formats a dermatoscope or its export software writes; anything else goes to review/.
+SUPPORTED_FORMATS = {"JPEG", "MPO", "PNG", "TIFF", "BMP", "WEBP"}
+EXTENSIONS = {
+    "JPEG": {".jpg", ".jpeg", ".jpe", ".jfif"},
+    "MPO": {".jpg", ".jpeg", ".mpo"},
+    "PNG": {".png"},
+    "TIFF": {".tif", ".tiff"},
+    "BMP": {".bmp"},
+    "WEBP": {".webp"},
+}
+#: every extension the scanner treats as "meant to be an image"
+IMAGE_EXTENSIONS = sorted({e for exts in EXTENSIONS.values() for e in exts})
+_RESAMPLE = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC,
+             "nearest": Image.Resampling.NEAREST, "lanczos": Image.Resampling.LANCZOS}
+
+
+class UnreadableImage(Exception):
+    """The bytes cannot be decoded into an image; the message is the reason shown in the journal."""
+
+
+@dataclass
+class ImageInfo:
+    """What was learned while decoding; ``concerns`` non-empty means the image must go to review/."""
+
+    format: str = ""
+    mode: str = ""
+    width: int = 0
+    height: int = 0
+    concerns: list[str] = field(default_factory=list)
+
+
+def open_image(data: bytes, spec: PreprocessSpec, name: str = "") -> tuple[Image.Image, ImageInfo]:
+    """Decode bytes by content into an upright RGB image, DCT-downscaled for JPEG.
+
+    Raises UnreadableImage for anything that cannot be decoded safely; returns concerns for images
+    that decode but should not be trusted to reach benign/ (odd colour modes, tiny, blank...).
+    """
+    if not data:
+        raise UnreadableImage("empty file (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError as exc:
+        raise UnreadableImage(f"decompression bomb refused ({exc})") from None
+    except Image.DecompressionBombWarning:
+        raise UnreadableImage("decompression bomb refused (declared pixel count too large)") from None
+    except Exception:
+        raise UnreadableImage("not a readable image (unknown or corrupt format)") from None
+    info = ImageInfo(format=img.format or "", mode=img.mode, width=img.width, height=img.height)
+    if info.width * info.height > MAX_PIXELS:
+        raise UnreadableImage(f"decompression bomb refused ({info.width}x{info.height} declared pixels > {MAX_PIXELS})")
+    if info.format not in SUPPORTED_FORMATS:
+        raise UnreadableImage(f"unsupported image format {info.format or 'unknown'}")
+    ext = os.path.splitext(name)[1].lower()
+    if name and ext and ext not in EXTENSIONS.get(info.format, set()):
+        info.concerns.append(f"extension {ext} does not match content ({info.format})")
+    if getattr(img, "n_frames", 1) > 1 and info.format not in ("MPO",):
+        info.concerns.append(f"multi-frame image ({img.n_frames} frames)")
+    if min(info.width, info.height) < MIN_SIDE:
+        info.concerns.append(f"image too small ({info.width}x{info.height}, minimum side {MIN_SIDE} px)")
+    if info.mode not in ("RGB",):
+        info.concerns.append(f"unexpected colour mode {info.mode} (dermoscopy images are 8-bit RGB)")
+    try:
+        if info.format in ("JPEG", "MPO") and info.mode in ("RGB", "L", "CMYK", "YCbCr"):
+            # DCT-domain downscaling: decodes 1/2..1/8 of the pixels; never below the size we need.
+            img.draft(img.mode, (spec.resize_shorter, spec.resize_shorter))
+        img.load()
+        img = ImageOps.exif_transpose(img)
+        img = _to_rgb(img)
+    except UnreadableImage:
+        raise
+    except Exception as exc:  # truncated data, broken chunks, bad EXIF...
+        raise UnreadableImage(f"corrupt or truncated image ({_short(exc)})") from None
+    return img, info
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    if img.mode == "RGB":
+        return img
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        arr = np.asarray(img, dtype=np.float64)
+        top = float(arr.max()) or 1.0
+        img = Image.fromarray(np.clip(arr / top * 255.0, 0, 255).astype(np.uint8), "L")
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        canvas = Image.new("RGB", rgba.size, (0, 0, 0))
+        canvas.paste(rgba, mask=rgba.getchannel("A"))
+        return canvas
+    return img.convert("RGB")
+
+
+def resize_and_crop(img: Image.Image, spec: PreprocessSpec) -> Image.Image:
+    """Resize the shorter side to ``spec.resize_shorter`` (aspect kept), then centre-crop to ``input_size``."""
+    w, h = img.size
+    scale = spec.resize_shorter / min(w, h)
+    nw, nh = max(spec.input_size, round(w * scale)), max(spec.input_size, round(h * scale))
+    if (nw, nh) != (w, h):
+        img = img.resize((nw, nh), _RESAMPLE[spec.interpolation])
+    left, top = (nw - spec.input_size) // 2, (nh - spec.input_size) // 2
+    return img.crop((left, top, left + spec.input_size, top + spec.input_size))
+
+
+def to_array(img: Image.Image, spec: PreprocessSpec) -> np.ndarray:
+    """RGB image of ``input_size`` -> normalised float32 CHW array."""
+    arr = np.asarray(img, dtype=np.float32) / np.float32(spec.scale)
+    arr = (arr - np.asarray(spec.mean, np.float32)) / np.asarray(spec.std, np.float32)
+    return np.ascontiguousarray(arr.transpose(2, 0, 1))
+
+
+def preprocess(data: bytes, spec: PreprocessSpec, name: str = "") -> tuple[np.ndarray, ImageInfo]:
+    """File bytes -> (CHW float32 input tensor, ImageInfo with any concerns)."""
+    img, info = open_image(data, spec, name)
+    img = resize_and_crop(img, spec)
+    small = np.asarray(img.resize((32, 32)), dtype=np.float32)
+    if float(small.std()) < 2.0:
+        info.concerns.append("blank or uniform image (no lesion visible)")
+    return to_array(img, spec), info
+
+
+def preprocess_file(path: str | os.PathLike, spec: PreprocessSpec) -> tuple[np.ndarray, ImageInfo]:
+    with open(path, "rb") as fh:
+        return preprocess(fh.read(), spec, os.fspath(path))
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return text[:120]

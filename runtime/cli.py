@@ -1,0 +1,278 @@
+"""``dermsort sort``, ``dermsort watch`` and ``dermsort info``: the light runtime's commands."""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from .backends.base import backend_status, list_backends
+from .bundle import DEFAULT_BUNDLE, load_bundle
+from .engine import load_profile, open_backend, profile_path
+from .errors import DermsortError
+from .sorter import Candidate, SortOptions, Sorter, default_out, scan
+
+BACKENDS = ["auto", "onnxruntime", "openvino", "tensorrt", "torch"]
+
+
+def _model_options(fn):
+    options = [
+        click.option("--out", "out", type=click.Path(path_type=Path), default=None,
+                     help="Output folder (gets benign/, review/, results.csv). Default: FOLDER-sorted beside FOLDER."),
+        click.option("--move", is_flag=True, help="Move images instead of copying them (crash-safe)."),
+        click.option("--recursive", "-r", is_flag=True, help="Also sort images in subfolders."),
+        click.option("--backend", default="auto", show_default=True,
+                     help=f"Inference backend: {'|'.join(BACKENDS)}."),
+        click.option("--precision", default="auto", show_default=True, help="auto|fp32|fp16|int8 (artifacts in the bundle)."),
+        click.option("--model", "model", type=click.Path(path_type=Path), default=None,
+                     help="Model bundle folder, its manifest.json or one artifact in it. Default: the bundled model."),
+        click.option("--threshold", type=float, default=None,
+                     help="Override the validated operating threshold (P(malignant) below it -> benign). "
+                          "The validated sensitivity no longer applies."),
+        click.option("--batch-size", type=click.IntRange(1, 256), default=16, show_default=True),
+        click.option("--workers", type=click.IntRange(1, 64), default=None, help="Decode threads (default: CPU count)."),
+        click.option("--threads", type=click.IntRange(1, 256), default=None, help="Inference threads."),
+        click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout."),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def _prepare(folder: Path, out: Path | None, backend: str, precision: str, model: Path | None,
+             threshold: float | None, move: bool, recursive: bool, dry_run: bool, batch_size: int,
+             workers: int | None, threads: int | None):
+    if backend not in list_backends() and backend != "auto":
+        raise DermsortError(f"unknown backend {backend!r}; choose one of: {', '.join(BACKENDS)}")
+    if not folder.exists():
+        raise DermsortError(f"input folder not found: {folder}")
+    if not folder.is_dir():
+        raise DermsortError(f"input is not a folder: {folder}")
+    if threshold is not None and not 0.0 < threshold <= 1.0:
+        raise DermsortError(f"--threshold must be in (0, 1], got {threshold}")
+    out = out if out is not None else default_out(folder)
+    opts = SortOptions(out=out, move=move, recursive=recursive, dry_run=dry_run, threshold=threshold,
+                       batch_size=batch_size, workers=workers)
+    bundle, artifact_name = load_bundle(model)
+    engine = open_backend(bundle, backend, precision, artifact_name, threads=threads)
+    return bundle, engine, opts
+
+
+def _print_summary(summary: Any, bundle: Any, opts: SortOptions, as_json: bool, dry_run: bool) -> None:
+    data = summary.to_dict()
+    data.update({"model_id": bundle.model_id, "development_model": bundle.metadata.development_model,
+                 "out": str(opts.out), "dry_run": dry_run, "mode": "move" if opts.move else "copy"})
+    if dry_run:
+        data["decisions"] = summary.decisions
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+        return
+    echo = lambda s="": click.echo(s, err=False)  # noqa: E731
+    if dry_run:
+        for d in summary.decisions:
+            echo(f"{d['decision']:7s} {d['file']}  ({d['reason']})")
+    verb = "would sort" if dry_run else "sorted"
+    echo(f"{verb} {summary.sorted} image(s): {summary.benign} benign, {summary.review} review "
+         f"(work reduction {summary.work_reduction:.1%}) in {summary.seconds:.1f} s, {summary.images_per_s:.1f} images/s")
+    backend = summary.backend
+    echo(f"model {bundle.model_id} on {backend.get('backend')}/{backend.get('artifact')} "
+         f"({backend.get('device')}), threshold {summary.threshold:.4f}")
+    if bundle.metadata.development_model:
+        echo("note: this is a DEVELOPMENT model, not validated for clinical use (see `dermsort info`)")
+    if summary.skipped_already_sorted:
+        echo(f"{summary.skipped_already_sorted} already sorted earlier (skipped)")
+    if summary.recovered:
+        echo(f"recovered {summary.recovered} placement(s) interrupted in an earlier run")
+    for item in summary.left_in_place:
+        echo(f"left in place: {item['file']} ({item['reason']})")
+    for item in summary.ignored:
+        echo(f"ignored: {item['file']} ({item['reason']})")
+    if not dry_run:
+        echo(f"output: {opts.out}  (journal: {opts.out / '.dermsort' / 'journal.jsonl'}, results: {opts.out / 'results.csv'})")
+    if summary.interrupted:
+        echo("stopped early on request; re-run to sort the rest")
+
+
+def _progress_bar(total: int, enabled: bool):
+    if not enabled or total == 0 or not sys.stderr.isatty():
+        return None
+    return click.progressbar(length=total, label="sorting", file=sys.stderr, show_pos=True, show_eta=True)
+
+
+@click.command()
+@click.argument("folder", type=click.Path(path_type=Path))
+@_model_options
+@click.option("--dry-run", is_flag=True, help="Decide and print, but write and move nothing.")
+def sort(folder: Path, out: Path | None, move: bool, recursive: bool, backend: str, precision: str,
+         model: Path | None, threshold: float | None, batch_size: int, workers: int | None, threads: int | None,
+         as_json: bool, dry_run: bool) -> None:
+    """Sort the images in FOLDER into OUT/benign/ and OUT/review/."""
+    bundle, engine, opts = _prepare(folder, out, backend, precision, model, threshold, move, recursive,
+                                    dry_run, batch_size, workers, threads)
+    stop = threading.Event()
+    _install_signal_handlers(stop)
+    sorter = Sorter(folder, opts, engine, stop=stop)
+    try:
+        recovered = sorter.open()
+        ignored: list[dict[str, str]] = []
+        files = scan(sorter.input_dir, recursive, ignored)
+        bar = _progress_bar(len(files), not as_json)
+        if bar is not None:
+            with bar:
+                summary = sorter.run(files, progress=bar.update)
+        else:
+            summary = sorter.run(files)
+        summary.recovered = recovered
+        summary.ignored = ignored
+    finally:
+        sorter.close()
+        engine.close()
+    _print_summary(summary, bundle, opts, as_json, dry_run)
+
+
+@click.command()
+@click.argument("folder", type=click.Path(path_type=Path))
+@_model_options
+@click.option("--interval", type=click.FloatRange(0.1, 3600), default=2.0, show_default=True,
+              help="Seconds between scans of FOLDER.")
+@click.option("--settle", type=click.FloatRange(0.0, 3600), default=2.0, show_default=True,
+              help="A file is taken only after its size and time stamp stayed the same this long.")
+@click.option("--max-cycles", type=int, default=None, hidden=True, help="Stop after this many scans (tests).")
+def watch(folder: Path, out: Path | None, move: bool, recursive: bool, backend: str, precision: str,
+          model: Path | None, threshold: float | None, batch_size: int, workers: int | None, threads: int | None,
+          as_json: bool, interval: float, settle: float, max_cycles: int | None) -> None:
+    """Keep sorting new images as they arrive in FOLDER, until Ctrl-C or SIGTERM."""
+    bundle, engine, opts = _prepare(folder, out, backend, precision, model, threshold, move, recursive,
+                                    False, batch_size, workers, threads)
+    stop = threading.Event()
+    _install_signal_handlers(stop)
+    sorter = Sorter(folder, opts, engine, stop=stop)
+    totals = {"benign": 0, "review": 0}
+    try:
+        sorter.open()
+        click.echo(f"watching {sorter.input_dir} -> {sorter.out} with {engine.describe().get('backend')}/"
+                   f"{engine.artifact.name}; Ctrl-C to stop", err=True)
+        seen: dict[str, tuple[int, int, float]] = {}
+        cycles = 0
+        while not stop.is_set():
+            now = time.monotonic()
+            ready: list[Candidate] = []
+            current = scan(sorter.input_dir, recursive)
+            names = set()
+            for cand in current:
+                key = str(cand.path)
+                names.add(key)
+                sig = (cand.size, cand.mtime_ns)
+                prev = seen.get(key)
+                if prev is None or prev[:2] != sig:
+                    seen[key] = (*sig, now)  # new or still growing: wait until it settles
+                elif now - prev[2] >= settle:
+                    ready.append(cand)
+            for key in list(seen):
+                if key not in names:
+                    del seen[key]
+            if ready:
+                summary = sorter.run(ready)
+                for key in ("benign", "review"):
+                    totals[key] += getattr(summary, key)
+                for d in summary.decisions:
+                    line = {"time": time.strftime("%H:%M:%S"), **d} if as_json else None
+                    click.echo(json.dumps(line) if as_json else f"{d['decision']:7s} {d['file']}  ({d['reason']})")
+                for cand in ready:
+                    if not cand.path.exists():
+                        seen.pop(str(cand.path), None)
+            cycles += 1
+            if max_cycles is not None and cycles >= max_cycles:
+                break
+            stop.wait(interval)
+    finally:
+        sorter.close()
+        engine.close()
+    click.echo(f"stopped: {totals['benign']} benign, {totals['review']} review sorted while watching", err=True)
+
+
+def _install_signal_handlers(stop: threading.Event) -> None:
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        if stop.is_set():  # second Ctrl-C: leave now; the journal makes this safe
+            raise KeyboardInterrupt
+        stop.set()
+        click.echo("stopping after the current batch (Ctrl-C again to stop at once)...", err=True)
+
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
+
+
+@click.command()
+@click.option("--model", "model", type=click.Path(path_type=Path), default=None,
+              help="Model bundle (default: the bundled model).")
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+def info(model: Path | None, as_json: bool) -> None:
+    """Show the model's metadata and which backends can run here (and why others cannot)."""
+    bundle, _ = load_bundle(model)
+    meta = bundle.metadata
+    backends = {name: dict(zip(("available", "detail"), backend_status(name))) for name in list_backends()}
+    checks = {}
+    for art in bundle.artifacts:
+        try:
+            bundle.verify(art)
+            checks[art.name] = "ok"
+        except DermsortError as exc:
+            checks[art.name] = f"FAILED: {exc}"
+    profile = load_profile().get("models", {}).get(bundle.model_id)
+    data = {"bundle": str(bundle.root), "default_bundle": bundle.root == DEFAULT_BUNDLE.resolve(),
+            "metadata": meta.to_dict(), "artifacts": [
+                {"name": a.name, "backend": a.backend, "precision": a.precision, "threshold": a.threshold,
+                 "size_bytes": a.size_bytes, "sha256": a.sha256, "accepted": a.accepted, "override": a.override,
+                 "checksum": checks[a.name]} for a in bundle.artifacts],
+            "backends": backends, "machine_profile": {"path": str(profile_path()), "entry": profile}}
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+        return
+    v = meta.validation
+    click.echo(f"model        {meta.model_id}  ({meta.architecture})")
+    if meta.development_model:
+        click.echo("status       DEVELOPMENT MODEL - not validated for clinical use")
+    click.echo(f"bundle       {bundle.root}")
+    click.echo(f"classes      {', '.join(meta.classes)}  (malignant: {', '.join(meta.malignant_classes)})")
+    p = meta.preprocess
+    click.echo(f"preprocess   shorter side -> {p.resize_shorter} px ({p.interpolation}), centre crop {p.input_size}, "
+               f"/{p.scale:g}, mean {p.mean}, std {p.std}")
+    click.echo(f"threshold    {meta.threshold:.4f}  (benign only if P(malignant) is below it; target sensitivity "
+               f"{v.target_sensitivity:.0%})")
+
+    def fmt(x: Any, ci: Any) -> str:
+        if x is None:
+            return "n/a"
+        return f"{x:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
+
+    click.echo(f"validated    on {v.split or '?'} split of {', '.join(v.datasets) or '?'}: n={v.n_images} "
+               f"({v.n_malignant} malignant)")
+    click.echo(f"             sensitivity {fmt(v.sensitivity, v.sensitivity_ci)}, specificity "
+               f"{fmt(v.specificity, v.specificity_ci)}, work reduction {fmt(v.work_reduction, None)}, "
+               f"AUC {fmt(v.auc, v.auc_ci)}")
+    prov = meta.provenance
+    click.echo(f"provenance   data: {'; '.join(prov.training_data) or '?'}")
+    click.echo(f"             code {prov.code_version or '?'}, created {prov.created or '?'}, pretrained "
+               f"{prov.pretrained.get('package', 'none') if prov.pretrained else 'none'}")
+    click.echo("artifacts")
+    for a in data["artifacts"]:
+        state = "accepted" if a["accepted"] else ("OVERRIDE: " + a["override"] if a["override"] else "rejected")
+        click.echo(f"  {a['name']:18s} {a['backend']:12s} {a['precision']:5s} thr {a['threshold']:.4f} "
+                   f"{a['size_bytes'] / 1e6:6.1f} MB  sha256 {a['sha256'][:12]}  checksum {a['checksum']}  {state}")
+    click.echo("backends")
+    for name, st in backends.items():
+        click.echo(f"  {name:12s} {'yes' if st['available'] else 'no ':3s}  {st['detail']}")
+    if profile:
+        best = profile["ranking"][0] if profile.get("ranking") else {}
+        click.echo(f"auto         {best.get('backend')}/{best.get('artifact')} ({profile.get('source')}, {profile_path()})")
+    else:
+        click.echo("auto         no machine profile yet: the first sort probes the backends (or run `dermsort bench`)")

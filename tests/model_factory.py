@@ -1,0 +1,68 @@
+"""Build a tiny real model and export it for real (torch -> ONNX -> OpenVINO IR) into a bundle.
+
+Used by the runtime tests, which must not depend on export/ (it has its own tests).
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+from pathlib import Path
+
+import numpy as np
+
+from dermsort.runtime.bundle import Bundle, make_artifact, write_manifest
+from dermsort.runtime.metadata import ONNX_METADATA_KEY, ModelMetadata, PreprocessSpec, Validation
+
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def _tiny_model():
+    import torch
+    from torch import nn
+
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.ReLU(),
+        nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 2), nn.Softmax(dim=1))
+    return model.eval()
+
+
+def make_tiny_bundle(root: Path, openvino: bool = True) -> Path:
+    import onnx
+    import torch
+
+    from dermsort.runtime.preprocess import preprocess_file
+
+    spec = PreprocessSpec(input_size=64, resize_shorter=64)
+    meta = ModelMetadata(model_id="tiny-test-cnn", architecture="tiny_cnn", classes=["benign", "malignant"],
+                         malignant_classes=["malignant"], threshold=0.5, preprocess=spec,
+                         validation=Validation(split="none (test model)"), development_model=True)
+    model = _tiny_model()
+    onnx_path = root / "model.onnx"
+    torch.onnx.export(model, torch.zeros(1, 3, 64, 64), str(onnx_path), input_names=["input"],
+                      output_names=["probabilities"], dynamic_axes={"input": {0: "batch"}, "probabilities": {0: "batch"}},
+                      opset_version=17, dynamo=False)
+    # a threshold in the middle of the tiny model's outputs on real images, so both decisions occur
+    images = sorted(glob.glob(str(DATA / "ham10000-sample" / "images" / "*.jpg")))[:16]
+    batch = np.stack([preprocess_file(p, spec)[0] for p in images])
+    with torch.no_grad():
+        p_mal = model(torch.from_numpy(batch))[:, 1].numpy()
+    meta.threshold = float(np.median(p_mal))
+    proto = onnx.load(str(onnx_path))
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = ONNX_METADATA_KEY, meta.to_json()
+    onnx.save(proto, str(onnx_path))
+    artifacts = [make_artifact(root, "model.onnx", name="onnx-fp32", backend="onnxruntime", precision="fp32",
+                               threshold=meta.threshold)]
+    if openvino:
+        import openvino as ov
+
+        os.makedirs(root / "openvino", exist_ok=True)
+        ov.save_model(ov.convert_model(str(onnx_path)), str(root / "openvino" / "model_fp16.xml"), compress_to_fp16=True)
+        artifacts.append(make_artifact(root, "openvino/model_fp16.xml", name="openvino-fp16", backend="openvino",
+                                       precision="fp16", threshold=meta.threshold,
+                                       extra_files=["openvino/model_fp16.bin"]))
+    write_manifest(Bundle(root=root, metadata=meta, artifacts=artifacts, reference="model.onnx", created="test"))
+    return root

@@ -153,8 +153,10 @@ def load_bundle(path: str | os.PathLike | None) -> tuple[Bundle, str | None]:
     elif path.name == MANIFEST:
         manifest = path
     else:
-        manifest = path.parent / MANIFEST
-        if not manifest.is_file():
+        # artifacts may sit in a subfolder of the bundle (openvino/, tensorrt/)
+        found = [d / MANIFEST for d in (path.parent, path.parent.parent) if (d / MANIFEST).is_file()]
+        manifest = found[0] if found else path.parent / MANIFEST
+        if not found:
             raise ModelError(
                 f"{path} has no {MANIFEST} beside it, so its checksum cannot be verified; "
                 "use a bundle written by `dermsort export`")

@@ -191,6 +191,7 @@ class Sorter:
         self.run_id = uuid.uuid4().hex[:12]
         self._same_fs: bool | None = None
         self._malignant_idx = self.metadata.malignant_indices()
+        self._claimed: set[str] | None = None
 
     # ------------------------------------------------------------------ setup / recovery
     def open(self) -> int:
@@ -465,11 +466,14 @@ class Sorter:
 
     def _unique_dest(self, decision: str, name: str) -> str:
         stem, ext = os.path.splitext(name.replace("\n", "_").replace("\r", "_"))
-        claimed = self.state.claimed_dests()
+        if self._claimed is None:
+            self._claimed = self.state.claimed_dests()
+        claimed = self._claimed
         n = 0
         while True:
             cand = f"{decision}/{stem}{ext}" if n == 0 else f"{decision}/{stem}__{n}{ext}"
             if cand not in claimed and not os.path.lexists(self.out / cand):
+                claimed.add(cand)  # names chosen earlier in this batch are taken too
                 return cand
             n += 1
 

@@ -25,7 +25,6 @@ _BUILTIN = {
     "onnxruntime": "dermsort.runtime.backends.ort:OnnxRuntimeBackend",
     "openvino": "dermsort.runtime.backends.ov:OpenVinoBackend",
     "tensorrt": "dermsort.runtime.backends.trt:TensorRTBackend",
-    "torch": "dermsort.train.torch_backend:TorchBackend",
 }
 
 

@@ -33,6 +33,10 @@ class OpenVinoBackend(Backend):
         size = self.metadata.preprocess.input_size
         model.reshape({model.inputs[0].get_any_name(): ov.PartialShape([-1, 3, size, size])})
         config = {"PERFORMANCE_HINT": "LATENCY"}
+        if device == "CPU":
+            # OpenVINO silently runs bf16 on CPUs with AVX512-BF16/AMX; the artifact's precision (and the
+            # parity gate that accepted it) must not depend on which CPU it lands on.
+            config["INFERENCE_PRECISION_HINT"] = "f32"
         if self.threads:
             config["INFERENCE_NUM_THREADS"] = int(self.threads)
         self.compiled = core.compile_model(model, device, config)

@@ -128,6 +128,10 @@ def write_manifest(bundle: Bundle) -> Path:
         fh.write("\n")
         fh.flush()
         os.fsync(fh.fileno())
+    # mkstemp creates 0600; a manifest must be readable by a service user like any installed file
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o644 & ~umask)
     os.replace(tmp, target)
     return target
 

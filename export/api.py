@@ -1,0 +1,521 @@
+"""``export_bundle``: checkpoint -> verified bundle; ``export_engines``: add TensorRT engines on the device.
+
+Data path: checkpoint -> FP32 ONNX reference (checked against torch) -> derived artifacts (FP16,
+INT8, OpenVINO IR, TensorRT) -> parity gate on labelled images through the real runtime backends ->
+latency -> manifest + report, all in a temporary folder beside the output that replaces the old
+bundle by rename only when everything is written.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator
+
+import numpy as np
+
+from dermsort import __version__
+from dermsort.runtime.bundle import (MANIFEST, Artifact, Bundle, load_bundle, make_artifact, sha256_file,
+                                     write_manifest)
+from dermsort.runtime.errors import BackendUnavailable, DermsortError, ModelError
+
+from . import calibration, formats, parity, report
+from .onnx_export import ExportError
+
+log = logging.getLogger(__name__)
+
+Say = Callable[[str], None]
+
+
+# ----------------------------------------------------------------------------- atomic bundle swap
+
+@contextlib.contextmanager
+def _locked(out: Path) -> Iterator[None]:
+    """One export at a time per output folder (a second one would delete the first one's temp dir)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    lock_path = out.parent / f".{out.name}.lock"
+    with open(lock_path, "w") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise DermsortError(f"another export into {out} is running") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+            with contextlib.suppress(OSError):
+                lock_path.unlink()
+
+
+def _check_out(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise DermsortError(f"--out {out} exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()) and not (out / MANIFEST).is_file():
+        # the old bundle is deleted after the swap: never do that to a folder that is not a bundle
+        raise DermsortError(f"refusing to replace {out}: it is not empty and holds no {MANIFEST} (not a dermsort bundle)")
+
+
+def recover(out: Path, say: Say = log.info) -> None:
+    """Finish or undo a swap a crash interrupted; remove temp folders of dead exports."""
+    olds = sorted(out.parent.glob(f".{out.name}.old-*"), key=lambda p: p.stat().st_mtime)
+    if not out.exists() and olds:
+        # crashed between "rename old away" and "rename new in": the new one never finished -> restore
+        os.rename(olds.pop(), out)
+        say(f"restored the previous bundle {out} (an earlier export was interrupted mid-swap)")
+    for stale in [*olds, *out.parent.glob(f".{out.name}.new-*")]:
+        shutil.rmtree(stale, ignore_errors=True)
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _fsync_tree(root: Path) -> None:
+    """Flush every file to disk and give the tree normal permissions (mkdtemp/mkstemp make them private):
+    the sorter service on a device may run as another user than the one who exported."""
+    mask = _umask()
+    for dirpath, _, files in os.walk(root):
+        os.chmod(dirpath, 0o777 & ~mask)
+        for name in files:
+            os.chmod(os.path.join(dirpath, name), 0o666 & ~mask)
+            fd = os.open(os.path.join(dirpath, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        _fsync_dir(Path(dirpath))
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def swap_in(new: Path, out: Path) -> None:
+    """Replace ``out`` by the complete folder ``new``: rename old away, rename new in, delete old."""
+    _fsync_tree(new)
+    old = None
+    if out.exists():
+        old = out.parent / f".{out.name}.old-{os.getpid()}-{int(time.time())}"
+        os.rename(out, old)
+    os.rename(new, out)
+    _fsync_dir(out.parent)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+# ----------------------------------------------------------------------------- helpers
+
+def _versions() -> dict[str, str]:
+    import importlib
+
+    found = {"dermsort": __version__}
+    for name in ("torch", "onnx", "onnxruntime", "openvino", "nncf", "tensorrt"):
+        try:
+            found[name] = str(importlib.import_module(name).__version__)
+        except Exception:
+            continue
+    return found
+
+
+def _artifact(root: Path, row: formats.Target, threshold: float, **kw: Any) -> Artifact:
+    return make_artifact(root, row.path, name=row.name, backend=row.backend, precision=row.precision,
+                         threshold=threshold, extra_files=list(row.extra_files), **kw)
+
+
+def _remove_files(root: Path, art: Artifact) -> None:
+    for rel in [art.path, *art.extra_files]:
+        with contextlib.suppress(FileNotFoundError):
+            (root / rel).unlink()
+
+
+def _check_logits(model: Any, batch: np.ndarray) -> None:
+    import torch
+
+    with torch.no_grad():
+        out = model(torch.from_numpy(np.ascontiguousarray(batch[:8]))).numpy()
+    if out.ndim != 2:
+        raise ExportError(f"the model returns shape {out.shape}; expected (batch, classes) logits")
+    if np.all(out >= 0) and np.all(out <= 1) and np.allclose(out.sum(axis=1), 1.0, atol=1e-4):
+        # softmax of probabilities squeezes every p towards 1/n: thresholds would silently mean nothing
+        raise ExportError("the model already outputs probabilities; the checkpoint contract is logits "
+                          "(build_model must not end in softmax)")
+
+
+def _gate(bundle: Bundle, reference: Artifact, candidates: list[Artifact], tensors: np.ndarray,
+          malignant: np.ndarray, tolerances: parity.Tolerances, say: Say) -> dict[str, parity.ParityResult]:
+    p_ref, ref_backend = parity.predict_p_malignant(bundle, reference, tensors)
+    results = {reference.name: parity.reference_result(reference.name, p_ref, malignant, reference.threshold,
+                                                       ref_backend)}
+    say(results[reference.name].message)
+    for art in candidates:
+        p_art, described = parity.predict_p_malignant(bundle, art, tensors)
+        row = next((t for t in formats.TARGETS if t.name == art.name), None)
+        results[art.name] = parity.compare(art.name, p_art, p_ref, malignant, reference.threshold,
+                                           reference=reference.name, tolerances=tolerances,
+                                           atol=row.atol if row else None, backend=described)
+        say(results[art.name].message)
+    return results
+
+
+def _decide(bundle_root: Path, artifacts: list[Artifact], results: dict[str, parity.ParityResult] | None,
+            allow_parity_failure: bool, unverified_reason: str, say: Say) -> tuple[list[Artifact], list[dict[str, Any]]]:
+    """Apply verdicts: thresholds and parity onto artifacts; rejected ones leave the bundle."""
+    kept, rejected = [], []
+    for art in artifacts:
+        if results is None:
+            if art.name == formats.REFERENCE:
+                kept.append(art)
+                continue
+            result = parity.unverified(art.name, unverified_reason)
+            art.parity, art.accepted = result.to_dict(), False
+            # usable (the runtime runs accepted-or-override artifacts), but never presented as verified
+            art.override = f"unverified: {unverified_reason}"
+            kept.append(art)
+            continue
+        result = results[art.name]
+        art.parity = result.to_dict()
+        if result.threshold is not None:
+            art.threshold = float(result.threshold)
+        if result.passed:
+            art.accepted = True
+            kept.append(art)
+        elif allow_parity_failure:
+            art.accepted = False
+            art.override = f"--allow-parity-failure: {result.message}"
+            say(f"WARNING: keeping {art.name} despite failing the parity gate (--allow-parity-failure)")
+            kept.append(art)
+        else:
+            _remove_files(bundle_root, art)
+            rejected.append({"name": art.name, "path": art.path, "precision": art.precision, "backend": art.backend,
+                             "size_bytes": art.size_bytes, "sha256": art.sha256, "reason": result.message,
+                             "parity": art.parity})
+    return kept, rejected
+
+
+def _verdict(art: Artifact) -> str:
+    if art.accepted:
+        return "accepted"
+    return "OVERRIDE (parity failed)" if art.override.startswith("--allow") else "unverified"
+
+
+# ----------------------------------------------------------------------------- export_bundle
+
+def export_bundle(checkpoint: str | os.PathLike, out: str | os.PathLike,
+                  to: str | Iterable[str] = formats.TOOLKITS, precisions: str | Iterable[str] = formats.PRECISIONS,
+                  calib: str | os.PathLike | Iterable[str | os.PathLike] = (),
+                  labelled: str | os.PathLike | Iterable[str | os.PathLike] = (),
+                  allow_parity_failure: bool = False, calib_count: int = 128, labelled_split: str = calibration.GATE_SPLIT,
+                  accuracy_control: str = "off", tolerances: parity.Tolerances = parity.Tolerances(),
+                  latency_reps: int = 10, say: Say | None = None) -> Bundle:
+    """Export a checkpoint into a verified bundle at ``out`` (replacing any bundle there) and return it.
+
+    ``calib``: folders of images and/or labels.csv files (their train split) for INT8 calibration.
+    ``labelled``: labels.csv files for the parity gate (their ``labelled_split`` rows); default: the
+    ``labelled_split`` rows of CSV calibration sources. Without any, the gate does not run and derived
+    artifacts are marked unverified. Rejected artifacts are left out unless ``allow_parity_failure``.
+    """
+    say = say or log.info
+    toolkits = formats.parse_list(list(to) if not isinstance(to, str) else to, formats.TOOLKITS, "target (--to)")
+    precs = formats.parse_list(list(precisions) if not isinstance(precisions, str) else precisions,
+                               formats.PRECISIONS, "precision")
+    calib_sources = [calib] if isinstance(calib, (str, os.PathLike)) else list(calib)
+    labelled_csvs = [labelled] if isinstance(labelled, (str, os.PathLike)) else list(labelled)
+    out = Path(os.path.abspath(os.path.expanduser(out)))
+    targets = formats.select(toolkits, precs)
+
+    from .checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(checkpoint)
+    metadata = replace(ckpt.metadata, output="probabilities", input_name="input", output_name="probabilities")
+    spec = metadata.preprocess
+    say(f"checkpoint {checkpoint}: {metadata.architecture}, classes {metadata.classes}, threshold "
+        f"{metadata.threshold:.4f} (built with {ckpt.builder})")
+
+    gate_rows, gate_csvs = calibration.gate_set(labelled_csvs, calib_sources, labelled_split)
+    if labelled_csvs and not gate_rows:
+        raise DermsortError(f"no {labelled_split!r} rows in {', '.join(map(str, labelled_csvs))}")
+    if not calib_sources:
+        raise DermsortError("--calib is required: real images for INT8 calibration and the ONNX-vs-torch check")
+    calib_files = calibration.calibration_files(calib_sources, calib_count, exclude=[r.path for r in gate_rows])
+    say(f"preprocessing {len(calib_files)} calibration images" + (f" and {len(gate_rows)} labelled images"
+                                                                   if gate_rows else ""))
+    calib_tensors, _ = calibration.load_tensors(calib_files, spec, skip_concerns=True)
+    gate_tensors = gate_labels = None
+    if gate_rows:
+        gate_tensors, kept = calibration.load_tensors([r.path for r in gate_rows], spec, skip_concerns=False)
+        gate_labels = np.asarray([gate_rows[i].malignant for i in kept], dtype=int)
+        if not 0 < gate_labels.sum():
+            raise DermsortError("the labelled gate set has no malignant image: sensitivity cannot be checked")
+    _check_logits(ckpt.model, calib_tensors)
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with _locked(out):
+        _check_out(out)
+        recover(out, say)
+        work = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.new-"))
+        try:
+            bundle = _build(ckpt, metadata, targets, work, calib_tensors, calib_files, calib_sources,
+                            gate_tensors, gate_labels, gate_csvs, labelled_split, allow_parity_failure,
+                            accuracy_control, tolerances, latency_reps, say)
+            swap_in(work, out)
+        except BaseException:
+            shutil.rmtree(work, ignore_errors=True)
+            raise
+    say(f"bundle written: {out}")
+    return load_bundle(out)[0]
+
+
+def _build(ckpt: Any, metadata: Any, targets: list[formats.Target], work: Path, calib_tensors: np.ndarray,
+           calib_files: list[Path], calib_sources: list[Any], gate_tensors: np.ndarray | None,
+           gate_labels: np.ndarray | None, gate_csvs: list[str], labelled_split: str, allow_parity_failure: bool,
+           accuracy_control: str, tolerances: parity.Tolerances, latency_reps: int, say: Say) -> Bundle:
+    from . import onnx_export, openvino_export, tensorrt_export
+
+    reference = formats.target(formats.REFERENCE)
+    ref_path = work / reference.path
+    say("exporting the FP32 ONNX reference")
+    reference_check = onnx_export.export_reference(ckpt.model, metadata, ref_path, calib_tensors)
+    say(f"  onnx.checker passed; ONNX Runtime vs torch max |p diff| {reference_check['torch_max_abs_diff']:.2e} "
+        f"(atol {reference_check['torch_atol']:.0e})")
+    artifacts = [_artifact(work, reference, metadata.threshold)]
+    artifacts[0].parity = {"torch_check": reference_check}
+    skipped: dict[str, str] = {}
+    failed: dict[str, str] = {}
+    quantization: dict[str, Any] = {}
+    build_facts: dict[str, Any] = {}
+    labelled_pair = (gate_tensors, gate_labels) if gate_tensors is not None else None
+    trt_ok, trt_why = (None, "")
+
+    for row in targets[1:]:
+        if row.toolkit == "tensorrt":
+            if trt_ok is None:
+                trt_ok, trt_why = tensorrt_export.tensorrt_status()
+            if not trt_ok:
+                skipped[row.name] = f"skipped: {trt_why}; build engines on the target device with " \
+                                    "`dermsort export-engines BUNDLE`"
+                say(f"{row.name}: {skipped[row.name]}")
+                continue
+        say(f"exporting {row.name}")
+        started = time.perf_counter()
+        try:
+            extra: dict[str, Any] = {}
+            if row.name == "onnx-fp16":
+                onnx_export.convert_fp16(ref_path, work / row.path, metadata)
+            elif row.name == "onnx-int8":
+                quantization[row.name] = onnx_export.quantize_int8(ref_path, work / row.path, metadata, calib_tensors)
+            elif row.name == "openvino-fp16":
+                openvino_export.export_fp16(ref_path, work / row.path, metadata)
+            elif row.name == "openvino-int8":
+                quantization[row.name] = openvino_export.export_int8(
+                    ref_path, work / row.path, metadata, calib_tensors, labelled_pair, accuracy_control, say,
+                    tolerances.max_flip_rate)
+            elif row.toolkit == "tensorrt":
+                source = tensorrt_export.engine_source(work, row.precision)
+                if not source.is_file():
+                    raise ExportError(f"{source.name} is not in the bundle (export onnx at {row.precision} too)")
+                build_facts[row.name] = tensorrt_export.build_engine(
+                    source, work / row.path, row.precision, metadata.input_name, metadata.preprocess.input_size,
+                    work / formats.TIMING_CACHE)
+                extra["built_for"] = tensorrt_export.device_info()
+            else:  # pragma: no cover - the table and this switch must agree
+                raise ExportError(f"no exporter for {row.name}")
+            artifacts.append(_artifact(work, row, metadata.threshold, **extra))
+            build_facts.setdefault(row.name, {})["seconds"] = round(time.perf_counter() - started, 1)
+        except Exception as exc:  # one broken derivative must not sink the others; the report says why
+            log.debug("export of %s failed", row.name, exc_info=True)
+            failed[row.name] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            say(f"{row.name}: export FAILED: {failed[row.name]}")
+            for rel in (row.path, *row.extra_files):
+                with contextlib.suppress(FileNotFoundError):
+                    (work / rel).unlink()
+
+    bundle = Bundle(root=work, metadata=metadata, artifacts=artifacts, reference=reference.path,
+                    created=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+    results = None
+    unverified_reason = ""
+    if gate_tensors is not None:
+        say(f"parity gate on {len(gate_labels)} labelled images ({int(gate_labels.sum())} malignant)")
+        results = _gate(bundle, artifacts[0], artifacts[1:], gate_tensors, gate_labels, tolerances, say)
+    else:
+        unverified_reason = "parity gate did not run (no labelled set: pass --labelled labels.csv)"
+        say(f"WARNING: {unverified_reason}; derived artifacts are marked unverified")
+
+    latency = {}
+    for art in artifacts:
+        try:
+            latency[art.name] = report.measure_latency(bundle, art, (gate_tensors if gate_tensors is not None
+                                                                     else calib_tensors)[:16], latency_reps)
+        except Exception as exc:  # latency is information; it must not sink an export
+            latency[art.name] = {"error": str(exc)}
+    kept, rejected = _decide(work, artifacts, results, allow_parity_failure, unverified_reason, say)
+    for art in kept:
+        if art.name in build_facts:
+            art.parity["build"] = build_facts[art.name]
+    kept[0].parity["torch_check"] = reference_check
+    if results is None:
+        kept[0].parity["status"] = "reference (labelled parity gate did not run)"
+    bundle.artifacts = kept
+
+    gate_info = {"ran": results is not None, "reason": unverified_reason, "labelled": gate_csvs,
+                 "split": labelled_split, "n_images": int(len(gate_labels)) if gate_labels is not None else 0,
+                 "n_malignant": int(gate_labels.sum()) if gate_labels is not None else 0,
+                 "tolerances": {"max_sensitivity_drop": tolerances.max_sensitivity_drop,
+                                "max_flip_rate": tolerances.max_flip_rate}}
+    calib_info = {"images": int(len(calib_tensors)), "sources": [str(s) for s in calib_sources],
+                  "files": [p.name for p in calib_files]}
+    bundle.extra = {"export": {
+        "checkpoint": {"path": ckpt.path, "sha256": ckpt.sha256, "builder": ckpt.builder},
+        "tools": _versions(), "host": report.host(), "reference_check": reference_check,
+        "calibration": calib_info, "parity": gate_info, "quantization": quantization,
+        "rejected": rejected, "skipped": skipped, "failed": failed}}
+    if (work / formats.TIMING_CACHE).is_file():
+        bundle.extra["export"]["tensorrt_timing_cache"] = sha256_file(work / formats.TIMING_CACHE)
+    write_manifest(bundle)
+    _write_report(bundle, ckpt, latency, rejected, skipped, failed, gate_info, calib_info, quantization)
+    return bundle
+
+
+def _write_report(bundle: Bundle, ckpt: Any, latency: dict[str, Any], rejected: list[dict[str, Any]],
+                  skipped: dict[str, str], failed: dict[str, str], gate_info: dict[str, Any],
+                  calib_info: dict[str, Any], quantization: dict[str, Any]) -> None:
+    rows = []
+    for art in bundle.artifacts:
+        rows.append({"name": art.name, "backend": art.backend, "precision": art.precision, "path": art.path,
+                     "size_bytes": art.size_bytes, "threshold": art.threshold, "verdict": _verdict(art),
+                     "parity": art.parity, "latency": latency.get(art.name, {}), "built_for": art.built_for})
+    for item in rejected:
+        rows.append({"name": item["name"], "backend": item["backend"], "precision": item["precision"],
+                     "path": item["path"], "size_bytes": item["size_bytes"],
+                     "threshold": item["parity"].get("threshold") or 0.0, "verdict": "REJECTED (not in bundle)",
+                     "parity": item["parity"], "latency": latency.get(item["name"], {})})
+    data = {"model_id": bundle.model_id, "created": bundle.created,
+            "checkpoint": bundle.extra["export"]["checkpoint"], "host": report.host(), "tools": _versions(),
+            "calibration": {k: v for k, v in calib_info.items() if k != "files"}, "parity": gate_info,
+            "artifacts": rows, "skipped": skipped, "failed": failed, "quantization": quantization}
+    report.write(bundle.root, data)
+
+
+# ----------------------------------------------------------------------------- export_engines
+
+def export_engines(bundle_dir: str | os.PathLike, precisions: str | Iterable[str] = ("fp16", "int8"),
+                   labelled: str | os.PathLike | Iterable[str | os.PathLike] = (),
+                   labelled_split: str = calibration.GATE_SPLIT, allow_parity_failure: bool = False,
+                   max_batch: int = 32, tolerances: parity.Tolerances = parity.Tolerances(),
+                   say: Say | None = None) -> Bundle:
+    """Build TensorRT engines into an existing bundle, on the GPU that will run them.
+
+    Each engine records ``built_for`` (GPU, compute capability, TensorRT version). With a labelled
+    set the engines pass the same parity gate as every other artifact; without one they are unverified.
+    """
+    from . import tensorrt_export
+
+    say = say or log.info
+    precs = formats.parse_list(list(precisions) if not isinstance(precisions, str) else precisions,
+                               ("fp16", "int8"), "engine precision")
+    ok, why = tensorrt_export.tensorrt_status()
+    if not ok:
+        raise BackendUnavailable(f"cannot build TensorRT engines here: {why}")
+    root = Path(os.path.abspath(os.path.expanduser(bundle_dir)))
+    bundle, _ = load_bundle(root)
+    reference = bundle.get(formats.REFERENCE)
+    bundle.verify(reference)
+    csvs = [labelled] if isinstance(labelled, (str, os.PathLike)) else list(labelled)
+    gate_rows, _ = calibration.gate_set(csvs, (), labelled_split)
+    with _locked(root):
+        recover(root, say)
+        work = Path(tempfile.mkdtemp(dir=root.parent, prefix=f".{root.name}.new-"))
+        try:
+            shutil.copytree(root, work, dirs_exist_ok=True)
+            new = Bundle(root=work, metadata=bundle.metadata, artifacts=list(bundle.artifacts),
+                         reference=bundle.reference, created=bundle.created, extra=dict(bundle.extra))
+            facts = tensorrt_export.device_info()
+            built, build_facts, skipped = [], {}, {}
+            for precision in precs:
+                row = formats.target(f"tensorrt-{precision}")
+                source = tensorrt_export.engine_source(work, precision)
+                source_art = next((a for a in bundle.artifacts if a.path == source.name), None)
+                if source_art is None or not source.is_file():
+                    # e.g. the INT8 ONNX was rejected by the CPU gate: build the other engines, say why not this
+                    skipped[row.name] = (f"skipped: the bundle has no {source.name} to build it from (not exported, "
+                                         "or rejected by the parity gate; re-export with --allow-parity-failure "
+                                         "to gate the engine here instead)")
+                    say(f"{row.name}: {skipped[row.name]}")
+                    continue
+                new.verify(source_art)
+                say(f"building {row.name} from {source.name} on {facts['gpu']} (TensorRT {facts['tensorrt']})")
+                started = time.perf_counter()
+                build_facts[row.name] = tensorrt_export.build_engine(
+                    source, work / row.path, precision, bundle.metadata.input_name,
+                    bundle.metadata.preprocess.input_size, work / formats.TIMING_CACHE, max_batch)
+                build_facts[row.name]["seconds"] = round(time.perf_counter() - started, 1)
+                built.append(_artifact(work, row, reference.threshold, built_for=dict(facts)))
+            if not built:
+                raise ModelError("no TensorRT engine could be built: " + "; ".join(skipped.values()))
+            new.artifacts = [a for a in new.artifacts if a.name not in {b.name for b in built}] + built
+            results, reason, tensors = None, "", None
+            if gate_rows:
+                tensors, kept = calibration.load_tensors([r.path for r in gate_rows], bundle.metadata.preprocess,
+                                                         skip_concerns=False)
+                labels = np.asarray([gate_rows[i].malignant for i in kept], dtype=int)
+                results = _gate(new, reference, built, tensors, labels, tolerances, say)
+            else:
+                reason = "parity gate did not run on the device (no --labelled set)"
+                say(f"WARNING: {reason}; engines are marked unverified")
+            latency = {}
+            if tensors is not None:  # model-only latency needs real images; bench covers the rest
+                for art in built:
+                    with contextlib.suppress(Exception):
+                        latency[art.name] = report.measure_latency(new, art, tensors[:16])
+            kept_arts, rejected = _decide(work, built, results, allow_parity_failure, reason, say)
+            for art in kept_arts:
+                art.parity["build"] = build_facts[art.name]
+            new.artifacts = [a for a in new.artifacts if a.name not in {b.name for b in built}] + kept_arts
+            engines = new.extra.setdefault("engines", {})
+            engines.update({"built_for": facts, "timing_cache": formats.TIMING_CACHE,
+                            "timing_cache_sha256": sha256_file(work / formats.TIMING_CACHE),
+                            "rejected": rejected, "skipped": skipped, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+            _add_engines_to_report(work, kept_arts, rejected, latency)
+            write_manifest(new)
+            swap_in(work, root)
+        except BaseException:
+            shutil.rmtree(work, ignore_errors=True)
+            raise
+    return load_bundle(root)[0]
+
+
+def _add_engines_to_report(root: Path, kept: list[Artifact], rejected: list[dict[str, Any]],
+                           latency: dict[str, Any]) -> None:
+    """Fold the engines built on the device into the bundle's export report."""
+    import json
+
+    path = root / report.REPORT_JSON
+    if not path.is_file():
+        return
+    data = json.loads(path.read_text())
+    names = {a.name for a in kept} | {r["name"] for r in rejected}
+    rows = [r for r in data.get("artifacts", []) if r["name"] not in names]
+    for art in kept:
+        rows.append({"name": art.name, "backend": art.backend, "precision": art.precision, "path": art.path,
+                     "size_bytes": art.size_bytes, "threshold": art.threshold, "verdict": _verdict(art),
+                     "parity": art.parity, "latency": latency.get(art.name, {}), "built_for": art.built_for})
+    for item in rejected:
+        rows.append({"name": item["name"], "backend": item["backend"], "precision": item["precision"],
+                     "path": item["path"], "size_bytes": item["size_bytes"],
+                     "threshold": item["parity"].get("threshold") or 0.0, "verdict": "REJECTED (not in bundle)",
+                     "parity": item["parity"], "latency": latency.get(item["name"], {})})
+    data["artifacts"] = rows
+    data["skipped"] = {k: v for k, v in data.get("skipped", {}).items() if k not in names}
+    report.write(root, data)

@@ -1,0 +1,80 @@
+"""The one table of export targets (toolkit x precision): it drives the export, the CLI and the docs.
+
+Each row says where the artifact lives in the bundle, which runtime backend loads it, where it can
+be built, and the probability tolerance expected of it against the FP32 reference (informational:
+the gate itself decides on sensitivity and decision flips, see parity.py).
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+
+from dermsort.runtime.errors import DermsortError
+
+TOOLKITS = ("onnx", "openvino", "tensorrt")
+PRECISIONS = ("fp32", "fp16", "int8")
+REFERENCE = "onnx-fp32"
+
+
+@dataclass(frozen=True)
+class Target:
+    """One artifact the exporter can produce."""
+
+    name: str
+    toolkit: str
+    precision: str
+    #: the runtime backend family that loads it (dermsort.runtime.backends)
+    backend: str
+    path: str
+    extra_files: tuple[str, ...] = ()
+    #: "cpu": built anywhere; "gpu": built only on the target device (TensorRT engines)
+    built_on: str = "cpu"
+    #: expected max |p_malignant diff| vs the FP32 reference (reported, not gated)
+    atol: float = 1e-4
+
+
+TARGETS: tuple[Target, ...] = (
+    Target("onnx-fp32", "onnx", "fp32", "onnxruntime", "model.onnx", atol=1e-4),
+    Target("onnx-fp16", "onnx", "fp16", "onnxruntime", "model.fp16.onnx", atol=1e-2),
+    Target("onnx-int8", "onnx", "int8", "onnxruntime", "model.int8.onnx", atol=5e-2),
+    Target("openvino-fp16", "openvino", "fp16", "openvino", "openvino/model_fp16.xml",
+           ("openvino/model_fp16.bin",), atol=1e-2),
+    Target("openvino-int8", "openvino", "int8", "openvino", "openvino/model_int8.xml",
+           ("openvino/model_int8.bin",), atol=5e-2),
+    Target("tensorrt-fp16", "tensorrt", "fp16", "tensorrt", "tensorrt/model_fp16.engine", built_on="gpu", atol=1e-2),
+    Target("tensorrt-int8", "tensorrt", "int8", "tensorrt", "tensorrt/model_int8.engine", built_on="gpu", atol=5e-2),
+)
+#: TensorRT keeps one timing cache per bundle so rebuilding on the same device is fast
+TIMING_CACHE = "tensorrt/timing.cache"
+
+
+def target(name: str) -> Target:
+    for row in TARGETS:
+        if row.name == name:
+            return row
+    raise KeyError(name)
+
+
+def parse_list(value: str | list[str] | tuple[str, ...], allowed: tuple[str, ...], what: str) -> list[str]:
+    """'onnx,openvino' -> ['onnx', 'openvino'], validated against ``allowed`` with a did-you-mean hint."""
+    items = value.split(",") if isinstance(value, str) else list(value)
+    out: list[str] = []
+    for item in (i.strip().lower() for i in items):
+        if not item:
+            continue
+        if item not in allowed:
+            close = difflib.get_close_matches(item, allowed, n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            raise DermsortError(f"unknown {what} {item!r}{hint}; choose from {', '.join(allowed)}")
+        if item not in out:
+            out.append(item)
+    if not out:
+        raise DermsortError(f"no {what} given; choose from {', '.join(allowed)}")
+    return out
+
+
+def select(toolkits: list[str], precisions: list[str]) -> list[Target]:
+    """The targets for a request; the FP32 ONNX reference is always first (everything derives from it)."""
+    chosen = [t for t in TARGETS if t.toolkit in toolkits and t.precision in precisions and t.name != REFERENCE]
+    return [target(REFERENCE), *chosen]

@@ -1,0 +1,126 @@
+"""OpenVINO IR artifacts: FP16 (compressed weights) and INT8 (NNCF post-training quantization)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from dermsort.runtime.metadata import ONNX_METADATA_KEY, ModelMetadata
+
+log = logging.getLogger(__name__)
+
+ACCURACY_CONTROL = ("auto", "on", "off")
+
+
+def _convert(onnx_path: Path, metadata: ModelMetadata) -> Any:
+    import openvino as ov
+
+    model = ov.convert_model(os.fspath(onnx_path))
+    # the same metadata JSON the ONNX carries, so an IR copied out of the bundle still says what it is
+    model.set_rt_info(metadata.to_json(), ONNX_METADATA_KEY)
+    return model
+
+
+def export_fp16(onnx_path: Path, xml_path: Path, metadata: ModelMetadata) -> None:
+    """IR with FP16-compressed weights (CPU decompresses to f32 at load; GPUs/NPUs compute in f16)."""
+    import openvino as ov
+
+    xml_path.parent.mkdir(parents=True, exist_ok=True)
+    ov.save_model(_convert(onnx_path, metadata), os.fspath(xml_path), compress_to_fp16=True)
+
+
+def export_int8(onnx_path: Path, xml_path: Path, metadata: ModelMetadata, calib_tensors: np.ndarray,
+                labelled: tuple[np.ndarray, np.ndarray] | None = None, accuracy_control: str = "auto",
+                say: Callable[[str], None] = log.info, max_flip_rate: float = 0.01) -> dict[str, Any]:
+    """NNCF INT8 from the same real calibration images as the ONNX INT8.
+
+    ``accuracy_control``: "off" = plain ``nncf.quantize``; "on" = ``nncf.quantize_with_accuracy_control``
+    on the labelled set; "auto" = plain first, accuracy control only when the plain result would fail the
+    parity gate's flip criterion (it re-evaluates the model per reverted layer group: minutes on 2 CPU
+    cores, so it runs only where it can help). Its metric is the gate's own: the share of labelled images
+    whose benign/review decision agrees with FP32 after threshold recalibration (AUC barely moves under
+    INT8 noise while decisions near the threshold do, so AUC would never trigger it).
+    """
+    import nncf
+    import openvino as ov
+
+    from .calibration import nncf_dataset
+    from .parity import auc, compare
+
+    if accuracy_control not in ACCURACY_CONTROL:
+        raise ValueError(f"accuracy_control must be one of {ACCURACY_CONTROL}")
+    xml_path.parent.mkdir(parents=True, exist_ok=True)
+    fp32 = _convert(onnx_path, metadata)
+    calibration = nncf_dataset(calib_tensors)
+    subset = int(len(calib_tensors))
+    info: dict[str, Any] = {"method": "nncf.quantize", "preset": "performance (symmetric)",
+                            "calibration_images": subset, "accuracy_control": "off"}
+    started = time.perf_counter()
+    mal_idx = metadata.malignant_indices()
+    core = ov.Core()
+    cpu_f32 = {"INFERENCE_PRECISION_HINT": "f32"}  # as the runtime backend runs it on CPU
+
+    def p_malignant(model: Any, tensors: np.ndarray) -> np.ndarray:
+        compiled = core.compile_model(model, "CPU", cpu_f32) if not hasattr(model, "create_infer_request") else model
+        return np.concatenate([np.asarray(compiled(tensors[i:i + 16])[compiled.outputs[0]])[:, mal_idx].sum(axis=1)
+                               for i in range(0, len(tensors), 16)])
+
+    can_control = labelled is not None and 0 < int(labelled[1].sum()) < len(labelled[1])
+    if accuracy_control == "on" and not can_control:
+        say("openvino-int8: accuracy control needs a labelled set with both classes; using plain nncf.quantize")
+    quantized = nncf.quantize(fp32, calibration, subset_size=subset, preset=nncf.QuantizationPreset.PERFORMANCE) \
+        if accuracy_control != "on" or not can_control else None
+    if can_control and accuracy_control in ("auto", "on"):
+        tensors, labels = labelled  # type: ignore[misc]
+        p_ref = p_malignant(fp32, tensors)
+
+        def agreement(compiled: Any, items: Any) -> float:
+            index = np.asarray([i for _, i in items], dtype=int)
+            p_art = p_malignant(compiled, tensors[index])
+            # NNCF also scores subsets (ranking); one without a malignant image cannot be recalibrated
+            recalibrate = bool(labels[index].any())
+            result = compare("candidate", p_art, p_ref[index], labels[index], metadata.threshold,
+                             recalibrate=recalibrate)
+            return 1.0 - float(result.flip_rate)
+
+        info["auc_fp32"] = auc(p_ref, labels)
+        needs_control = accuracy_control == "on"
+        if quantized is not None:
+            p_plain = p_malignant(quantized, tensors)
+            plain = compare("openvino-int8", p_plain, p_ref, labels, metadata.threshold)
+            info.update(auc_plain_int8=plain.auc, flip_rate_plain_int8=plain.flip_rate)
+            needs_control = plain.flip_rate > max_flip_rate
+        if needs_control:
+            say(f"openvino-int8: plain INT8 flips {100 * info.get('flip_rate_plain_int8', 0):.1f} % of decisions; "
+                "running nncf.quantize_with_accuracy_control (slow on few CPU cores)")
+            from nncf.quantization.advanced_parameters import AdvancedAccuracyRestorerParameters
+
+            validation = nncf.Dataset([(tensors[i:i + 1], i) for i in range(len(labels))])
+            quantized = nncf.quantize_with_accuracy_control(
+                fp32, calibration, validation, validation_fn=agreement, max_drop=max_flip_rate,
+                drop_type=nncf.DropType.ABSOLUTE, subset_size=subset, preset=nncf.QuantizationPreset.PERFORMANCE,
+                advanced_accuracy_restorer_parameters=AdvancedAccuracyRestorerParameters(
+                    ranking_subset_size=min(len(labels), 300)))
+            final = compare("openvino-int8", p_malignant(quantized, tensors), p_ref, labels, metadata.threshold)
+            info.update(method="nncf.quantize_with_accuracy_control", accuracy_control="ran (metric: decision "
+                        "agreement with FP32 after recalibration)", flip_rate_int8=final.flip_rate, auc_int8=final.auc,
+                        reverted_to_float=_count_float_layers(quantized, fp32))
+        else:
+            info["accuracy_control"] = f"not needed: plain INT8 flips <= {100 * max_flip_rate:.1f} % of decisions"
+    info["seconds"] = round(time.perf_counter() - started, 1)
+    quantized.set_rt_info(metadata.to_json(), ONNX_METADATA_KEY)
+    ov.save_model(quantized, os.fspath(xml_path), compress_to_fp16=False)
+    return info
+
+
+def _count_float_layers(quantized: Any, fp32: Any) -> str:
+    """'<quantized convolutions/matmuls> of <all>' for the report."""
+    kinds = ("Convolution", "GroupConvolution", "MatMul")
+    total = sum(1 for op in fp32.get_ops() if op.get_type_name() in kinds)
+    fq = sum(1 for op in quantized.get_ops() if op.get_type_name() == "FakeQuantize")
+    return f"{fq} FakeQuantize nodes for {total} conv/matmul layers"

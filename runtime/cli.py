@@ -21,6 +21,13 @@ from .sorter import Candidate, SortOptions, Sorter, default_out, scan
 BACKENDS = ["auto", "onnxruntime", "openvino", "tensorrt", "torch"]
 
 
+class Interrupted(DermsortError):
+    """SIGINT/SIGTERM stopped ``sort`` before every image was sorted: non-zero, so a script does not
+    go on (e.g. wipe the card) as if the folder were done."""
+
+    exit_code = 130
+
+
 def _model_options(fn):
     options = [
         click.option("--out", "out", type=click.Path(path_type=Path), default=None,
@@ -91,6 +98,8 @@ def _print_summary(summary: Any, bundle: Any, opts: SortOptions, as_json: bool, 
         echo(f"recovered {summary.recovered} placement(s) interrupted in an earlier run")
     for item in summary.left_in_place:
         echo(f"left in place: {item['file']} ({item['reason']})")
+    for item in summary.sources_kept:
+        echo(f"sorted but kept in the input: {item['file']} ({item['reason']})")
     for item in summary.ignored:
         echo(f"ignored: {item['file']} ({item['reason']})")
     if not dry_run:
@@ -134,6 +143,8 @@ def sort(folder: Path, out: Path | None, move: bool, recursive: bool, backend: s
         sorter.close()
         engine.close()
     _print_summary(summary, bundle, opts, as_json, dry_run)
+    if summary.interrupted:
+        raise Interrupted("stopped on request before every image was sorted; re-run to sort the rest")
 
 
 @click.command()

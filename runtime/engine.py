@@ -130,7 +130,8 @@ def open_backend(bundle: Bundle, backend: str = "auto", precision: str = "auto",
             raise
         except Exception as exc:  # e.g. an engine built for another GPU: try the next one
             errors.append(f"{b}/{art.name}: {exc}")
-            log.warning("backend %s could not load %s: %s", b, art.name, exc)
+            # info, not warning: when nothing else loads, the error below says the same in one line
+            log.info("backend %s could not load %s: %s", b, art.name, exc)
     raise BackendUnavailable("no backend could load the model: " + "; ".join(errors))
 
 

@@ -1,22 +1,61 @@
 """The results journal: an append-only JSON-lines file that is the sorter's source of truth.
 
 Every placement is written as an ``intent`` (before the file appears in benign/ or review/) and
-then a ``done`` (after it is durable), each flushed and fsync'd. A run killed at any point leaves a
-journal from which the next run finishes or rolls back every placement; a torn last line (killed
-mid-write) is cut off. ``results.csv`` is a human-readable view regenerated from the journal.
+then a ``done`` (after it is durable), each written with ``os.write`` on an ``O_APPEND`` descriptor
+and fsync'd. A run killed at any point leaves a journal from which the next run finishes or rolls
+back every placement; a torn last line (killed mid-write) is cut off by the next writer, and a
+write that fails (disk full) is rolled back at once, so the journal never holds half a record.
+``results.csv`` is a human-readable view regenerated from the journal.
+
+File names that are not valid UTF-8 (``os.fsdecode`` gives lone surrogates) are stored with JSON
+``\\udcXX`` escapes, so they round-trip exactly and the journal stays valid UTF-8.
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
+import signal
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
 RESULT_FIELDS = ["file", "dest", "sha256", "decision", "p_malignant", "threshold", "backend", "artifact",
                  "model_id", "time", "reason", "mode"]
+
+#: Test hook (tests/fault_harness.py): ``DERMSORT_FAULT_AT="STEP:N[:SIG]"`` sends this process
+#: SIGKILL (or SIG, e.g. TERM) the N-th time it reaches STEP. Steps: tmp_written, intent, link,
+#: dir_fsync, done, unlink, journal_write (dies after writing half of a journal append), recovered,
+#: results. Unset (always, outside tests) it costs one environment lookup per step.
+FAULT_ENV = "DERMSORT_FAULT_AT"
+FAULT_STEPS = ("tmp_written", "intent", "link", "dir_fsync", "done", "unlink", "journal_write", "recovered",
+               "results")
+_fault_seen: dict[str, int] = {}
+
+
+def fault_point(step: str) -> bool:
+    """Count ``step``; signal the process at the armed occurrence (only when DERMSORT_FAULT_AT is set)."""
+    if fault_armed(step):
+        sig = (os.environ.get(FAULT_ENV, "").split(":") + ["", "", ""])[2] or "KILL"
+        os.kill(os.getpid(), getattr(signal, f"SIG{sig}"))
+    return False
+
+
+def fault_armed(step: str) -> bool:
+    """True exactly once: at the N-th occurrence of ``step`` named by DERMSORT_FAULT_AT=STEP:N."""
+    spec = os.environ.get(FAULT_ENV)
+    if not spec:
+        return False
+    name, _, rest = spec.partition(":")
+    if name != step:
+        return False
+    _fault_seen[step] = _fault_seen.get(step, 0) + 1
+    try:
+        return _fault_seen[step] == int(rest.partition(":")[0] or 1)
+    except ValueError:
+        return False
 
 
 @dataclass
@@ -40,19 +79,33 @@ class JournalState:
         return {r["dest"] for i, r in self.intents.items() if i not in self.aborted and r.get("dest")}
 
 
+def _dumps(rec: dict[str, Any]) -> str:
+    line = json.dumps(rec, ensure_ascii=False, sort_keys=True)
+    try:
+        line.encode("utf-8")
+    except UnicodeEncodeError:  # a file name that is not UTF-8: escape it (json.loads gives it back)
+        line = json.dumps(rec, ensure_ascii=True, sort_keys=True)
+    return line + "\n"
+
+
 class Journal:
     def __init__(self, path: Path):
         self.path = path
-        self._fh = None
+        self._fd: int | None = None
 
-    def read(self) -> JournalState:
+    @property
+    def is_open(self) -> bool:
+        return self._fd is not None
+
+    def read(self, repair: bool = True) -> JournalState:
+        """Fold the journal. ``repair`` cuts a torn last line; only the lock holder may do that."""
         state = JournalState()
         if not self.path.exists():
             return state
         with open(self.path, "rb") as fh:
             data = fh.read()
         end = data.rfind(b"\n") + 1
-        if end < len(data):
+        if end < len(data) and repair:
             # torn tail from a kill mid-write: that record was never acknowledged, so it never happened
             with open(self.path, "r+b") as fh:
                 fh.truncate(end)
@@ -61,10 +114,11 @@ class Journal:
             if not line.strip():
                 continue
             try:
-                rec = json.loads(line)
+                rec = json.loads(line.decode("utf-8", "surrogateescape"))
             except ValueError:
                 continue
-            self._fold(state, rec)
+            if isinstance(rec, dict):
+                self._fold(state, rec)
         return state
 
     @staticmethod
@@ -82,33 +136,98 @@ class Journal:
 
     def open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._fh = open(self.path, "a", encoding="utf-8")
+        created = not self.path.exists()
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        if created:  # the journal's own name must survive a power cut, like the files it describes
+            dfd = os.open(self.path.parent, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                os.fsync(dfd)
+            finally:
+                os.close(dfd)
 
     def append(self, records: Iterable[dict[str, Any]], sync: bool = True) -> None:
-        """Append records and make them durable before returning."""
-        assert self._fh is not None, "journal not open"
-        lines = "".join(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for r in records)
-        if not lines:
+        """Append records and make them durable before returning.
+
+        All or nothing: if the write fails (disk full, I/O error, interrupt) what was written of
+        it is cut off again before the error propagates. Only a kill can leave a torn tail, which
+        the next ``read`` removes.
+        """
+        assert self._fd is not None, "journal not open"
+        data = "".join(_dumps(r) for r in records).encode("utf-8")
+        if not data:
             return
-        self._fh.write(lines)
-        self._fh.flush()
-        if sync:
-            os.fsync(self._fh.fileno())
+        fd = self._fd
+        start = os.fstat(fd).st_size
+        try:
+            if fault_armed("journal_write"):
+                os.write(fd, data[: max(1, len(data) // 2)])
+                os.kill(os.getpid(), signal.SIGKILL)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            if sync:
+                os.fsync(fd)
+        except BaseException:
+            try:
+                os.ftruncate(fd, start)
+            except OSError:
+                pass
+            raise
+
+    def size(self) -> int:
+        """Bytes in the journal: it only grows, so an unchanged size means no new records."""
+        assert self._fd is not None, "journal not open"
+        return os.fstat(self._fd).st_size
+
+    def still_linked(self) -> bool:
+        """False when the journal file was deleted under us (output folder removed mid-run)."""
+        if self._fd is None:
+            return False
+        try:
+            return os.fstat(self._fd).st_nlink > 0 and os.path.samestat(os.fstat(self._fd), os.stat(self.path))
+        except OSError:
+            return False
 
     def close(self) -> None:
-        if self._fh is not None:
-            self._fh.close()
-            self._fh = None
+        if self._fd is not None:
+            try:
+                os.close(self._fd)
+            finally:
+                self._fd = None
 
 
-def write_results_csv(state: JournalState, target: Path) -> None:
-    """Regenerate results.csv (one row per finished placement) atomically."""
+def results_csv_text(state: JournalState) -> str:
+    buf = io.StringIO(newline="")
+    writer = csv.DictWriter(buf, fieldnames=RESULT_FIELDS, extrasaction="ignore")
+    writer.writeheader()
+    for rec in state.finished():
+        writer.writerow(rec)
+    return buf.getvalue()
+
+
+def write_results_csv(state: JournalState, target: Path) -> bool:
+    """Regenerate results.csv (one row per finished placement) atomically; False when it was already current.
+
+    Names that are not UTF-8 are written as their original bytes (``surrogateescape``).
+    """
+    data = results_csv_text(state).encode("utf-8", "surrogateescape")
+    try:
+        if target.read_bytes() == data:
+            return False
+    except OSError:
+        pass
     tmp = target.with_name(f".{target.name}.tmp")
-    with open(tmp, "w", newline="", encoding="utf-8") as fh:
-        writer = csv.DictWriter(fh, fieldnames=RESULT_FIELDS, extrasaction="ignore")
-        writer.writeheader()
-        for rec in state.finished():
-            writer.writerow(rec)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, target)
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        fault_point("results")
+        os.replace(tmp, target)
+    except BaseException:
+        try:
+            tmp.unlink()
+        except OSError:
+            pass
+        raise
+    return True

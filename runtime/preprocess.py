@@ -10,6 +10,7 @@ import io
 import os
 import warnings
 from dataclasses import dataclass, field
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -31,6 +32,9 @@ EXTENSIONS = {
 }
 #: every extension the scanner treats as "meant to be an image"
 IMAGE_EXTENSIONS = sorted({e for exts in EXTENSIONS.values() for e in exts})
+# Our own MAX_PIXELS check below refuses bombs before decoding (thread-safe, unlike catch_warnings
+# in decode threads); Pillow's warning for 89M..178M pixels would only add noise on stderr.
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 _RESAMPLE = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC,
              "nearest": Image.Resampling.NEAREST, "lanczos": Image.Resampling.LANCZOS}
 
@@ -50,22 +54,26 @@ class ImageInfo:
     concerns: list[str] = field(default_factory=list)
 
 
-def open_image(data: bytes, spec: PreprocessSpec, name: str = "") -> tuple[Image.Image, ImageInfo]:
-    """Decode bytes by content into an upright RGB image, DCT-downscaled for JPEG.
+def open_image(data: bytes | BinaryIO, spec: PreprocessSpec, name: str = "") -> tuple[Image.Image, ImageInfo]:
+    """Decode bytes (or a binary file opened for reading, for large files) by content into an
+    upright RGB image, DCT-downscaled for JPEG.
 
     Raises UnreadableImage for anything that cannot be decoded safely; returns concerns for images
     that decode but should not be trusted to reach benign/ (odd colour modes, tiny, blank...).
     """
-    if not data:
-        raise UnreadableImage("empty file (0 bytes)")
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        if not data:
+            raise UnreadableImage("empty file (0 bytes)")
+        fp: BinaryIO = io.BytesIO(data)
+    else:
+        fp = data
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
+        # Pillow warns above MAX_IMAGE_PIXELS and raises above twice that; we refuse anything above
+        # MAX_PIXELS ourselves (below), before a pixel is decoded, so the warning adds nothing.
+        # (catch_warnings is process-global, so it is not used in these decode threads.)
+        img = Image.open(fp)
     except Image.DecompressionBombError as exc:
         raise UnreadableImage(f"decompression bomb refused ({exc})") from None
-    except Image.DecompressionBombWarning:
-        raise UnreadableImage("decompression bomb refused (declared pixel count too large)") from None
     except Exception:
         raise UnreadableImage("not a readable image (unknown or corrupt format)") from None
     info = ImageInfo(format=img.format or "", mode=img.mode, width=img.width, height=img.height)
@@ -129,12 +137,14 @@ def to_array(img: Image.Image, spec: PreprocessSpec) -> np.ndarray:
     return np.ascontiguousarray(arr.transpose(2, 0, 1))
 
 
-def preprocess(data: bytes, spec: PreprocessSpec, name: str = "") -> tuple[np.ndarray, ImageInfo]:
+def preprocess(data: bytes | BinaryIO, spec: PreprocessSpec, name: str = "") -> tuple[np.ndarray, ImageInfo]:
     """File bytes -> (CHW float32 input tensor, ImageInfo with any concerns)."""
     img, info = open_image(data, spec, name)
     img = resize_and_crop(img, spec)
-    small = np.asarray(img.resize((32, 32)), dtype=np.float32)
-    if float(small.std()) < 2.0:
+    small = np.asarray(img.resize((32, 32)), dtype=np.float32).reshape(-1, 3)
+    # per channel: a uniformly coloured frame (skin-tone, over-exposed) has a large spread *across*
+    # channels but none within one
+    if float(small.std(axis=0).max()) < 2.0:
         info.concerns.append("blank or uniform image (no lesion visible)")
     return to_array(img, spec), info
 

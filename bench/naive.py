@@ -1,0 +1,110 @@
+"""The naive pipeline that speed-ups are measured against, in the same run.
+
+What a straightforward script does (the seed DermoSort: cv2.imread, full-resolution resize, one image
+at a time): read a file, decode every pixel (no JPEG ``draft``), resize, normalise, run the model on a
+batch of one, decide; no thread pool, no batching. Pixels after the resize use the runtime's own
+resize/crop/normalise, so only the pipeline differs, not the model's input definition.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from dermsort.runtime.metadata import ModelMetadata, PreprocessSpec
+from dermsort.runtime.preprocess import resize_and_crop, to_array
+
+
+def decode_full(path: str | Path, spec: PreprocessSpec) -> np.ndarray:
+    """File -> model input with a full-resolution decode (what runtime.preprocess avoids with ``draft``)."""
+    with open(path, "rb") as fh:
+        data = fh.read()
+    img = Image.open(io.BytesIO(data))
+    img.load()
+    img = ImageOps.exif_transpose(img).convert("RGB")
+    return to_array(resize_and_crop(img, spec), spec)
+
+
+def _as_probabilities(out: np.ndarray) -> np.ndarray:
+    out = np.asarray(out, dtype=np.float64)
+    if out.min() >= 0.0 and np.allclose(out.sum(axis=1), 1.0, atol=1e-4):
+        return out
+    out = np.exp(out - out.max(axis=1, keepdims=True))
+    return out / out.sum(axis=1, keepdims=True)
+
+
+@dataclass
+class NaiveRunner:
+    """A model behind ``predict(batch) -> probabilities``, with what the report says about it."""
+
+    label: str
+    engine: str
+    predict: Callable[[np.ndarray], np.ndarray]
+    metadata: ModelMetadata
+    threshold: float
+    close: Callable[[], None] = lambda: None
+
+
+def torch_runner(module: Any, metadata: ModelMetadata, threshold: float | None = None,
+                 source: str = "checkpoint") -> NaiveRunner:
+    """PyTorch eager FP32 (``torch.no_grad``; the seed script did not even disable autograd)."""
+    import torch
+
+    module = module.float().eval()
+
+    def predict(batch: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return _as_probabilities(module(torch.from_numpy(batch)).numpy())
+
+    return NaiveRunner(label=f"naive: PyTorch eager FP32 ({source}), full decode, batch 1", engine="torch-eager",
+                       predict=predict, metadata=metadata,
+                       threshold=float(threshold if threshold is not None else metadata.threshold))
+
+
+def backend_runner(backend: Any, label: str) -> NaiveRunner:
+    return NaiveRunner(label=label, engine=backend.spec.name, predict=backend.predict, metadata=backend.metadata,
+                       threshold=float(backend.artifact.threshold), close=backend.close)
+
+
+def load_checkpoint_module(path: str | Path) -> tuple[Any, ModelMetadata]:
+    """(torch module, metadata) from a training checkpoint, through whichever loader is installed."""
+    errors = []
+    for module_name in ("dermsort.train", "dermsort.train.trainer", "dermsort.train.models", "dermsort.export.checkpoint"):
+        try:
+            loader = getattr(__import__(module_name, fromlist=["load_checkpoint"]), "load_checkpoint")
+        except (ImportError, AttributeError) as exc:
+            errors.append(f"{module_name}: {exc}")
+            continue
+        loaded = loader(path)
+        if isinstance(loaded, tuple):
+            module, metadata = loaded[0], loaded[1]
+        else:  # dermsort.export.checkpoint.LoadedCheckpoint
+            module, metadata = loaded.model, loaded.metadata
+        if not isinstance(metadata, ModelMetadata):
+            metadata = ModelMetadata.from_dict(metadata)
+        return module, metadata
+    raise ImportError("no checkpoint loader available (pip install \"dermsort[train]\"): " + "; ".join(errors))
+
+
+def run_naive(runner: NaiveRunner, paths: list[Path]) -> tuple[float, list[dict[str, Any]]]:
+    """One serial pass: (seconds, decisions) with the same decision rule as the sorter (p < threshold)."""
+    spec = runner.metadata.preprocess
+    malignant = runner.metadata.malignant_indices()
+    decisions = []
+    start = time.perf_counter()
+    for path in paths:
+        try:
+            probs = runner.predict(decode_full(path, spec)[None])
+            p = float(probs[0, malignant].sum())
+            decision = "benign" if p < runner.threshold else "review"
+            reason = ""
+        except Exception as exc:  # a naive script would crash; we record it instead
+            p, decision, reason = None, "review", f"{type(exc).__name__}: {exc}"
+        decisions.append({"file": str(path), "decision": decision, "p_malignant": p, "reason": reason})
+    return time.perf_counter() - start, decisions

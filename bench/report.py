@@ -1,0 +1,211 @@
+"""Bench reports: report.md (people), report.json + report.csv (scripts), latency_vs_sensitivity.png."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+CSV_FIELDS = [
+    "kind", "backend", "artifact", "precision", "format", "size_mb", "threshold", "accepted", "reference",
+    "latency_p50_ms", "latency_p95_ms", "best_batch", "best_batch_images_per_s", "e2e_images_per_s",
+    "speedup_e2e_vs_naive", "cold_start_s", "peak_rss_mb", "auc", "sensitivity", "sensitivity_ci_low",
+    "sensitivity_ci_high", "specificity", "specificity_ci_low", "specificity_ci_high", "work_reduction",
+    "agreement", "flips_to_benign", "flips_to_review", "max_abs_dp", "missed_malignant", "n_images", "n_malignant",
+    "passed", "error",
+]
+
+
+def _fmt(value: Any, digits: int = 1, pct: bool = False) -> str:
+    if value is None or value == "":
+        return "—"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, (int, float)):
+        return f"{value * 100:.{digits}f}%" if pct else f"{value:.{digits}f}"
+    return str(value)
+
+
+def _ci(value: Any, ci: Any) -> str:
+    if value is None:
+        return "—"
+    if not ci:
+        return _fmt(value, 1, pct=True)
+    return f"{value * 100:.1f}% ({ci[0] * 100:.1f}–{ci[1] * 100:.1f})"
+
+
+def _name(row: dict[str, Any]) -> str:
+    if row["kind"] == "baseline":
+        return f"**naive baseline** ({row.get('backend') or '?'})"
+    return f"{row['backend']} / {row['artifact']}" + (" (ref)" if row.get("reference") else "")
+
+
+def public_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """Rows without the per-image decisions (those go to decisions.csv)."""
+    return [{k: v for k, v in row.items() if k != "decisions"} for row in report["rows"]]
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    m, s, b, d = report["machine"], report["settings"], report["bundle"], report["data"]
+    rows = report["rows"]
+    lines = [
+        f"# dermsort bench: {b['model_id']} ({b['architecture']}, {b['input_size']} px)",
+        "",
+        f"{report['started']} → {report['finished']}. Command: `{report['command']}`",
+        "",
+        "## Machine",
+        "",
+        f"- CPU: {m['cpu']} — {m['logical_cores']} logical cores ({m['usable_cores']} usable, "
+        f"{m['physical_cores']} physical), flags {', '.join(m['cpu_flags']) or '—'}; RAM {m['ram_gb']} GB; "
+        f"GPU: {', '.join(m['gpus'])}",
+        f"- OS: {m['os']} (kernel {m['kernel']}, {m['arch']}); Python {m['python']}",
+        "- " + ", ".join(f"{k} {v}" for k, v in m["versions"].items()),
+        f"- Load average (1/5/15 min) before: {report['load_average_before']}, after: {report['load_average_after']}. "
+        "On a shared machine other work competes for the same cores: read differences under ~10–15% as noise.",
+        "",
+        "## Settings",
+        "",
+        f"- Model-only: {s['warmup']} warm-up call(s), then {s['reps']} timed batch-1 calls (p50/p95 over real "
+        f"preprocessed images); throughput per batch size 1/4/8/16/32 from the median of ≥3 calls "
+        f"(about {2 * s['reps']} images per size).",
+        f"- End-to-end: the runtime `Sorter` in dry-run mode (read + sha256 + JPEG draft decode in a thread pool "
+        f"+ batched inference at batch {s['batch_size']} + decision), in a fresh process per backend, "
+        f"{'1 warm-up pass and ' if s['warmup'] else ''}{s['e2e_reps']} timed pass(es) over all images; median. "
+        "Page cache warm.",
+        f"- Cold start: wall clock from spawning a fresh `python` to its first decision (imports, bundle, sha256 "
+        f"verify, backend load, one image decoded and classified); median of {s['cold_reps']} process(es). "
+        "Peak RSS: `VmHWM` of the end-to-end process (its own peak; `ru_maxrss` would carry the parent's "
+        "RSS across fork + exec).",
+        f"- Decode workers: {s['workers'] or 'runtime default'}; inference threads: {s['threads'] or 'runtime default'}.",
+        f"- An artifact passes when its manifest accepts it and its decisions agree with the reference on "
+        f"≥ {s['min_agreement']:.0%} of images; only passing artifacts enter the machine profile.",
+        "",
+        "## Data",
+        "",
+        f"{d['n_images']} images, {d['n_malignant']} malignant: "
+        + "; ".join(f"{k} {v['images']} ({v['malignant']} malignant)" for k, v in d["datasets"].items()) + ".",
+        "",
+        "## Speed",
+        "",
+        "| backend / artifact | precision | model p50 ms | model p95 ms | best batch: img/s | end-to-end img/s "
+        "| vs naive | cold start s | peak RSS MB |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        best = f"{r['best_batch']}: {_fmt(r.get('best_batch_images_per_s'))}" if r.get("best_batch") else "—"
+        lines.append(f"| {_name(r)} | {r.get('precision', '')} | {_fmt(r.get('latency_p50_ms'), 2)} | "
+                     f"{_fmt(r.get('latency_p95_ms'), 2)} | {best} | {_fmt(r.get('e2e_images_per_s'))} | "
+                     f"{_fmt(r.get('speedup_e2e_vs_naive'), 2)}× | {_fmt(r.get('cold_start_s'), 2)} | "
+                     f"{_fmt(r.get('peak_rss_mb'), 0)} |")
+    lines += ["", "## Decisions", "",
+              "| backend / artifact | threshold | AUC | sensitivity (95% CI) | specificity (95% CI) | work reduction "
+              "| agreement with ref | flips → benign / → review | passed |",
+              "|---|---:|---:|---|---|---:|---:|---:|---|"]
+    for r in rows:
+        flips = f"{r['flips_to_benign']} / {r['flips_to_review']}" if r.get("flips_to_benign") is not None else "—"
+        lines.append(f"| {_name(r)} | {_fmt(r.get('threshold'), 4)} | {_fmt(r.get('auc'), 3)} | "
+                     f"{_ci(r.get('sensitivity'), r.get('sensitivity_ci95'))} | "
+                     f"{_ci(r.get('specificity'), r.get('specificity_ci95'))} | {_fmt(r.get('work_reduction'), 1, True)} | "
+                     f"{_fmt(r.get('agreement'), 1, True)} | {flips} | {_fmt(r.get('passed'))} |")
+    base = next((r for r in rows if r["kind"] == "baseline"), None)
+    if base is not None:
+        lines += ["", f"Baseline — {base.get('label', '')}. Its decisions use the reference threshold; its "
+                  "disagreements with the reference come from the full-resolution decode (the runtime decodes "
+                  "JPEGs with `draft`).", ""]
+    lines += ["## Model-only throughput by batch size (images/s)", "",
+              "| backend / artifact | " + " | ".join(f"batch {k}" for k in ("1", "4", "8", "16", "32")) + " |",
+              "|---|" + "---:|" * 5]
+    for r in rows:
+        if r.get("throughput_by_batch"):
+            tb = r["throughput_by_batch"]
+            lines.append(f"| {_name(r)} | " + " | ".join(_fmt(tb.get(k)) for k in ("1", "4", "8", "16", "32")) + " |")
+    errors = [r for r in rows if r.get("error")]
+    if errors or report["skipped"]:
+        lines += ["", "## Not measured / errors", ""]
+        lines += [f"- {_name(r)}: {r['error']}" for r in errors]
+        lines += [f"- {s_['backend']}: {s_['reason']}" for s_ in report["skipped"]]
+    lines += ["", "## Machine profile (`--backend auto`)", ""]
+    if report.get("profile"):
+        lines.append(f"Written to `{report['profile']['path']}`; fastest acceptable first:")
+        lines.append("")
+        lines += [f"{i}. {e['backend']} / {e['artifact']}: {e['images_per_s']} img/s end to end"
+                  for i, e in enumerate(report["profile"]["ranking"], 1)]
+    else:
+        lines.append("Not written (`--no-profile`, or no artifact passed).")
+    lines += ["", "![latency vs sensitivity](latency_vs_sensitivity.png)", ""]
+    if b.get("development_model"):
+        lines += ["The bundle is a development model: its sensitivity/specificity are for comparing artifacts, "
+                  "not clinical figures.", ""]
+    return "\n".join(lines)
+
+
+def write_csv(report: dict[str, Any], path: Path) -> None:
+    with open(path, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=CSV_FIELDS, extrasaction="ignore")
+        writer.writeheader()
+        for row in public_rows(report):
+            flat = dict(row)
+            for key in ("sensitivity", "specificity"):
+                ci = row.get(f"{key}_ci95") or (None, None)
+                flat[f"{key}_ci_low"], flat[f"{key}_ci_high"] = ci
+            writer.writerow({k: (round(v, 6) if isinstance(v, float) else v) for k, v in flat.items()})
+
+
+def write_decisions(report: dict[str, Any], path: Path) -> None:
+    with open(path, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["kind", "backend", "artifact", "file", "decision", "p_malignant", "reason"])
+        for row in report["rows"]:
+            for d in row.get("decisions", []):
+                writer.writerow([row["kind"], row["backend"], row["artifact"], d["file"], d["decision"],
+                                 d["p_malignant"], d.get("reason", "")])
+
+
+def plot(report: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in report["rows"] if r.get("sensitivity") is not None]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
+    for ax, key, xlabel in ((axes[0], "latency_p50_ms", "model-only latency, batch 1, p50 (ms)"),
+                            (axes[1], "e2e_ms_per_image", "end to end, files → decisions (ms per image)")):
+        for r in rows:
+            x = (1000.0 / r["e2e_images_per_s"]) if key == "e2e_ms_per_image" and r.get("e2e_images_per_s") else r.get(key)
+            if x is None:
+                continue
+            ci = r.get("sensitivity_ci95") or (r["sensitivity"], r["sensitivity"])
+            yerr = [[r["sensitivity"] - ci[0]], [ci[1] - r["sensitivity"]]]
+            marker = "s" if r["kind"] == "baseline" else ("*" if r.get("reference") else "o")
+            ax.errorbar([x], [r["sensitivity"]], yerr=yerr, fmt=marker, capsize=3, markersize=8 if marker == "*" else 6)
+            label = "naive" if r["kind"] == "baseline" else f"{r['backend']}/{r['artifact']}"
+            ax.annotate(label, (x, r["sensitivity"]), textcoords="offset points", xytext=(5, 4), fontsize=7)
+        ax.set_xlabel(xlabel)
+        ax.set_xscale("log")
+        ax.grid(True, alpha=0.3, which="both")
+    axes[0].set_ylabel("sensitivity at the artifact's threshold (95% Wilson CI)")
+    fig.suptitle(f"{report['bundle']['model_id']} on {report['machine']['cpu']} "
+                 f"({report['machine']['logical_cores']} cores): {report['data']['n_images']} images, "
+                 f"{report['data']['n_malignant']} malignant", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_reports(report: dict[str, Any], out: Path) -> dict[str, Path]:
+    """Write the four reports (and decisions.csv, per image) into ``out``; returns their paths."""
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"md": out / "report.md", "json": out / "report.json", "csv": out / "report.csv",
+             "png": out / "latency_vs_sensitivity.png", "decisions": out / "decisions.csv"}
+    public = dict(report, rows=public_rows(report))
+    tmp = paths["json"].with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(public, indent=2, default=str) + "\n")
+    os.replace(tmp, paths["json"])
+    write_csv(report, paths["csv"])
+    write_decisions(report, paths["decisions"])
+    plot(report, paths["png"])
+    paths["md"].write_text(render_markdown(report))
+    return paths

@@ -1,0 +1,181 @@
+"""dermsort bench: real runs on the tiny bundle and real images; the machine profile that `auto` reads."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import sys
+
+import pytest
+from click.testing import CliRunner
+
+from conftest import DATA
+from dermsort.cli import cli
+from dermsort.runtime import engine
+from dermsort.runtime.bundle import load_bundle
+
+FAST = ["--reps", "5", "--warmup", "1", "--e2e-reps", "1", "--cold-reps", "1"]
+
+
+def _bench(args: list[str]):
+    return CliRunner().invoke(cli, ["bench", *args], catch_exceptions=False)
+
+
+def test_bench_writes_four_reports_with_sane_values_and_auto_uses_its_profile(tiny_bundle, tmp_path):
+    out = tmp_path / "report"
+    res = _bench([str(tiny_bundle), "--data", str(DATA / "ham10000-sample"), "--data", str(DATA / "ph2" / "labels.csv"),
+                  "--max-images", "8", "--out", str(out), *FAST])
+    assert res.exit_code == 0, res.output
+    for name in ("report.md", "report.json", "report.csv", "latency_vs_sensitivity.png"):
+        assert (out / name).is_file() and (out / name).stat().st_size > 0, name
+    assert (out / "latency_vs_sensitivity.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    report = json.loads((out / "report.json").read_text())
+    assert report["data"]["n_images"] == 8 and 0 < report["data"]["n_malignant"] < 8
+    assert report["settings"]["reps"] == 5 and report["settings"]["warmup"] == 1
+    machine = report["machine"]
+    assert machine["cpu"] and machine["logical_cores"] >= 1 and machine["ram_gb"] > 0
+    assert {"numpy", "onnxruntime"} <= set(machine["versions"]) and machine["python"] == sys.version.split()[0]
+
+    rows = [r for r in report["rows"] if r["kind"] == "artifact"]
+    pairs = {(r["backend"], r["artifact"]) for r in rows}
+    assert {("onnxruntime", "onnx-fp32"), ("openvino", "openvino-fp16"), ("openvino", "onnx-fp32")} <= pairs
+    for row in rows:
+        assert not row["error"], row["error"]
+        assert row["latency_p50_ms"] > 0 and row["latency_p95_ms"] >= row["latency_p50_ms"]
+        assert row["best_batch"] in (1, 4, 8, 16, 32) and row["best_batch_images_per_s"] > 0
+        assert row["e2e_images_per_s"] > 0 and row["cold_start_s"] > 0 and row["peak_rss_mb"] > 0
+        assert row["auc"] is None or 0.0 <= row["auc"] <= 1.0
+        low, high = row["sensitivity_ci95"]
+        assert 0.0 <= low <= row["sensitivity"] <= high <= 1.0
+        assert 0.0 <= row["specificity"] <= 1.0 and 0.0 <= row["work_reduction"] <= 1.0
+        assert row["n_images"] == 8 and 0.0 <= row["agreement"] <= 1.0
+    ref = next(r for r in rows if r["reference"])
+    assert (ref["backend"], ref["artifact"]) == ("onnxruntime", "onnx-fp32")
+    assert ref["agreement"] == 1.0 and ref["flips_to_benign"] == ref["flips_to_review"] == 0 and ref["passed"]
+    base = next(r for r in report["rows"] if r["kind"] == "baseline")
+    assert "naive" in base["label"] and base["e2e_images_per_s"] > 0 and not base["passed"]
+    assert all(r["speedup_e2e_vs_naive"] > 0 for r in rows)
+
+    with open(out / "report.csv", newline="") as fh:
+        table = list(csv.DictReader(fh))
+    assert len(table) == len(report["rows"]) and float(table[0]["latency_p50_ms"]) > 0
+    text = (out / "report.md").read_text()
+    assert machine["cpu"] in text and "warm-up" in text and "naive baseline" in text
+
+    # the bench-written profile: fastest first by end-to-end throughput, passed artifacts only
+    ranking = report["profile"]["ranking"]
+    assert [e["images_per_s"] for e in ranking] == sorted((e["images_per_s"] for e in ranking), reverse=True)
+    assert {(e["backend"], e["artifact"]) for e in ranking} == {(r["backend"], r["artifact"]) for r in rows if r["passed"]}
+    stored = engine.load_profile()["models"]["tiny-test-cnn"]
+    assert stored["source"] == "bench" and stored["ranking"] == ranking
+    bundle, _ = load_bundle(tiny_bundle)
+    chosen = engine.open_backend(bundle, "auto")
+    assert (chosen.spec.name, chosen.artifact.name) == (ranking[0]["backend"], ranking[0]["artifact"])
+
+
+def test_artificial_ranking_favouring_openvino_is_what_auto_picks(tiny_bundle):
+    from dermsort.bench.core import profile_ranking
+
+    rows = [
+        {"kind": "artifact", "backend": "onnxruntime", "artifact": "onnx-fp32", "precision": "fp32", "passed": True,
+         "e2e_images_per_s": 100.0, "agreement": 1.0},
+        {"kind": "artifact", "backend": "openvino", "artifact": "openvino-fp16", "precision": "fp16", "passed": True,
+         "e2e_images_per_s": 500.0, "agreement": 0.99},
+        # fastest, but its decisions disagree with the reference: never ranked
+        {"kind": "artifact", "backend": "openvino", "artifact": "onnx-fp32", "precision": "fp32", "passed": False,
+         "e2e_images_per_s": 900.0, "agreement": 0.5},
+        {"kind": "baseline", "backend": "onnxruntime", "artifact": "onnx-fp32", "precision": "fp32", "passed": False,
+         "e2e_images_per_s": 50.0},
+    ]
+    ranking = profile_ranking(rows)
+    assert [(e["backend"], e["artifact"]) for e in ranking] == [("openvino", "openvino-fp16"), ("onnxruntime", "onnx-fp32")]
+    bundle, _ = load_bundle(tiny_bundle)
+    engine.save_profile(bundle.model_id, ranking, source="bench")
+    chosen = engine.open_backend(bundle, "auto")
+    assert (chosen.spec.name, chosen.artifact.name) == ("openvino", "openvino-fp16")
+    chosen.close()
+
+
+def test_backend_filter_and_no_profile(tiny_bundle, tmp_path):
+    out = tmp_path / "r"
+    res = _bench([str(tiny_bundle), "--data", str(DATA / "ph2"), "--max-images", "4", "--backends", "onnxruntime",
+                  "--no-profile", "--out", str(out), *FAST])
+    assert res.exit_code == 0, res.output
+    report = json.loads((out / "report.json").read_text())
+    assert {r["backend"] for r in report["rows"] if r["kind"] == "artifact"} == {"onnxruntime"}
+    assert report["profile"] is None and engine.load_profile() == {}
+
+
+def test_child_peak_rss_is_its_own_not_the_parents(tiny_bundle):
+    # Linux ru_maxrss survives fork+exec; the worker must report the child's own peak (VmHWM)
+    from dermsort.bench.measure import run_worker
+
+    ballast = bytearray(400 * 2**20)
+    ballast[::4096] = b"\x01" * len(ballast[::4096])
+    image = sorted((DATA / "ph2" / "images").glob("*.jpg"))[0]
+    result = run_worker({"bundle": str(tiny_bundle), "backend": "onnxruntime", "artifact": "onnx-fp32",
+                         "files": [str(image)], "mode": "cold", "batch_size": 1})
+    del ballast
+    assert 0 < result["peak_rss_mb"] < 350 and 0 < result["cold_start_s"] < result["process_wall_s"]
+
+
+def test_wilson_interval_and_figures():
+    from dermsort.bench import metrics
+
+    low, high = metrics.wilson(9, 10)
+    assert math.isclose(low, 0.5958, abs_tol=1e-3) and math.isclose(high, 0.9821, abs_tol=1e-3)
+    assert metrics.wilson(0, 5)[0] == 0.0 and metrics.wilson(5, 5)[1] == 1.0 and metrics.wilson(0, 0) is None
+    figures = metrics.operating_figures([1, 1, 0, 0], ["review", "benign", "benign", "review"], [0.9, 0.2, 0.1, 0.6])
+    assert figures["sensitivity"] == 0.5 and figures["specificity"] == 0.5 and figures["work_reduction"] == 0.5
+    assert figures["auc"] == 0.75 and figures["missed_malignant"] == 1
+    same = metrics.agreement(["benign", "review"], ["benign", "review"], [0.1, 0.9], [0.1, 0.9])
+    assert same["agreement"] == 1.0 and same["max_abs_dp"] == 0.0
+
+
+def test_labelled_data_cap_keeps_both_classes_and_bad_input_is_one_line(tmp_path):
+    from dermsort.bench.data import load_labelled
+    from dermsort.runtime.errors import DermsortError
+
+    images = load_labelled([DATA / "isic2020"], "test", max_images=10)
+    assert len(images) == 10 and 1 <= sum(i.malignant for i in images) < 10
+    assert images == load_labelled([DATA / "isic2020"], "test", max_images=10)  # seeded
+    with pytest.raises(DermsortError, match="labelled data not found"):
+        load_labelled([tmp_path])
+
+
+def test_pipeline_benchmark_runs_on_small_generated_jpegs(tiny_bundle, tmp_path):
+    from dermsort.bench.pipeline import main
+
+    res = CliRunner().invoke(main, ["--model", str(tiny_bundle), "--artifacts", "onnx-fp32", "--real", "4",
+                                    "--large", "800x600", "--n-large", "2", "--reps", "1", "--naive-reps", "1",
+                                    "--cold-reps", "1", "--out", str(tmp_path / "p")], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    report = json.loads((tmp_path / "p" / "pipeline.json").read_text())
+    assert [s["set"] for s in report["sets"]] == ["real", "large 0 MP"]
+    for s in report["sets"]:
+        row = s["artifacts"]["onnx-fp32"]
+        assert row["pipeline_images_per_s"] > 0 and row["naive_images_per_s"] > 0 and row["ratio_to_decode_alone"] > 0
+    fresh = report["fresh_process"]["onnx-fp32"]
+    assert fresh["cold_start_s"] > 0 and all(v > 0 for v in fresh["peak_rss_mb"].values())
+    assert {v["target"].split()[0] for v in report["verdicts"]} >= {"pipeline", "cold", "peak"}
+
+
+def test_naive_torch_eager_runner_matches_the_onnx_reference(tiny_bundle):
+    # the baseline used with --checkpoint: PyTorch eager FP32, full decode, batch 1
+    from model_factory import _tiny_model
+
+    from dermsort.bench.naive import backend_runner, run_naive, torch_runner
+    from dermsort.runtime.backends.base import create_backend
+
+    bundle, _ = load_bundle(tiny_bundle)
+    paths = sorted((DATA / "ham10000-sample" / "images").glob("*.jpg"))[:4]
+    eager = torch_runner(_tiny_model(), bundle.metadata, threshold=bundle.get("onnx-fp32").threshold)
+    _, by_torch = run_naive(eager, paths)
+    onnx = backend_runner(create_backend("onnxruntime", bundle, bundle.get("onnx-fp32")).load(), "naive onnx")
+    _, by_onnx = run_naive(onnx, paths)
+    onnx.close()
+    assert "PyTorch eager" in eager.label
+    for a, b in zip(by_torch, by_onnx):
+        assert a["file"] == b["file"] and abs(a["p_malignant"] - b["p_malignant"]) < 1e-5

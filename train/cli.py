@@ -1,0 +1,109 @@
+"""``dermsort train`` and ``dermsort evaluate`` (routed here lazily by dermsort/cli.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+_split_options = [
+    click.option("--split-mode", "--split", "split_mode", type=click.Choice(["given", "regroup"]), default="given",
+                 show_default=True, help="given: keep a source's own split column; regroup: new grouped split."),
+    click.option("--folds", type=click.IntRange(2, 20), default=None, help="Grouped K-fold: fold --fold is the test set."),
+    click.option("--fold", type=click.IntRange(0, 19), default=0, show_default=True),
+    click.option("--seed", type=int, default=0, show_default=True),
+]
+
+
+def _add(options):
+    def wrap(func):
+        for option in reversed(options):
+            func = option(func)
+        return func
+
+    return wrap
+
+
+@click.command()
+@click.option("--data", "data", multiple=True, required=True, type=click.Path(exists=True),
+              help="labels.csv, a data set's metadata file/folder, class folders, or a folder of data sets; repeatable.")
+@click.option("--out", "out", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Folder for checkpoint.pt, metrics.json, roc.png, confusion.png.")
+@click.option("--arch", "architecture", default="efficientnet_lite0", show_default=True,
+              help="efficientnet_lite0 | mobilenet_v3_small | mobilenet_v3_large | efficientnet_b0 | resnet18 | resnet50 | tiny_cnn")
+@click.option("--task", type=click.Choice(["binary", "ham7"]), default="binary", show_default=True)
+@click.option("--epochs", type=click.IntRange(1, 1000), default=12, show_default=True)
+@click.option("--batch-size", type=click.IntRange(1, 1024), default=32, show_default=True)
+@click.option("--lr", type=float, default=1e-3, show_default=True)
+@click.option("--weight-decay", type=float, default=1e-2, show_default=True)
+@click.option("--target-sensitivity", type=click.FloatRange(0.5, 1.0), default=0.95, show_default=True,
+              help="Operating threshold: the largest whose validation sensitivity reaches this.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--amp", is_flag=True, help="Mixed precision (CUDA only).")
+@click.option("--freeze-backbone-epochs", type=click.IntRange(0), default=0, show_default=True,
+              help="Train only the classifier for the first N epochs.")
+@click.option("--freeze-stages", type=click.IntRange(0), default=0, show_default=True,
+              help="Keep the first K stages (stem, early blocks) frozen for the whole run (saves CPU).")
+@click.option("--max-images", type=click.IntRange(10), default=None, help="Use at most N images (quick runs).")
+@click.option("--image-size", type=click.IntRange(32, 1024), default=None, help="Input size (default: the architecture's).")
+@click.option("--no-pretrained", is_flag=True, help="Start from random weights.")
+@click.option("--patience", type=click.IntRange(1), default=4, show_default=True, help="Early stopping on val AUC.")
+@click.option("--max-minutes", type=click.FloatRange(0.1), default=None,
+              help="Wall-clock budget: start no epoch that would probably end after it.")
+@click.option("--balance", type=click.Choice(["loss", "sampler", "none"]), default="loss", show_default=True,
+              help="Class imbalance: class-weighted loss or weighted sampling.")
+@click.option("--workers", type=click.IntRange(0, 64), default=0, show_default=True, help="DataLoader worker processes.")
+@click.option("--threads", type=click.IntRange(1, 256), default=None, help="torch CPU threads.")
+@click.option("--n-boot", type=click.IntRange(100), default=2000, show_default=True, help="AUC bootstrap resamples.")
+@click.option("--resume", is_flag=True, help="Continue an interrupted run from OUT/last.pt (same settings).")
+@_add(_split_options)
+def train(data, out, architecture, task, epochs, batch_size, lr, weight_decay, target_sensitivity, device, amp,
+          freeze_backbone_epochs, freeze_stages, max_images, image_size, no_pretrained, patience, max_minutes, balance, workers,
+          threads, n_boot, resume, split_mode, folds, fold, seed) -> None:
+    """Train a triage model; pick the epoch and the threshold on val, report on test (never trained on)."""
+    from .trainer import TrainConfig
+    from .trainer import train as run_training
+
+    config = TrainConfig(data=[str(d) for d in data], out=str(out), architecture=architecture, task=task,
+                         epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, seed=seed,
+                         target_sensitivity=target_sensitivity, device=device, amp=amp,
+                         freeze_backbone_epochs=freeze_backbone_epochs, freeze_stages=freeze_stages,
+                         max_images=max_images, image_size=image_size, pretrained=not no_pretrained,
+                         split_mode=split_mode, folds=folds, fold=fold, patience=patience, max_minutes=max_minutes, balance=balance,
+                         workers=workers, threads=threads, n_boot=n_boot, resume=resume)
+    try:
+        run_training(config)
+    except (ValueError, FileNotFoundError) as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@click.command()
+@click.argument("model", type=click.Path(exists=True, path_type=Path))
+@click.option("--data", "data", multiple=True, required=True, type=click.Path(exists=True),
+              help="Labelled data (as for train); repeatable.")
+@click.option("--split", "split", type=click.Choice(["test", "val", "train", "all"]), default="test", show_default=True)
+@click.option("--out", "out", required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--backend", default="onnxruntime", show_default=True,
+              help="Runtime backend for a bundle (onnxruntime, openvino, torch, tensorrt).")
+@click.option("--artifact", default=None, help="Artifact name in the bundle (default: its reference ONNX).")
+@click.option("--threshold", type=click.FloatRange(0.0, 1.0, min_open=True), default=None,
+              help="Override the model's operating threshold.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="cpu", show_default=True,
+              help="For a checkpoint.")
+@click.option("--batch-size", type=click.IntRange(1, 1024), default=32, show_default=True)
+@click.option("--n-boot", type=click.IntRange(100), default=2000, show_default=True, help="AUC bootstrap resamples.")
+@click.option("--split-mode", type=click.Choice(["given", "regroup"]), default="given", show_default=True)
+@click.option("--folds", type=click.IntRange(2, 20), default=None)
+@click.option("--fold", type=click.IntRange(0, 19), default=0, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+def evaluate(model, data, split, out, backend, artifact, threshold, device, batch_size, n_boot, split_mode, folds,
+             fold, seed) -> None:
+    """Sensitivity, specificity, work reduction and AUC (with CIs) of MODEL (checkpoint.pt or bundle) on labelled data."""
+    from .evaluate import evaluate as run_evaluation
+
+    try:
+        run_evaluation(model, [str(d) for d in data], out, split=split, split_mode=split_mode, seed=seed, folds=folds,
+                       fold=fold, backend=backend, artifact=artifact, threshold=threshold, device=device,
+                       batch_size=batch_size, n_boot=n_boot)
+    except (ValueError, FileNotFoundError) as exc:
+        raise click.ClickException(str(exc)) from None

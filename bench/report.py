@@ -164,33 +164,42 @@ def write_decisions(report: dict[str, Any], path: Path) -> None:
 
 
 def plot(report: dict[str, Any], path: Path) -> None:
+    """Sensitivity (Wilson CI) against model-only and end-to-end cost; one colour per row, legend below."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     rows = [r for r in report["rows"] if r.get("sensitivity") is not None]
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
-    for ax, key, xlabel in ((axes[0], "latency_p50_ms", "model-only latency, batch 1, p50 (ms)"),
-                            (axes[1], "e2e_ms_per_image", "end to end, files → decisions (ms per image)")):
-        for r in rows:
-            x = (1000.0 / r["e2e_images_per_s"]) if key == "e2e_ms_per_image" and r.get("e2e_images_per_s") else r.get(key)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 5.2), sharey=True)
+    colours = plt.get_cmap("tab10")
+    handles = []
+    for i, r in enumerate(rows):
+        ci = r.get("sensitivity_ci95") or (r["sensitivity"], r["sensitivity"])
+        yerr = [[r["sensitivity"] - ci[0]], [ci[1] - r["sensitivity"]]]
+        marker = "s" if r["kind"] == "baseline" else ("*" if r.get("reference") else "o")
+        label = ("naive baseline" if r["kind"] == "baseline" else f"{r['backend']} / {r['artifact']}"
+                 + (" (reference)" if r.get("reference") else "") + ("" if r.get("passed") else " — not passed"))
+        xs = (r.get("latency_p50_ms"), 1000.0 / r["e2e_images_per_s"] if r.get("e2e_images_per_s") else None)
+        for ax, x in zip(axes, xs):
             if x is None:
                 continue
-            ci = r.get("sensitivity_ci95") or (r["sensitivity"], r["sensitivity"])
-            yerr = [[r["sensitivity"] - ci[0]], [ci[1] - r["sensitivity"]]]
-            marker = "s" if r["kind"] == "baseline" else ("*" if r.get("reference") else "o")
-            ax.errorbar([x], [r["sensitivity"]], yerr=yerr, fmt=marker, capsize=3, markersize=8 if marker == "*" else 6)
-            label = "naive" if r["kind"] == "baseline" else f"{r['backend']}/{r['artifact']}"
-            ax.annotate(label, (x, r["sensitivity"]), textcoords="offset points", xytext=(5, 4), fontsize=7)
-        ax.set_xlabel(xlabel)
-        ax.set_xscale("log")
-        ax.grid(True, alpha=0.3, which="both")
+            h = ax.errorbar([x], [r["sensitivity"]], yerr=yerr, fmt=marker, capsize=3, color=colours(i % 10),
+                            markersize=10 if marker == "*" else 7,
+                            markerfacecolor=colours(i % 10) if (r.get("passed") or r["kind"] == "baseline") else "white")
+        handles.append((h, label))
+    axes[0].set_xlabel("model-only latency, batch 1, p50 (ms)")
+    axes[1].set_xlabel("end to end, files → decisions (ms per image)")
     axes[0].set_ylabel("sensitivity at the artifact's threshold (95% Wilson CI)")
+    for ax in axes:
+        ax.grid(True, alpha=0.3)
+        ax.set_xlim(0, ax.get_xlim()[1] * 1.08)
+    fig.legend([h for h, _ in handles], [lbl for _, lbl in handles], loc="lower center", ncol=3, fontsize=8,
+               frameon=False)
     fig.suptitle(f"{report['bundle']['model_id']} on {report['machine']['cpu']} "
                  f"({report['machine']['logical_cores']} cores): {report['data']['n_images']} images, "
-                 f"{report['data']['n_malignant']} malignant", fontsize=9)
-    fig.tight_layout()
+                 f"{report['data']['n_malignant']} malignant; hollow = not passed", fontsize=9)
+    fig.tight_layout(rect=(0, 0.14, 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
 

@@ -26,6 +26,7 @@ import numpy as np
 from dermsort.runtime.bundle import Bundle, make_artifact, sha256_file, write_manifest
 from dermsort.runtime.metadata import ONNX_METADATA_KEY, ModelMetadata, PreprocessSpec, Provenance, Validation
 from dermsort.runtime.preprocess import preprocess_file
+from dermsort.train.metrics import choose_threshold
 
 log = logging.getLogger(__name__)
 
@@ -56,13 +57,6 @@ def _backbone():
     net = EfficientNet.from_name("efficientnet-lite0")
     net.load_state_dict(torch.load(weights, map_location="cpu"), strict=True)
     return net.eval(), weights
-
-
-def threshold_at_sensitivity(p_malignant: np.ndarray, labels: np.ndarray, target: float) -> float:
-    """Largest threshold whose sensitivity (p >= threshold counts as review) is still >= target."""
-    positives = np.sort(p_malignant[labels == 1])
-    k = int(np.floor((1.0 - target) * len(positives)))
-    return float(min(max(positives[k], 1e-6), 1.0))
 
 
 def build(out: Path, images_for_calibration: int = 64) -> Path:
@@ -160,7 +154,7 @@ def build(out: Path, images_for_calibration: int = 64) -> Path:
         art = make_artifact(out, rel, name=name, backend=backend, precision=precision, threshold=0.5, extra_files=extra)
         with create_backend(backend, draft, art) as runner:
             p = np.concatenate([runner.predict(x_val[i:i + 32])[:, 1] for i in range(0, len(x_val), 32)])
-        art.threshold = threshold_at_sensitivity(p, y_val, TARGET_SENSITIVITY)
+        art.threshold = choose_threshold(y_val, p, TARGET_SENSITIVITY)
         art.parity = {"threshold_rule": f"sensitivity >= {TARGET_SENSITIVITY} on the val splits of {', '.join(PROBE_SETS)}"}
         artifacts.append(art)
         click.echo(f"{name}: threshold {art.threshold:.4f}", err=True)

@@ -1,35 +1,12 @@
 """Operating figures of one set of decisions: AUC, sensitivity/specificity with Wilson CIs, work reduction,
-and agreement with the reference's decisions."""
+and agreement with the reference's decisions. The formulas (Wilson interval, AUC) are dermsort.train.metrics's,
+the package's one implementation; this module only counts the pipeline's own decisions."""
 
 from __future__ import annotations
 
-import math
 from typing import Any, Sequence
 
-import numpy as np
-
-Z95 = 1.959963984540054
-
-
-def wilson(successes: int, n: int, z: float = Z95) -> tuple[float, float] | None:
-    """Wilson score interval for a binomial proportion (sound at 0 and n, unlike the normal interval)."""
-    if n <= 0:
-        return None
-    p = successes / n
-    denom = 1.0 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return max(0.0, centre - half), min(1.0, centre + half)
-
-
-def auc(labels: Sequence[int], p_malignant: Sequence[float]) -> float | None:
-    """ROC AUC from scikit-learn; None when only one class is present."""
-    from sklearn.metrics import roc_auc_score
-
-    labels = np.asarray(labels)
-    if len(set(labels.tolist())) < 2:
-        return None
-    return float(roc_auc_score(labels, np.asarray(p_malignant, dtype=np.float64)))
+from dermsort.train.metrics import auc_score, wilson_ci
 
 
 def operating_figures(labels: Sequence[int], decisions: Sequence[str], p_malignant: Sequence[float | None]) -> dict[str, Any]:
@@ -47,9 +24,9 @@ def operating_figures(labels: Sequence[int], decisions: Sequence[str], p_maligna
     scored = [(y, p) for y, p in zip(labels, p_malignant) if p is not None]
     return {
         "n_images": len(labels), "n_malignant": pos, "n_scored": len(scored),
-        "auc": auc([y for y, _ in scored], [p for _, p in scored]) if scored else None,
-        "sensitivity": tp / pos if pos else None, "sensitivity_ci95": wilson(tp, pos),
-        "specificity": tn / neg if neg else None, "specificity_ci95": wilson(tn, neg),
+        "auc": auc_score([y for y, _ in scored], [p for _, p in scored]) if scored else None,
+        "sensitivity": tp / pos if pos else None, "sensitivity_ci95": wilson_ci(tp, pos),
+        "specificity": tn / neg if neg else None, "specificity_ci95": wilson_ci(tn, neg),
         "missed_malignant": pos - tp,
         "work_reduction": (len(labels) - sum(review)) / len(labels) if labels else None,
     }

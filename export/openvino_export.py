@@ -49,8 +49,10 @@ def export_int8(onnx_path: Path, xml_path: Path, metadata: ModelMetadata, calib_
     import nncf
     import openvino as ov
 
+    from dermsort.train.metrics import auc_score
+
     from .calibration import nncf_dataset
-    from .parity import auc, compare
+    from .parity import compare
 
     if accuracy_control not in ACCURACY_CONTROL:
         raise ValueError(f"accuracy_control must be one of {ACCURACY_CONTROL}")
@@ -88,7 +90,7 @@ def export_int8(onnx_path: Path, xml_path: Path, metadata: ModelMetadata, calib_
                              recalibrate=recalibrate)
             return 1.0 - float(result.flip_rate)
 
-        info["auc_fp32"] = auc(p_ref, labels)
+        info["auc_fp32"] = auc_score(labels, p_ref)
         needs_control = accuracy_control == "on"
         if quantized is not None:
             p_plain = p_malignant(quantized, tensors)

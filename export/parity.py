@@ -9,8 +9,9 @@ and decides on the two things that matter for triage:
 * **decision flips** (benign <-> review, artifact at its threshold vs reference at its threshold) may
   not exceed ``max_flip_rate`` (1 %) of the set.
 
-Threshold recalibration (``recalibrate_threshold``) -- why it is not simply "the largest threshold
-whose sensitivity >= the reference's":
+Threshold recalibration (``dermsort.train.metrics.choose_threshold`` with ``max_benign``: the package's
+one threshold picker; AUC and operating points come from that module too) -- why it is not simply
+"the largest threshold whose sensitivity >= the reference's":
 
 1. On a finite set the largest such threshold *is* the score of the k-th most suspicious malignant
    image (k = ceil(S_ref * n_malignant)), so that image sits exactly on the threshold with zero
@@ -44,6 +45,7 @@ import numpy as np
 
 from dermsort.runtime.backends.base import create_backend
 from dermsort.runtime.bundle import Artifact, Bundle
+from dermsort.train.metrics import auc_score, choose_threshold, operating_point
 
 
 @dataclass(frozen=True)
@@ -126,50 +128,12 @@ def predict_p_malignant(bundle: Bundle, artifact: Artifact, tensors: np.ndarray,
     return np.concatenate(parts), described
 
 
-def operating_point(p_malignant: np.ndarray, malignant: np.ndarray, threshold: float) -> tuple[float | None, float | None]:
-    """(sensitivity, specificity) of ``review if p >= threshold``; None where a class is absent."""
-    review = p_malignant >= threshold
-    pos, neg = malignant == 1, malignant == 0
-    sens = float(review[pos].mean()) if pos.any() else None
-    spec = float((~review[neg]).mean()) if neg.any() else None
-    return sens, spec
-
-
-def auc(p_malignant: np.ndarray, malignant: np.ndarray) -> float | None:
-    if len(set(malignant.tolist())) < 2:
-        return None
-    from sklearn.metrics import roc_auc_score
-
-    return float(roc_auc_score(malignant, p_malignant))
-
-
-def recalibrate_threshold(p_malignant: np.ndarray, malignant: np.ndarray, target_sensitivity: float,
-                          max_benign: int | None = None) -> float:
-    """The artifact's threshold: sensitivity >= target on this set, no more benign than ``max_benign``.
-
-    Largest threshold meeting both, then lowered to the middle of the score gap below it (same
-    decisions on the set, margin for the image that sits on it). See the module docstring for why.
-    """
-    scores = np.sort(np.asarray(p_malignant, dtype=np.float64))
-    mal = np.sort(np.asarray(p_malignant, dtype=np.float64)[malignant == 1])[::-1]
-    if len(mal) == 0:
-        raise ValueError("the gate set has no malignant image: sensitivity is undefined")
-    k = min(len(mal), max(1, math.ceil(target_sensitivity * len(mal) - 1e-9)))
-    limit = float(mal[k - 1])  # review iff p >= limit keeps >= k malignant images in review/
-    if max_benign is not None and max_benign < len(scores):
-        # #{p < scores[b]} <= b: never more benign decisions than the reference makes
-        limit = min(limit, float(scores[max_benign]))
-    below = scores[scores < limit]
-    lower = float(below[-1]) if len(below) else 0.0
-    return (lower + limit) / 2.0
-
-
 def reference_result(name: str, p_ref: np.ndarray, malignant: np.ndarray, threshold: float,
                      backend: dict[str, Any] | None = None) -> ParityResult:
-    sens, spec = operating_point(p_ref, malignant, threshold)
+    sens, spec = operating_point(malignant, p_ref, threshold)
     return ParityResult(artifact=name, status="reference", reference=name, n_images=len(p_ref),
                         n_malignant=int(malignant.sum()), threshold=threshold, reference_threshold=threshold,
-                        auc=auc(p_ref, malignant), auc_reference=auc(p_ref, malignant), sensitivity=sens,
+                        auc=auc_score(malignant, p_ref), auc_reference=auc_score(malignant, p_ref), sensitivity=sens,
                         specificity=spec, sensitivity_reference=sens, specificity_reference=spec,
                         sensitivity_drop=0.0, specificity_drop=0.0, flips=0, flip_rate=0.0, flips_to_benign=0,
                         malignant_to_benign=0, max_abs_diff=0.0, mean_abs_diff=0.0, backend=backend or {},
@@ -184,22 +148,22 @@ def compare(name: str, p_art: np.ndarray, p_ref: np.ndarray, malignant: np.ndarr
     """Judge one artifact's P(malignant) against the reference's on the same labelled images."""
     p_art, p_ref = np.asarray(p_art, np.float64), np.asarray(p_ref, np.float64)
     malignant = np.asarray(malignant, dtype=int)
-    sens_ref, spec_ref = operating_point(p_ref, malignant, reference_threshold)
+    sens_ref, spec_ref = operating_point(malignant, p_ref, reference_threshold)
     ref_review = p_ref >= reference_threshold
     if recalibrate:
-        threshold = recalibrate_threshold(p_art, malignant, sens_ref or 0.0, max_benign=int((~ref_review).sum()))
+        threshold = choose_threshold(malignant, p_art, sens_ref or 0.0, max_benign=int((~ref_review).sum()))
     elif threshold is None:
         threshold = reference_threshold
-    sens, spec = operating_point(p_art, malignant, threshold)
+    sens, spec = operating_point(malignant, p_art, threshold)
     review = p_art >= threshold
     flips = int((review != ref_review).sum())
     to_benign = ref_review & ~review
-    sens_at_ref, _ = operating_point(p_art, malignant, reference_threshold)
+    sens_at_ref, _ = operating_point(malignant, p_art, reference_threshold)
     diff = np.abs(p_art - p_ref)
     result = ParityResult(
         artifact=name, status="passed", reference=reference, n_images=len(p_art), n_malignant=int(malignant.sum()),
         threshold=float(threshold), reference_threshold=float(reference_threshold), recalibrated=recalibrate,
-        auc=auc(p_art, malignant), auc_reference=auc(p_ref, malignant), sensitivity=sens, specificity=spec,
+        auc=auc_score(malignant, p_art), auc_reference=auc_score(malignant, p_ref), sensitivity=sens, specificity=spec,
         sensitivity_reference=sens_ref, specificity_reference=spec_ref,
         sensitivity_drop=(sens_ref - sens) if sens is not None and sens_ref is not None else None,
         specificity_drop=(spec_ref - spec) if spec is not None and spec_ref is not None else None,

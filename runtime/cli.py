@@ -14,6 +14,7 @@ import click
 
 from .backends.base import backend_status, list_backends
 from .bundle import DEFAULT_BUNDLE, load_bundle
+from .diagnosis import diagnosis_name, head_summary, is_diagnosis_head, validation_lines
 from .engine import load_profile, open_backend, profile_path
 from .errors import DermsortError
 from .sorter import Candidate, SortOptions, Sorter, default_out, scan
@@ -83,7 +84,7 @@ def _print_summary(summary: Any, bundle: Any, opts: SortOptions, as_json: bool, 
     echo = lambda s="": click.echo(s, err=False)  # noqa: E731
     if dry_run:
         for d in summary.decisions:
-            echo(f"{d['decision']:7s} {d['file']}  ({d['reason']})")
+            echo(decision_line(d))
     verb = "would sort" if dry_run else "sorted"
     echo(f"{verb} {summary.sorted} image(s): {summary.benign} benign, {summary.review} review "
          f"(work reduction {summary.work_reduction:.1%}) in {summary.seconds:.1f} s, {summary.images_per_s:.1f} images/s")
@@ -106,6 +107,15 @@ def _print_summary(summary: Any, bundle: Any, opts: SortOptions, as_json: bool, 
         echo(f"output: {opts.out}  (journal: {opts.out / '.dermsort' / 'journal.jsonl'}, results: {opts.out / 'results.csv'})")
     if summary.interrupted:
         echo("stopped early on request; re-run to sort the rest")
+
+
+def decision_line(d: dict[str, Any]) -> str:
+    """One image's line for people: decision, file, reason, and a diagnosis head's top class (display only)."""
+    line = f"{d['decision']:7s} {d['file']}  ({d['reason']})"
+    if d.get("top_dx"):
+        p = d.get("top_dx_p")
+        line += f"  [top dx: {d['top_dx']}" + (f" {p:.3f}" if isinstance(p, (int, float)) else "") + "]"
+    return line
 
 
 def _progress_bar(total: int, enabled: bool):
@@ -194,7 +204,7 @@ def watch(folder: Path, out: Path | None, move: bool, recursive: bool, backend: 
                     totals[key] += getattr(summary, key)
                 for d in summary.decisions:
                     line = {"time": time.strftime("%H:%M:%S"), **d} if as_json else None
-                    click.echo(json.dumps(line) if as_json else f"{d['decision']:7s} {d['file']}  ({d['reason']})")
+                    click.echo(json.dumps(line) if as_json else decision_line(d))
                 for cand in ready:
                     if not cand.path.exists():
                         seen.pop(str(cand.path), None)
@@ -244,6 +254,7 @@ def info(model: Path | None, as_json: bool) -> None:
                 {"name": a.name, "backend": a.backend, "precision": a.precision, "threshold": a.threshold,
                  "size_bytes": a.size_bytes, "sha256": a.sha256, "accepted": a.accepted, "override": a.override,
                  "checksum": checks[a.name]} for a in bundle.artifacts],
+            "head": head_summary(meta.classes, meta.malignant_classes), "classes": list(meta.classes),
             "backends": backends, "machine_profile": {"path": str(profile_path()), "entry": profile}}
     if as_json:
         click.echo(json.dumps(data, indent=2))
@@ -254,6 +265,14 @@ def info(model: Path | None, as_json: bool) -> None:
         click.echo("status       DEVELOPMENT MODEL - not validated for clinical use")
     click.echo(f"bundle       {bundle.root}")
     click.echo(f"classes      {', '.join(meta.classes)}  (malignant: {', '.join(meta.malignant_classes)})")
+    if is_diagnosis_head(meta.classes):
+        click.echo(f"head         diagnosis ({len(meta.classes)} classes); P(malignant) = sum of "
+                   f"{' + '.join(meta.malignant_classes)}; the top class is shown, it never changes a decision")
+        for c in meta.classes:
+            mark = "  malignant" if c in meta.malignant_classes else ""
+            click.echo(f"               {c:6s} {diagnosis_name(c)}{mark}")
+    else:
+        click.echo(f"head         binary ({' / '.join(meta.classes)})")
     p = meta.preprocess
     click.echo(f"preprocess   shorter side -> {p.resize_shorter} px ({p.interpolation}), centre crop {p.input_size}, "
                f"/{p.scale:g}, mean {p.mean}, std {p.std}")
@@ -270,6 +289,8 @@ def info(model: Path | None, as_json: bool) -> None:
     click.echo(f"             sensitivity {fmt(v.sensitivity, v.sensitivity_ci)}, specificity "
                f"{fmt(v.specificity, v.specificity_ci)}, work reduction {fmt(v.work_reduction, None)}, "
                f"AUC {fmt(v.auc, v.auc_ci)}")
+    for label, text in validation_lines(v.threshold_basis, v.per_dataset, v.per_diagnosis):
+        click.echo(f"{label:12s} {text}".rstrip())
     prov = meta.provenance
     click.echo(f"provenance   data: {'; '.join(prov.training_data) or '?'}")
     click.echo(f"             code {prov.code_version or '?'}, created {prov.created or '?'}, pretrained "

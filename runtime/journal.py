@@ -5,7 +5,8 @@ then a ``done`` (after it is durable), each written with ``os.write`` on an ``O_
 and fsync'd. A run killed at any point leaves a journal from which the next run finishes or rolls
 back every placement; a torn last line (killed mid-write) is cut off by the next writer, and a
 write that fails (disk full) is rolled back at once, so the journal never holds half a record.
-``results.csv`` is a human-readable view regenerated from the journal.
+``results.csv`` is a human-readable view regenerated from the journal; new columns are only ever
+appended at the end, and a results.csv written by an older dermsort keeps its column order.
 
 File names that are not valid UTF-8 (``os.fsdecode`` gives lone surrogates) are stored with JSON
 ``\\udcXX`` escapes, so they round-trip exactly and the journal stays valid UTF-8.
@@ -22,8 +23,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
+#: results.csv columns; new ones go at the END so readers of older files (by position) keep working.
+#: ``top_dx``/``top_dx_p``: a diagnosis head's most likely class, for display only (empty for binary models).
 RESULT_FIELDS = ["file", "dest", "sha256", "decision", "p_malignant", "threshold", "backend", "artifact",
-                 "model_id", "time", "reason", "mode"]
+                 "model_id", "time", "reason", "mode", "top_dx", "top_dx_p"]
+#: a text cell starting with one of these is a formula to a spreadsheet: it is written with a leading '
+FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
 
 #: Test hook (tests/fault_harness.py): ``DERMSORT_FAULT_AT="STEP:N[:SIG]"`` sends this process
 #: SIGKILL (or SIG, e.g. TERM) the N-th time it reaches STEP. Steps: tmp_written, intent, link,
@@ -196,26 +201,64 @@ class Journal:
                 self._fd = None
 
 
-def results_csv_text(state: JournalState) -> str:
+def csv_cell(value: Any) -> Any:
+    """A journal value as a results.csv cell: text a spreadsheet would run as a formula is neutralised.
+
+    Numbers stay numbers (a negative one is not a formula); None is an empty cell.
+    """
+    if isinstance(value, str) and value.startswith(FORMULA_PREFIXES):
+        return "'" + value
+    return value
+
+
+def result_columns(existing_header: list[str] | None = None) -> list[str]:
+    """The columns of results.csv: RESULT_FIELDS, or, when an existing results.csv has another (older)
+    header, that file's columns in its order with the missing ones appended at the end, so that a
+    re-run never shifts a column under a reader of the old file."""
+    if not existing_header or existing_header == RESULT_FIELDS:
+        return list(RESULT_FIELDS)
+    names = list(existing_header)
+    plausible = ("file" in names and len(set(names)) == len(names)
+                 and all(n and n.replace("_", "").isalnum() and n.isascii() for n in names))
+    if not plausible:  # not a results.csv header (damaged, or some other file): start afresh
+        return list(RESULT_FIELDS)
+    return names + [f for f in RESULT_FIELDS if f not in names]
+
+
+def read_header(data: bytes) -> list[str] | None:
+    """The header row of results.csv bytes; None when there is none."""
+    first = data.split(b"\n", 1)[0].rstrip(b"\r")
+    if not first:
+        return None
+    try:
+        return next(csv.reader([first.decode("utf-8", "surrogateescape")]))
+    except (csv.Error, StopIteration):
+        return None
+
+
+def results_csv_text(state: JournalState, columns: list[str] | None = None) -> str:
     buf = io.StringIO(newline="")
-    writer = csv.DictWriter(buf, fieldnames=RESULT_FIELDS, extrasaction="ignore")
+    writer = csv.DictWriter(buf, fieldnames=columns or RESULT_FIELDS, extrasaction="ignore", restval="")
     writer.writeheader()
     for rec in state.finished():
-        writer.writerow(rec)
+        writer.writerow({k: csv_cell(v) for k, v in rec.items()})
     return buf.getvalue()
 
 
 def write_results_csv(state: JournalState, target: Path) -> bool:
     """Regenerate results.csv (one row per finished placement) atomically; False when it was already current.
 
-    Names that are not UTF-8 are written as their original bytes (``surrogateescape``).
+    Names that are not UTF-8 are written as their original bytes (``surrogateescape``). An existing
+    results.csv with an older header keeps its column order (see ``result_columns``).
     """
-    data = results_csv_text(state).encode("utf-8", "surrogateescape")
     try:
-        if target.read_bytes() == data:
-            return False
+        old: bytes | None = target.read_bytes()
     except OSError:
-        pass
+        old = None
+    columns = result_columns(read_header(old) if old else None)
+    data = results_csv_text(state, columns).encode("utf-8", "surrogateescape")
+    if old == data:
+        return False
     tmp = target.with_name(f".{target.name}.tmp")
     try:
         with open(tmp, "wb") as fh:

@@ -48,6 +48,11 @@ class Validation:
     work_reduction: float | None = None
     auc: float | None = None
     auc_ci: list[float] | None = None
+    #: how the operating threshold was chosen on validation: rule, sets and malignant counts it rests on
+    threshold_basis: dict[str, Any] = field(default_factory=dict)
+    #: the same figures for each data set of the split, and sensitivity per malignant diagnosis
+    per_dataset: dict[str, Any] = field(default_factory=dict)
+    per_diagnosis: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass

@@ -35,6 +35,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from .backends.base import Backend
+from .diagnosis import top_diagnoses
 from .errors import DermsortError, OutputError
 from .journal import Journal, JournalState, fault_point, write_results_csv
 from .preprocess import UnreadableImage, preprocess
@@ -413,17 +414,21 @@ class Sorter:
     def _process(self, batch: list[Decoded], summary: SortSummary, progress: Callable[[int], None] | None) -> None:
         good = [d for d in batch if d.tensor is not None and not d.skip]
         p_malignant: dict[int, float] = {}
+        top_dx: dict[int, tuple[str, float] | tuple[None, None]] = {}
         if good:
             probs = self.backend.predict(np.stack([d.tensor for d in good]))
             pm = probs[:, self._malignant_idx].sum(axis=1)
-            for d, p in zip(good, pm):
+            # display only: the decision below rests on p_malignant alone
+            tops = top_diagnoses(probs, self.metadata.classes)
+            for d, p, top in zip(good, pm, tops):
                 p_malignant[id(d)] = float(p)
+                top_dx[id(d)] = top
         records = []
         for d in batch:
             d.tensor = None  # the pixels are not needed any more
             p = p_malignant.get(id(d))
             decision, reason = self._decide(d, p)
-            records.append((d, self._record(d, decision, reason, p)))
+            records.append((d, self._record(d, decision, reason, p, top_dx.get(id(d), (None, None)))))
         self._place(records, summary)
         if progress:
             progress(len(batch))
@@ -441,7 +446,8 @@ class Sorter:
             return BENIGN, f"p_malignant {p:.4f} < threshold {self.threshold:.4f}"
         return REVIEW, f"p_malignant {p:.4f} >= threshold {self.threshold:.4f}"
 
-    def _record(self, d: Decoded, decision: str, reason: str, p: float | None) -> dict[str, Any]:
+    def _record(self, d: Decoded, decision: str, reason: str, p: float | None,
+                top: tuple[str, float] | tuple[None, None] = (None, None)) -> dict[str, Any]:
         info = self.backend.describe()
         return {"event": "intent", "id": uuid.uuid4().hex, "file": str(d.cand.path),
                 "relpath": os.path.relpath(d.cand.path, self.input_dir), "size": d.cand.size,
@@ -451,7 +457,7 @@ class Sorter:
                 "backend": info.get("backend"), "artifact": info.get("artifact"), "precision": info.get("precision"),
                 "model_id": self.metadata.model_id, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                 "reason": reason, "mode": "move" if self.options.move else "copy", "run_id": self.run_id,
-                "host": socket.gethostname(), "dest": ""}
+                "host": socket.gethostname(), "dest": "", "top_dx": top[0], "top_dx_p": top[1]}
 
     # ------------------------------------------------------------------ placement
     def _place(self, records: list[tuple[Decoded, dict[str, Any]]], summary: SortSummary) -> None:
@@ -689,7 +695,8 @@ class Sorter:
             summary.benign += 1
         else:
             summary.review += 1
-        summary.decisions.append({k: rec.get(k) for k in ("file", "dest", "decision", "p_malignant", "reason", "sha256")})
+        summary.decisions.append({k: rec.get(k) for k in ("file", "dest", "decision", "p_malignant", "reason", "sha256",
+                                                          "top_dx", "top_dx_p")})
 
     def _output_error(self, exc: OSError, when: str) -> OutputError:
         if exc.errno == errno.ENOSPC:

@@ -17,7 +17,7 @@ from dermsort.runtime.metadata import ONNX_METADATA_KEY, ModelMetadata, Preproce
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
-def _tiny_model():
+def _tiny_model(n_classes: int = 2, logit_scale: float = 1.0):
     import torch
     from torch import nn
 
@@ -25,21 +25,30 @@ def _tiny_model():
     model = nn.Sequential(
         nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.ReLU(),
         nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 2), nn.Softmax(dim=1))
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, n_classes), nn.Softmax(dim=1))
+    if logit_scale != 1.0:  # sharper outputs: the top class differs between real images
+        with torch.no_grad():
+            model[6].weight.mul_(logit_scale)
     return model.eval()
 
 
-def make_tiny_bundle(root: Path, openvino: bool = True) -> Path:
+def make_tiny_bundle(root: Path, openvino: bool = True, classes: list[str] | None = None,
+                     malignant_classes: list[str] | None = None, model_id: str = "tiny-test-cnn",
+                     validation: Validation | None = None, logit_scale: float = 1.0) -> Path:
+    """The default is the binary benign/malignant head; ``classes`` gives e.g. a 7-class diagnosis head
+    (``logit_scale`` > 1 makes its top class vary between images)."""
     import onnx
     import torch
 
     from dermsort.runtime.preprocess import preprocess_file
 
     spec = PreprocessSpec(input_size=64, resize_shorter=64)
-    meta = ModelMetadata(model_id="tiny-test-cnn", architecture="tiny_cnn", classes=["benign", "malignant"],
-                         malignant_classes=["malignant"], threshold=0.5, preprocess=spec,
-                         validation=Validation(split="none (test model)"), development_model=True)
-    model = _tiny_model()
+    classes = classes or ["benign", "malignant"]
+    malignant_classes = malignant_classes or ["malignant"]
+    meta = ModelMetadata(model_id=model_id, architecture="tiny_cnn", classes=classes,
+                         malignant_classes=malignant_classes, threshold=0.5, preprocess=spec,
+                         validation=validation or Validation(split="none (test model)"), development_model=True)
+    model = _tiny_model(len(classes), logit_scale)
     onnx_path = root / "model.onnx"
     torch.onnx.export(model, torch.zeros(1, 3, 64, 64), str(onnx_path), input_names=["input"],
                       output_names=["probabilities"], dynamic_axes={"input": {0: "batch"}, "probabilities": {0: "batch"}},
@@ -48,7 +57,7 @@ def make_tiny_bundle(root: Path, openvino: bool = True) -> Path:
     images = sorted(glob.glob(str(DATA / "ham10000-sample" / "images" / "*.jpg")))[:16]
     batch = np.stack([preprocess_file(p, spec)[0] for p in images])
     with torch.no_grad():
-        p_mal = model(torch.from_numpy(batch))[:, 1].numpy()
+        p_mal = model(torch.from_numpy(batch))[:, meta.malignant_indices()].sum(dim=1).numpy()
     meta.threshold = float(np.median(p_mal))
     proto = onnx.load(str(onnx_path))
     entry = proto.metadata_props.add()

@@ -124,9 +124,11 @@ def test_child_peak_rss_is_its_own_not_the_parents(tiny_bundle):
 def test_wilson_interval_and_figures():
     from dermsort.bench import metrics
 
-    low, high = metrics.wilson(9, 10)
+    # the Wilson interval itself is dermsort.train.metrics.wilson_ci (tests/test_metrics_single.py)
+    figures = metrics.operating_figures([1] * 10 + [0, 0], ["review"] * 9 + ["benign"] * 3, [0.9] * 9 + [0.2, 0.1, 0.6])
+    low, high = figures["sensitivity_ci95"]
     assert math.isclose(low, 0.5958, abs_tol=1e-3) and math.isclose(high, 0.9821, abs_tol=1e-3)
-    assert metrics.wilson(0, 5)[0] == 0.0 and metrics.wilson(5, 5)[1] == 1.0 and metrics.wilson(0, 0) is None
+    assert figures["specificity_ci95"][1] == 1.0 and metrics.operating_figures([], [], [])["sensitivity_ci95"] is None
     figures = metrics.operating_figures([1, 1, 0, 0], ["review", "benign", "benign", "review"], [0.9, 0.2, 0.1, 0.6])
     assert figures["sensitivity"] == 0.5 and figures["specificity"] == 0.5 and figures["work_reduction"] == 0.5
     assert figures["auc"] == 0.75 and figures["missed_malignant"] == 1

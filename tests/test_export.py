@@ -350,9 +350,15 @@ def test_recalibration_reproduces_the_reference_for_a_monotone_model_and_guards_
     # fixed thresholds (no recalibration): the sensitivity check is what catches a drift downwards
     lowered = parity.compare("lowered", p_ref * 0.8, p_ref, malignant, t_ref, recalibrate=False)
     assert not lowered.checks["sensitivity_drop"] and "sensitivity" in lowered.message
-    # the threshold sits inside a score gap, not on a malignant image's score
-    t = parity.recalibrate_threshold(p_ref, malignant, 0.9)
+    # the threshold sits inside a score gap, not on a malignant image's score (the gate recalibrates
+    # with the package's one picker, dermsort.train.metrics.choose_threshold, capped at the reference's benign count)
+    from dermsort.train.metrics import choose_threshold
+
+    max_benign = int((p_ref < t_ref).sum())
+    t = choose_threshold(malignant, p_ref, 0.9, max_benign=max_benign)
     assert not np.isclose(p_ref, t).any() and (p_ref[malignant == 1] >= t).mean() >= 0.9
+    assert (p_ref < t).sum() <= max_benign and same.threshold == pytest.approx(
+        choose_threshold(malignant, p_ref, same.sensitivity_reference, max_benign=max_benign))
 
 
 # --------------------------------------------------------------------------- fallbacks, unverified, atomicity

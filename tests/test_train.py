@@ -317,7 +317,7 @@ def test_tiny_training_writes_valid_checkpoint_and_metrics(tiny_run):
     assert np.mean(val_p[val_y == 1] >= meta.threshold) >= meta.validation.target_sensitivity
     test_y, test_p = np.array(ckpt["test"]["malignant"]), np.array(ckpt["test"]["p_malignant"])
     figures = json.loads((out / "metrics.json").read_text())
-    assert meta.validation.n_images == len(test_y) == figures["test"]["n_images"]
+    assert meta.validation.n_images == len(test_y) == figures["test"]["pooled"]["n_images"]
     assert meta.validation.auc == pytest.approx(roc_auc_score(test_y, test_p))
     assert meta.validation.sensitivity == pytest.approx(np.mean(test_p[test_y == 1] >= meta.threshold))
     assert not set(ckpt["test"]["image_id"]) & set(ckpt["val"]["image_id"])

@@ -31,7 +31,9 @@ def _add(options):
               help="Folder for checkpoint.pt, metrics.json, roc.png, confusion.png.")
 @click.option("--arch", "architecture", default="efficientnet_lite0", show_default=True,
               help="efficientnet_lite0 | mobilenet_v3_small | mobilenet_v3_large | efficientnet_b0 | resnet18 | resnet50 | tiny_cnn")
-@click.option("--task", type=click.Choice(["binary", "ham7"]), default="binary", show_default=True)
+@click.option("--task", type=click.Choice(["binary", "ham7", "dx"]), default="binary", show_default=True,
+              help="binary: benign/malignant head. dx: HAM's 7 diagnoses, p(malignant) = mel + bcc + akiec; "
+                   "benign/malignant-only labels train it through a set-valued loss. ham7: dx rows only.")
 @click.option("--epochs", type=click.IntRange(1, 1000), default=12, show_default=True)
 @click.option("--batch-size", type=click.IntRange(1, 1024), default=32, show_default=True)
 @click.option("--lr", type=float, default=1e-3, show_default=True)
@@ -50,8 +52,19 @@ def _add(options):
 @click.option("--patience", type=click.IntRange(1), default=4, show_default=True, help="Early stopping on val AUC.")
 @click.option("--max-minutes", type=click.FloatRange(0.1), default=None,
               help="Wall-clock budget: start no epoch that would probably end after it.")
-@click.option("--balance", type=click.Choice(["loss", "sampler", "none"]), default="loss", show_default=True,
-              help="Class imbalance: class-weighted loss or weighted sampling.")
+@click.option("--balance", type=click.Choice(["sets", "loss", "sampler", "none"]), default="loss", show_default=True,
+              help="sets: sample (data set, class) evenly; loss: class-weighted loss; sampler: class-weighted sampling.")
+@click.option("--head-lr-mult", type=click.FloatRange(0.0, min_open=True), default=1.0, show_default=True,
+              help="The classifier's learning rate is this many times --lr.")
+@click.option("--label-smoothing", type=click.FloatRange(0.0, 0.5), default=0.0, show_default=True)
+@click.option("--select-on", type=click.Choice(["sets", "pooled"]), default="sets", show_default=True,
+              help="Epoch choice: mean val AUC inside each large val set, or one pooled val AUC.")
+@click.option("--min-set-malignant", type=click.IntRange(1), default=50, show_default=True,
+              help="A val set with this many malignant images joins the epoch choice and the threshold rule.")
+@click.option("--tta", type=click.Choice(["none", "hflip", "flips4"]), default="none", show_default=True,
+              help="Test-time flips built into the model (all are measured on val; this one ships).")
+@click.option("--channels-last/--no-channels-last", default=True, show_default=True,
+              help="Channels-last memory layout (about 1.8x cheaper CPU training steps).")
 @click.option("--workers", type=click.IntRange(0, 64), default=0, show_default=True, help="DataLoader worker processes.")
 @click.option("--threads", type=click.IntRange(1, 256), default=None, help="torch CPU threads.")
 @click.option("--n-boot", type=click.IntRange(100), default=2000, show_default=True, help="AUC bootstrap resamples.")
@@ -59,7 +72,8 @@ def _add(options):
 @_add(_split_options)
 def train(data, out, architecture, task, epochs, batch_size, lr, weight_decay, target_sensitivity, device, amp,
           freeze_backbone_epochs, freeze_stages, max_images, image_size, no_pretrained, patience, max_minutes, balance, workers,
-          threads, n_boot, resume, split_mode, folds, fold, seed) -> None:
+          threads, n_boot, resume, split_mode, folds, fold, seed, head_lr_mult, label_smoothing, select_on, min_set_malignant,
+          tta, channels_last) -> None:
     """Train a triage model; pick the epoch and the threshold on val, report on test (never trained on)."""
     from .trainer import TrainConfig
     from .trainer import train as run_training
@@ -70,7 +84,9 @@ def train(data, out, architecture, task, epochs, batch_size, lr, weight_decay, t
                          freeze_backbone_epochs=freeze_backbone_epochs, freeze_stages=freeze_stages,
                          max_images=max_images, image_size=image_size, pretrained=not no_pretrained,
                          split_mode=split_mode, folds=folds, fold=fold, patience=patience, max_minutes=max_minutes, balance=balance,
-                         workers=workers, threads=threads, n_boot=n_boot, resume=resume)
+                         workers=workers, threads=threads, n_boot=n_boot, resume=resume,
+                         head_lr_mult=head_lr_mult, label_smoothing=label_smoothing, select_on=select_on,
+                         min_set_malignant=min_set_malignant, tta=tta, channels_last=channels_last)
     try:
         run_training(config)
     except (ValueError, FileNotFoundError) as exc:

@@ -488,20 +488,53 @@ def read_sources(paths: Iterable[str | os.PathLike], require_images: bool = True
     return rows
 
 
+#: coarse label sets a row can have when its diagnosis is not one of a head's classes (``--task dx``)
+ANY_BENIGN, ANY_MALIGNANT = "any-benign", "any-malignant"
+#: canonical dx -> dx-head class where the names differ (HAM's akiec covers AK, Bowen's and SCC)
+_DX_HEAD_ALIAS = {"scc": "akiec"}
+
+
+def label_sets(task: str) -> list[str]:
+    """Every target a head of ``task`` trains on: its classes, then (dx only) the coarse sets."""
+    classes, _ = task_classes(task)
+    return classes + ([ANY_BENIGN, ANY_MALIGNANT] if task == "dx" else [])
+
+
+def label_set_members(task: str) -> list[list[int]]:
+    """For each entry of ``label_sets(task)``, the class indices it allows (a coarse label allows several)."""
+    classes, malignant = task_classes(task)
+    members = [[i] for i in range(len(classes))]
+    if task == "dx":
+        members.append([i for i, c in enumerate(classes) if c not in malignant])
+        members.append([i for i, c in enumerate(classes) if c in malignant])
+    return members
+
+
 def class_index(row: Row, task: str) -> int | None:
-    """The training target for ``task`` (binary: 0 benign / 1 malignant; ham7: HAM7 index), None to skip."""
+    """The training target for ``task``, None to skip the row.
+
+    binary: 0 benign / 1 malignant. ham7: the HAM7 index (rows without one are skipped).
+    dx: the HAM7 index when the diagnosis is one of them (SCC counts as akiec), otherwise the index of
+    the coarse set "any benign class" / "any malignant class" in ``label_sets('dx')`` - so ISIC 2020's
+    "unknown" benign lesions and benign/malignant-only sets still train the head (set-valued loss).
+    """
     if task == "binary":
         return int(row.malignant)
     if task == "ham7":
         label = ham7_label(row.dx)
         return None if label is None else HAM7_CLASSES.index(label)
-    raise ValueError(f"unknown task {task!r} (binary or ham7)")
+    if task == "dx":
+        label = ham7_label(_DX_HEAD_ALIAS.get(row.dx, row.dx))
+        if label is not None and (label in HAM7_MALIGNANT) == bool(row.malignant):
+            return HAM7_CLASSES.index(label)
+        return label_sets("dx").index(ANY_MALIGNANT if row.malignant else ANY_BENIGN)
+    raise ValueError(f"unknown task {task!r} (binary, ham7 or dx)")
 
 
 def task_classes(task: str) -> tuple[list[str], list[str]]:
     """(class names, malignant class names) of a task's head."""
     if task == "binary":
         return list(BINARY_CLASSES), ["malignant"]
-    if task == "ham7":
+    if task in ("ham7", "dx"):
         return list(HAM7_CLASSES), list(HAM7_MALIGNANT)
-    raise ValueError(f"unknown task {task!r} (binary or ham7)")
+    raise ValueError(f"unknown task {task!r} (binary, ham7 or dx)")

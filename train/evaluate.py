@@ -132,39 +132,58 @@ def score_rows(scorer: Scorer, rows: Sequence[Row], batch_size: int = 32, thread
     return kept, (np.concatenate(scores) if scores else np.zeros(0)), failures
 
 
+def model_task(metadata: ModelMetadata) -> str:
+    """The training task of a model (recorded in its recipe; older models: inferred from the classes)."""
+    task = (metadata.provenance.recipe or {}).get("task")
+    if task in ("binary", "ham7", "dx"):
+        return task
+    return "ham7" if metadata.classes == HAM7_CLASSES else "binary"
+
+
 def evaluate(model: str | os.PathLike, data: Sequence[str], out: str | os.PathLike, *, split: str = "test",
              split_mode: str = "given", seed: int = 0, folds: int | None = None, fold: int = 0,
              backend: str = "onnxruntime", artifact: str | None = None, threshold: float | None = None,
              device: str = "cpu", batch_size: int = 32, n_boot: int = 2000, echo: Echo = click.echo) -> dict[str, Any]:
-    """Score labelled images and write metrics.json, roc.png, confusion.png and scores.csv to ``out``."""
+    """Score labelled images and write metrics.json, roc.png, confusion.png and scores.csv to ``out``.
+
+    Figures per data set AND pooled (and pooled over the sets the model's threshold rests on), each with
+    sensitivity per malignant diagnosis, from the one implementation in ``metrics.triage_report``.
+    """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     scorer = open_model(model, backend, artifact, device)
+    overridden = threshold is not None
     threshold = scorer.threshold if threshold is None else threshold
-    task = "ham7" if scorer.metadata.classes == HAM7_CLASSES else "binary"
-    rows = select_rows(data, split, split_mode, seed, folds, fold, task, echo)
+    rows = select_rows(data, split, split_mode, seed, folds, fold, model_task(scorer.metadata), echo)
     kept, p_malignant, failures = score_rows(scorer, rows, batch_size)
     for failure in failures:
         echo(f"unreadable (left out): {failure}")
     y = np.array([int(r.malignant) for r in kept])
-    report = metrics.binary_report(y, p_malignant, threshold, n_boot=n_boot, seed=seed)
-    per_dataset = metrics.per_group_reports(y, p_malignant, [r.dataset for r in kept], threshold, n_boot=n_boot, seed=seed)
+    basis = scorer.metadata.validation.threshold_basis or {}
+    pooled_sets = [k for k in basis.get("sets", {}) if k != "pooled"]
+    report = metrics.triage_report(y, p_malignant, [r.dataset for r in kept], [r.dx for r in kept], threshold,
+                                   pooled_sets=pooled_sets, n_boot=n_boot, seed=seed)
     echo(f"model {scorer.metadata.model_id} via {scorer.describe.get('backend')} "
-         f"({scorer.describe.get('artifact')}), split {split}")
-    echo(metrics.format_report(report, "all: "))
-    if len(per_dataset) > 1:
-        for name, sub in per_dataset.items():
-            echo(metrics.format_report(sub, f"{name}: "))
+         f"({scorer.describe.get('artifact')}), split {split}, threshold {threshold:.6g}"
+         + (" (overridden)" if overridden else ""))
+    echo(metrics.format_triage(report))
     result = {"model": str(model), "model_id": scorer.metadata.model_id, "runner": scorer.describe, "split": split,
-              "data": [str(d) for d in data], "unreadable": failures, **report, "per_dataset": per_dataset,
+              "data": [str(d) for d in data], "unreadable": failures, "threshold_overridden": overridden,
+              # the pooled figures stay at the top level (older readers), with every breakdown beside them
+              **report["pooled"], "pooled": report["pooled"], "per_dataset": report["per_dataset"],
+              "pooled_sets": report.get("pooled_sets"), "threshold_basis": basis,
               "development_model": scorer.metadata.development_model}
     (out / "metrics.json").write_text(json.dumps(result, indent=2))
     with open(out / "scores.csv", "w", newline="") as fh:
         writer = csv.writer(fh)
-        writer.writerow(["path", "dataset", "malignant", "p_malignant", "decision"])
+        writer.writerow(["path", "dataset", "dx", "malignant", "p_malignant", "decision"])
         for row, p in zip(kept, p_malignant):
-            writer.writerow([row.path, row.dataset, int(row.malignant), f"{p:.6f}", "benign" if p < threshold else "review"])
-    metrics.plot_roc(str(out / "roc.png"), {split: (y, p_malignant)}, threshold, title=scorer.metadata.model_id)
-    metrics.plot_confusion(str(out / "confusion.png"), report, title=f"{split} decisions")
+            writer.writerow([row.path, row.dataset, row.dx, int(row.malignant), f"{p:.6f}",
+                             "benign" if p < threshold else "review"])
+    sets = np.array([r.dataset for r in kept])
+    curves = {f"{split} pooled": (y, p_malignant)}
+    curves.update({f"{split} {name}": (y[sets == name], p_malignant[sets == name]) for name in sorted(set(sets.tolist()))})
+    metrics.plot_roc(str(out / "roc.png"), curves, threshold, title=scorer.metadata.model_id)
+    metrics.plot_confusion(str(out / "confusion.png"), report["pooled"], title=f"{split} decisions")
     echo(f"wrote metrics.json, scores.csv, roc.png, confusion.png to {out}")
     return result

@@ -1,4 +1,9 @@
-"""Operating-point figures for a triage model (scikit-learn based; bench/ imports these too).
+"""Operating-point figures for a triage model: THE one implementation for the whole package.
+
+train/, export/ (parity gate) and bench/ all take their Wilson intervals, AUCs, operating points and
+threshold choice from here; ``tests/test_metrics_single.py`` fails if a second copy appears elsewhere.
+Only numpy is imported at module level (no torch, no scikit-learn until a function needs it), so
+export/ and bench/ can import this module cheaply.
 
 Convention everywhere: an image goes to benign/ only when ``p_malignant < threshold``; sensitivity
 is the share of malignant images sent to review, work reduction the share of all images sent to benign.
@@ -7,6 +12,7 @@ is the share of malignant images sent to review, work reduction the share of all
 from __future__ import annotations
 
 import math
+from statistics import NormalDist
 from typing import Any, Sequence
 
 import numpy as np
@@ -15,17 +21,18 @@ CI_METHOD = "wilson"
 
 
 def wilson_ci(successes: int, n: int, confidence: float = 0.95) -> list[float] | None:
-    """Wilson score interval for a proportion; None when n == 0."""
-    if n == 0:
+    """Wilson score interval for a proportion (sound at 0 and n, unlike the normal interval); None when n <= 0."""
+    if n <= 0:
         return None
-    from scipy.stats import norm
-
-    z = float(norm.ppf(1 - (1 - confidence) / 2))
+    z = NormalDist().inv_cdf(1 - (1 - confidence) / 2)
     p = successes / n
     denom = 1 + z * z / n
     centre = (p + z * z / (2 * n)) / denom
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return [max(0.0, centre - half), min(1.0, centre + half)]
+    # at 0 and n the bounds are exactly 0 and 1 (the formula leaves ~1e-17 of rounding there)
+    low = 0.0 if successes <= 0 else max(0.0, centre - half)
+    high = 1.0 if successes >= n else min(1.0, centre + half)
+    return [low, high]
 
 
 def clopper_pearson_ci(successes: int, n: int, confidence: float = 0.95) -> list[float] | None:
@@ -74,9 +81,14 @@ def bootstrap_auc_ci(malignant: Sequence[int], p_malignant: Sequence[float], n_b
     return [float(np.percentile(aucs, tail)), float(np.percentile(aucs, 100 - tail))]
 
 
-def choose_threshold(malignant: Sequence[int], p_malignant: Sequence[float], target_sensitivity: float) -> float:
+def choose_threshold(malignant: Sequence[int], p_malignant: Sequence[float], target_sensitivity: float,
+                     max_benign: int | None = None) -> float:
     """A threshold whose sensitivity on these images is >= target, as large as possible (p < threshold -> benign).
 
+    ``max_benign`` caps it further: never more than ``max_benign`` of these images sent to benign/ (the
+    export parity gate passes the reference's count, so a derived artifact is not handed a higher
+    specificity than the reference on the set that measures it; see export/parity.py). At least one
+    malignant image always stays in review, so a target of 0 means "the most suspicious one".
     Raises ValueError when there is no malignant image to calibrate on.
     """
     y = np.asarray(malignant, dtype=int)
@@ -84,27 +96,37 @@ def choose_threshold(malignant: Sequence[int], p_malignant: Sequence[float], tar
     positives = np.sort(p[y == 1])[::-1]
     if len(positives) == 0:
         raise ValueError("no malignant images to calibrate the threshold on")
-    if not 0 < target_sensitivity <= 1:
-        raise ValueError(f"target sensitivity {target_sensitivity} is outside (0, 1]")
-    needed = math.ceil(target_sensitivity * len(positives) - 1e-9)
+    if not 0 <= target_sensitivity <= 1:
+        raise ValueError(f"target sensitivity {target_sensitivity} is outside [0, 1]")
+    needed = min(len(positives), max(1, math.ceil(target_sensitivity * len(positives) - 1e-9)))
     # the needed-th highest malignant score must stay caught (p >= threshold); anything above it loses one.
+    lowest_caught = float(positives[needed - 1])
+    if max_benign is not None and max_benign < len(p):
+        # #{p < scores[b]} <= b with scores sorted ascending: never more benign decisions than max_benign
+        lowest_caught = min(lowest_caught, float(np.sort(p)[max(0, max_benign)]))
     # Sitting exactly on that score would let a 1e-7 difference between backends flip it to benign, so
     # take the middle of the gap down to the next lower score: the same decisions here, with a margin.
-    lowest_caught = float(positives[needed - 1])
     below = p[p < lowest_caught]
     threshold = (lowest_caught + float(below.max())) / 2 if len(below) else lowest_caught / 2
     # a threshold of 0 would be rejected by the metadata schema; the smallest positive float keeps every image in review
     return max(threshold, float(np.nextafter(0.0, 1.0)))
 
 
-def confusion(malignant: Sequence[int], p_malignant: Sequence[float], threshold: float) -> dict[str, int]:
-    """tn/fp/fn/tp with 'positive' = sent to review (p >= threshold), via sklearn's confusion_matrix."""
-    from sklearn.metrics import confusion_matrix
+def operating_point(malignant: Sequence[int], p_malignant: Sequence[float],
+                    threshold: float) -> tuple[float | None, float | None]:
+    """(sensitivity, specificity) of ``review if p >= threshold``; None where a class is absent."""
+    cm = confusion(malignant, p_malignant, threshold)
+    n_pos, n_neg = cm["tp"] + cm["fn"], cm["tn"] + cm["fp"]
+    return (cm["tp"] / n_pos if n_pos else None), (cm["tn"] / n_neg if n_neg else None)
 
+
+def confusion(malignant: Sequence[int], p_malignant: Sequence[float], threshold: float) -> dict[str, int]:
+    """tn/fp/fn/tp with 'positive' = sent to review (p >= threshold); plain counts, so empty input gives zeros."""
     y = np.asarray(malignant, dtype=int)
-    review = (np.asarray(p_malignant, dtype=float) >= threshold).astype(int)
-    tn, fp, fn, tp = confusion_matrix(y, review, labels=[0, 1]).ravel()
-    return {"tn": int(tn), "fp": int(fp), "fn": int(fn), "tp": int(tp)}
+    review = np.asarray(p_malignant, dtype=float) >= threshold
+    pos, neg = y == 1, y == 0
+    return {"tn": int((neg & ~review).sum()), "fp": int((neg & review).sum()),
+            "fn": int((pos & ~review).sum()), "tp": int((pos & review).sum())}
 
 
 def binary_report(malignant: Sequence[int], p_malignant: Sequence[float], threshold: float, *, n_boot: int = 2000,
@@ -210,3 +232,80 @@ def plot_confusion(path: str, report: dict[str, Any], title: str = "Decisions") 
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+# --------------------------------------------------------------------------- per set, per diagnosis
+
+#: diagnoses a triage tool must not miss, reported one by one (canonical dx codes -> report name)
+DIAGNOSIS_GROUPS = {"melanoma": ("mel",), "bcc": ("bcc",), "scc/ak": ("akiec", "scc", "ak")}
+
+
+def choose_threshold_sets(malignant: Sequence[int], p_malignant: Sequence[float], groups: Sequence[str],
+                          target_sensitivity: float, min_malignant: int = 50) -> tuple[float, dict[str, Any]]:
+    """The largest threshold whose sensitivity reaches the target on EVERY group (data set) with at least
+    ``min_malignant`` malignant images and on all images pooled; returns it with the basis it rests on."""
+    y = np.asarray(malignant, dtype=int)
+    p = np.asarray(p_malignant, dtype=float)
+    g = np.asarray(groups)
+    candidates = {"pooled": (choose_threshold(y, p, target_sensitivity), int(y.sum()))}
+    for name in sorted(set(g.tolist())):
+        n_mal = int(y[g == name].sum())
+        if n_mal >= min_malignant:
+            candidates[str(name)] = (choose_threshold(y[g == name], p[g == name], target_sensitivity), n_mal)
+    binding = min(candidates, key=lambda k: candidates[k][0])
+    threshold = candidates[binding][0]
+    basis = {"rule": f"largest threshold with sensitivity >= {target_sensitivity} on every validation set with "
+                     f">= {min_malignant} malignant images and pooled",
+             "target_sensitivity": target_sensitivity, "min_malignant": min_malignant,
+             "sets": {k: {"n_malignant": n, "threshold": t} for k, (t, n) in candidates.items()},
+             "binding": binding}
+    return threshold, basis
+
+
+def diagnosis_sensitivity(dx: Sequence[str], p_malignant: Sequence[float], threshold: float) -> dict[str, Any]:
+    """Sensitivity (Wilson CI) per malignant diagnosis group: the share of each sent to review."""
+    d = np.asarray(dx)
+    review = np.asarray(p_malignant, dtype=float) >= threshold
+    out: dict[str, Any] = {}
+    for name, codes in DIAGNOSIS_GROUPS.items():
+        member = np.isin(d, codes)
+        n, caught = int(member.sum()), int(review[member].sum())
+        out[name] = {"n": n, "sensitivity": caught / n if n else None, "sensitivity_ci": proportion_ci(caught, n),
+                     "missed": n - caught}
+    return out
+
+
+def triage_report(malignant: Sequence[int], p_malignant: Sequence[float], datasets: Sequence[str], dx: Sequence[str],
+                  threshold: float, *, pooled_sets: Sequence[str] = (), n_boot: int = 2000, seed: int = 0) -> dict[str, Any]:
+    """Every figure a model is judged by: pooled, per data set, and pooled over ``pooled_sets`` (the sets
+    the threshold rests on), each with sensitivity per diagnosis. One implementation for train and evaluate."""
+    y = np.asarray(malignant, dtype=int)
+    p = np.asarray(p_malignant, dtype=float)
+    g = np.asarray(datasets)
+    d = np.asarray(dx)
+
+    def one(mask: np.ndarray) -> dict[str, Any]:
+        report = binary_report(y[mask], p[mask], threshold, n_boot=n_boot, seed=seed)
+        report["per_diagnosis"] = diagnosis_sensitivity(d[mask], p[mask], threshold)
+        return report
+
+    result: dict[str, Any] = {"threshold": float(threshold), "pooled": one(np.ones(len(y), bool)),
+                              "per_dataset": {str(s): one(g == s) for s in sorted(set(g.tolist()))}}
+    chosen = [s for s in pooled_sets if s in set(g.tolist())]
+    if chosen:
+        result["pooled_sets"] = {"sets": list(chosen), **one(np.isin(g, chosen))}
+    return result
+
+
+def format_triage(report: dict[str, Any], title: str = "") -> str:
+    """Readable lines for a ``triage_report``: pooled, the pooled basis sets, then each data set."""
+
+    def dx_line(per_dx: dict[str, Any]) -> str:
+        return "  per diagnosis: " + ", ".join(
+            f"{k} {100 * v['sensitivity']:.1f}% (n={v['n']})" for k, v in per_dx.items() if v["n"])
+
+    parts = [(f"{title}pooled: ", report["pooled"])]
+    if "pooled_sets" in report:
+        parts.append((f"{title}pooled {'+'.join(report['pooled_sets']['sets'])}: ", report["pooled_sets"]))
+    parts += [(f"{title}{name}: ", sub) for name, sub in report["per_dataset"].items()]
+    return "\n".join(format_report(sub, head) + "\n" + dx_line(sub["per_diagnosis"]) for head, sub in parts)

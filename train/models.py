@@ -219,3 +219,35 @@ class TinyCNN(nn.Module):
 
 register(ModelEntry("tiny_cnn", lambda n, p: TinyCNN(n), lambda m: list(m.features), lambda m: m.fc,
                     has_pretrained=False, input_size=64, description="three conv blocks, for tests"))
+
+
+# --------------------------------------------------------------------------- test-time flips
+
+#: test-time augmentation modes: the flips whose logits are averaged with the image's own
+TTA_MODES = {"none": (), "hflip": ((3,),), "flips4": ((3,), (2,), (2, 3))}
+
+
+class FlipTTA(nn.Module):
+    """Mean logits of the image and its mirror images, inside the graph: every exported artifact and
+    backend then runs the same test-time flips, with no change to the runtime."""
+
+    def __init__(self, model: nn.Module, mode: str):
+        super().__init__()
+        if mode not in TTA_MODES:
+            raise ValueError(f"unknown test-time augmentation {mode!r}; choose one of {', '.join(TTA_MODES)}")
+        self.model = model
+        self.mode = mode
+        self.flips = TTA_MODES[mode]
+
+    def forward(self, x):  # noqa: D401 - logits
+        import torch
+
+        if not self.flips:
+            return self.model(x)
+        views = torch.cat([x] + [torch.flip(x, dims) for dims in self.flips], dim=0)
+        logits = self.model(views)
+        return logits.reshape(len(self.flips) + 1, x.shape[0], -1).mean(dim=0)
+
+
+def with_tta(model: nn.Module, mode: str | None) -> nn.Module:
+    return model if not mode or mode == "none" else FlipTTA(model, mode)

@@ -8,7 +8,6 @@ roc.png, confusion.png, history.json.
 from __future__ import annotations
 
 import copy
-import datetime as dt
 import json
 import logging
 import math
@@ -17,7 +16,6 @@ import platform
 import random
 import subprocess
 import time
-import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -27,11 +25,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from dermsort.runtime.metadata import ModelMetadata, Provenance, Validation
+from dermsort.runtime.metadata import ModelMetadata
 
 from . import metrics
-from .data import Row, class_index, read_sources, task_classes
+from .data import Row, class_index, label_set_members, label_sets, read_sources, task_classes
 from .dataset import Augment, DermoscopyDataset, ImageCache
+from .objective import SetLoss, ShardedWeightedSampler, balanced_weights
 from .models import (build_model, classifier_of, count_stages, default_preprocess, freeze_stages,
                      pretrained_provenance, set_frozen_eval)
 from .split import assert_no_leak, assign_splits, split_summary, subsample
@@ -76,8 +75,21 @@ class TrainConfig:
     patience: int = 4
     #: wall-clock budget: no epoch is started that would probably end after it (shared CPUs vary a lot)
     max_minutes: float | None = None
-    #: class imbalance: "loss" (class-weighted cross-entropy), "sampler" (weighted sampling) or "none"
+    #: class imbalance: "sets" (sample (data set, class) evenly: see objective.balanced_weights),
+    #: "loss" (class-weighted loss), "sampler" (class-weighted sampling) or "none"
     balance: str = "loss"
+    #: the classifier learns this many times faster than the pretrained body
+    head_lr_mult: float = 1.0
+    label_smoothing: float = 0.0
+    #: channels-last memory layout: ~1.8x cheaper training steps on CPU
+    channels_last: bool = True
+    #: epoch choice: "sets" = mean of the AUCs inside each val set with >= ``min_set_malignant`` malignant
+    #: images (a pooled AUC partly rewards telling the sets apart); "pooled" = one AUC over all val images
+    select_on: str = "sets"
+    #: a data set joins the epoch choice and the threshold rule when its val split has this many malignant
+    min_set_malignant: int = 50
+    #: test-time flips: the model's output is the mean of the logits of the image and its mirror images
+    tta: str = "none"
     workers: int = 0
     threads: int | None = None
     n_boot: int = 2000
@@ -87,7 +99,7 @@ class TrainConfig:
 
 
 #: settings that may differ between an interrupted run and its resumption
-_RESUMABLE_CHANGES = {"resume", "max_minutes", "threads", "workers", "n_boot"}
+_RESUMABLE_CHANGES = {"resume", "max_minutes", "threads", "workers", "n_boot", "patience"}
 
 
 @dataclass
@@ -111,6 +123,9 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     metadata = ModelMetadata.from_dict(ckpt["metadata"])
     model = _build(ckpt["architecture"], int(ckpt["num_classes"]), pretrained=False)
     model.load_state_dict(ckpt["state_dict"], strict=True)
+    from .models import with_tta
+
+    model = with_tta(model, ckpt.get("tta"))  # test-time flips chosen on val travel inside the model
     model.eval()
     return model, metadata, ckpt
 
@@ -173,13 +188,16 @@ def _loader(dataset: DermoscopyDataset, batch_size: int, workers: int, shuffle: 
 
 @torch.no_grad()
 def predict_probabilities(model: nn.Module, dataset: DermoscopyDataset, device: torch.device, batch_size: int = 64,
-                          workers: int = 0, amp: bool = False) -> np.ndarray:
+                          workers: int = 0, amp: bool = False, channels_last: bool = False) -> np.ndarray:
     """Softmax class probabilities for every sample of ``dataset`` (in order)."""
     model.eval()
     out = []
     for batch, _ in _loader(dataset, batch_size, workers):
+        batch = batch.to(device, non_blocking=True)
+        if channels_last:
+            batch = batch.contiguous(memory_format=torch.channels_last)
         with torch.autocast(device_type="cuda", dtype=torch.float16, enabled=amp and device.type == "cuda"):
-            logits = model(batch.to(device, non_blocking=True))
+            logits = model(batch)
         out.append(torch.softmax(logits.float(), dim=1).cpu().numpy())
     return np.concatenate(out) if out else np.zeros((0, 0))
 
@@ -198,30 +216,47 @@ def _class_counts(targets: Sequence[int], n_classes: int) -> np.ndarray:
     return np.bincount(np.asarray(targets, dtype=int), minlength=n_classes).astype(float)
 
 
-def _scores_dict(rows: Sequence[Row], p_malignant: np.ndarray) -> dict[str, list]:
-    return {"p_malignant": [float(p) for p in p_malignant], "malignant": [int(r.malignant) for r in rows],
-            "image_id": [r.image_id for r in rows], "dataset": [r.dataset for r in rows]}
-
-
-def validation_from_report(report: dict[str, Any], split: str, datasets: list[str], target: float) -> Validation:
-    return Validation(split=split, datasets=datasets, n_images=report["n_images"], n_malignant=report["n_malignant"],
-                      target_sensitivity=target, sensitivity=report["sensitivity"],
-                      sensitivity_ci=report["sensitivity_ci"], specificity=report["specificity"],
-                      specificity_ci=report["specificity_ci"], work_reduction=report["work_reduction"],
-                      auc=report["auc"], auc_ci=report["auc_ci"])
-
-
 # --------------------------------------------------------------------------- the run
+
+def _val_scores(model: nn.Module, val_ds: DermoscopyDataset, val_rows: Sequence[Row], malignant_idx: Sequence[int],
+                device: torch.device, config: TrainConfig, amp: bool) -> tuple[np.ndarray, dict[str, Any]]:
+    """p_malignant on val and the AUCs the epoch is chosen by (per set and pooled)."""
+    probabilities = predict_probabilities(model, val_ds, device, config.batch_size * 2, config.workers, amp,
+                                          channels_last=config.channels_last)
+    p = _p_malignant(probabilities, malignant_idx)
+    y = np.array([int(r.malignant) for r in val_rows])
+    sets = np.array([r.dataset for r in val_rows])
+    per_set = {str(d): metrics.auc_score(y[sets == d], p[sets == d]) for d in sorted(set(sets.tolist()))
+               if int(y[sets == d].sum()) >= config.min_set_malignant}
+    pooled = metrics.auc_score(y, p)
+    known = [a for a in per_set.values() if a is not None]
+    score = float(np.mean(known)) if config.select_on == "sets" and known else pooled
+    return p, {"val_auc": pooled, "val_auc_sets": per_set, "val_score": score}
+
+
+def _epoch_line(epoch: int, record: dict[str, Any], improved: bool) -> str:
+    sets = "  ".join(f"{k} {v:.4f}" for k, v in record["val_auc_sets"].items() if v is not None)
+    return (f"epoch {epoch}: train loss {record['train_loss']:.4f}  val AUC pooled {record['val_auc'] or float('nan'):.4f}"
+            f"  per set: {sets or 'n/a'}  -> score {record['val_score']:.4f}{'  *best*' if improved else ''}  "
+            f"({record['seconds']:.0f} s: data {record['data_seconds']:.0f} s, steps {record['step_seconds']:.0f} s)")
+
 
 def train(config: TrainConfig, echo: Echo = click.echo) -> TrainResult:
     """Run one training as configured; returns the checkpoint path, the metrics and the metadata."""
+    from . import distributed
+    from .finish import finish_run
+
     started = time.time()
+    dist = distributed.setup(config.device)
+    if not dist.is_main:
+        echo = lambda *_a, **_k: None  # noqa: E731 - only rank 0 talks
     out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
+    if dist.is_main:
+        out.mkdir(parents=True, exist_ok=True)
     seed_everything(config.seed)
     if config.threads:
         torch.set_num_threads(config.threads)
-    device = resolve_device(config.device)
+    device = dist.device or resolve_device(config.device)
     if device.type == "cpu":
         keep_freed_memory()
     amp = config.amp and device.type == "cuda"
@@ -264,9 +299,11 @@ def train(config: TrainConfig, echo: Echo = click.echo) -> TrainResult:
     if frozen:
         echo(f"first {len(frozen)} of {count_stages(model, config.architecture)} stages frozen for the whole run")
     model.to(device)
+    if config.channels_last:
+        model.to(memory_format=torch.channels_last)
     head = classifier_of(model, config.architecture)
-    trainable = [p for p in model.parameters() if p.requires_grad]
     head_ids = {id(p) for p in head.parameters()}
+    trainable = [p for p in model.parameters() if p.requires_grad]
 
     # ---- data pipeline (train pixels == runtime pixels: see dataset.py)
     cache = ImageCache(spec)
@@ -278,19 +315,28 @@ def train(config: TrainConfig, echo: Echo = click.echo) -> TrainResult:
     train_ds = DermoscopyDataset([rows[i].path for i in part["train"]], train_targets, spec, augment, cache, config.seed)
     val_rows = [rows[i] for i in part["val"]]
     val_ds = DermoscopyDataset([r.path for r in val_rows], [targets[i] for i in part["val"]], spec, None, cache)
-    counts = _class_counts(train_targets, len(classes))
+    n_targets = len(label_sets(config.task))
+    counts = _class_counts(train_targets, n_targets)
     present = counts > 0
     class_weight = np.where(present, counts.sum() / (present.sum() * np.maximum(counts, 1)), 0.0)
-    sampler = None
-    if config.balance == "sampler":
-        weights = torch.as_tensor([class_weight[t] for t in train_targets], dtype=torch.double)
-        sampler = torch.utils.data.WeightedRandomSampler(weights, len(train_targets),
-                                                         generator=torch.Generator().manual_seed(config.seed))
-    loss_weight = torch.as_tensor(class_weight, dtype=torch.float32, device=device) if config.balance == "loss" else None
-    criterion = nn.CrossEntropyLoss(weight=loss_weight)
-    train_loader = _loader(train_ds, config.batch_size, config.workers, shuffle=True, sampler=sampler, seed=config.seed)
+    if config.balance in ("sampler", "sets"):
+        weights = (balanced_weights([rows[i].dataset for i in part["train"]], [int(rows[i].malignant) for i in part["train"]])
+                   if config.balance == "sets" else np.array([class_weight[t] for t in train_targets]))
+        sampler = ShardedWeightedSampler(weights, len(train_targets), seed=config.seed, rank=dist.rank, world=dist.world)
+    else:
+        sampler = ShardedWeightedSampler(np.ones(len(train_targets)), len(train_targets), seed=config.seed,
+                                         rank=dist.rank, world=dist.world, replace=False)
+    criterion = SetLoss(label_set_members(config.task), len(classes), config.label_smoothing,
+                        class_weight if config.balance == "loss" else None).to(device)
+    per_rank_batch = max(1, config.batch_size // dist.world)
+    train_loader = _loader(train_ds, per_rank_batch, config.workers, sampler=sampler, seed=config.seed)
+    net = dist.wrap(model)
 
-    optimizer = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=config.weight_decay)
+    body_params = [p for p in trainable if id(p) not in head_ids]
+    head_params = [p for p in trainable if id(p) in head_ids]
+    optimizer = torch.optim.AdamW([{"params": body_params, "lr": config.lr},
+                                   {"params": head_params, "lr": config.lr * config.head_lr_mult}],
+                                  lr=config.lr, weight_decay=config.weight_decay)
     total_steps = max(1, config.epochs * len(train_loader))
     warmup = min(len(train_loader), total_steps // 10)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -298,7 +344,6 @@ def train(config: TrainConfig, echo: Echo = click.echo) -> TrainResult:
         else 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total_steps - warmup))))
     scaler = torch.amp.GradScaler("cuda", enabled=amp)
     malignant_idx = [classes.index(c) for c in malignant_classes]
-    val_y = np.array([int(r.malignant) for r in val_rows])
 
     best_auc, best_epoch, best_state, stale = -1.0, -1, None, 0
     history: list[dict[str, Any]] = []
@@ -314,7 +359,6 @@ def train(config: TrainConfig, echo: Echo = click.echo) -> TrainResult:
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
-        train_loader.generator.set_state(state["loader_rng"])
         torch.set_rng_state(state["torch_rng"])
         train_ds._calls = state["augment_calls"]
         history, stale = state["history"], state["stale"]
@@ -322,156 +366,94 @@ def train(config: TrainConfig, echo: Echo = click.echo) -> TrainResult:
         first_epoch = resumed_from = state["epoch"] + 1
         started = time.time() - state["elapsed"]
         echo(f"resuming after epoch {state['epoch']} from {last_path} ({state['elapsed'] / 60:.1f} min already spent)")
-    echo(f"training on {device} ({torch.get_num_threads()} threads), {len(train_ds)} train / {len(val_ds)} val images, "
-         f"{config.epochs} epochs max, batch {config.batch_size}")
+    echo(f"training on {device} ({torch.get_num_threads()} threads{f', {dist.world} processes' if dist.world > 1 else ''}), "
+         f"{len(train_ds)} train / {len(val_ds)} val images, {config.epochs} epochs max, batch {config.batch_size}")
     stopped_by = "epochs"
     for epoch in range(first_epoch, config.epochs + 1):
         t_epoch = time.time()
         if config.max_minutes and history:
             full_epochs = [h["seconds"] for h in history if not h["head_only"]] or [h["seconds"] for h in history]
-            if time.time() - started + max(full_epochs) > config.max_minutes * 60:
+            if dist.agree(time.time() - started + max(full_epochs) > config.max_minutes * 60):
                 echo(f"time budget: stopping before epoch {epoch} ({config.max_minutes:g} min budget)")
                 stopped_by = "time budget"
                 break
         head_only = epoch <= config.freeze_backbone_epochs
         for p in trainable:
             p.requires_grad_(not head_only or id(p) in head_ids)
+        sampler.set_epoch(epoch)
+        # the augmentation stream of an epoch depends only on (seed, epoch): resumable, and each DDP rank differs
+        train_ds._calls = (epoch * 1_000_003 + dist.rank) * 10_000_019
         model.train()
         set_frozen_eval(frozen)
         if head_only:
             model.eval()
             head.train()
-        running, seen, last_note = 0.0, 0, time.time()
-        interactive = click.get_text_stream("stderr").isatty()
-        label = f"epoch {epoch}/{config.epochs}" + (" (head only)" if head_only else "")
-        with click.progressbar(train_loader, label=label, file=click.get_text_stream("stderr")) as batches:
-            for images, labels in batches:
-                images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-                optimizer.zero_grad(set_to_none=True)
-                with torch.autocast(device_type="cuda", dtype=torch.float16, enabled=amp):
-                    loss = criterion(model(images), labels)
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-                scheduler.step()
-                running += float(loss.detach()) * len(labels)
-                seen += len(labels)
-                if not interactive and time.time() - last_note > 60:
-                    # a log file gets no progress bar: one line a minute instead
-                    last_note = time.time()
-                    echo(f"  {seen}/{len(train_ds)} images, loss {running / seen:.4f}, {time.time() - t_epoch:.0f} s")
-        probabilities = predict_probabilities(model, val_ds, device, config.batch_size * 2, config.workers, amp)
-        val_p = _p_malignant(probabilities, malignant_idx)
-        val_auc = metrics.auc_score(val_y, val_p)
-        val_loss = float(nn.functional.nll_loss(torch.log(torch.as_tensor(probabilities).clamp_min(1e-12)),
-                                                torch.as_tensor([targets[i] for i in part["val"]])))
-        record = {"epoch": epoch, "train_loss": running / max(1, seen), "val_loss": val_loss, "val_auc": val_auc,
-                  "lr": optimizer.param_groups[0]["lr"], "seconds": round(time.time() - t_epoch, 1), "head_only": head_only}
+        running, seen, last_note, data_s, step_s = 0.0, 0, time.time(), 0.0, 0.0
+        n_batches = len(train_loader)
+        t_data = time.time()
+        for b, (images, labels) in enumerate(train_loader, 1):
+            t_step = time.time()
+            data_s += t_step - t_data
+            images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+            if config.channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
+            optimizer.zero_grad(set_to_none=True)
+            with torch.autocast(device_type="cuda", dtype=torch.float16, enabled=amp):
+                loss = criterion(net(images), labels)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            scheduler.step()
+            running += float(loss.detach()) * len(labels)
+            seen += len(labels)
+            t_data = time.time()
+            step_s += t_data - t_step
+            if time.time() - last_note > 30 or b == n_batches:
+                last_note = time.time()
+                spent = time.time() - t_epoch
+                eta_epoch = spent / b * (n_batches - b)
+                eta_run = eta_epoch + spent / b * n_batches * (config.epochs - epoch)
+                echo(f"  epoch {epoch}/{config.epochs}: {b}/{n_batches} batches, loss {running / seen:.4f}, "
+                     f"{spent:.0f} s; ETA epoch {eta_epoch:.0f} s, run <= {eta_run / 60:.1f} min")
+        record: dict[str, Any] = {"epoch": epoch, "train_loss": running / max(1, seen), "head_only": head_only,
+                                  "lr": optimizer.param_groups[0]["lr"], "data_seconds": round(data_s, 1),
+                                  "step_seconds": round(step_s, 1)}
+        improved = False
+        if dist.is_main:
+            _, figures = _val_scores(model, val_ds, val_rows, malignant_idx, device, config, amp)
+            record.update(figures)
+            improved = figures["val_score"] is not None and figures["val_score"] > best_auc + 1e-6
+            if improved:
+                best_auc, best_epoch, stale = figures["val_score"], epoch, 0
+                best_state = copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
+            else:
+                stale += 1
+        record["seconds"] = round(time.time() - t_epoch, 1)
         history.append(record)
-        improved = val_auc is not None and val_auc > best_auc + 1e-6
-        if improved:
-            best_auc, best_epoch, stale = val_auc, epoch, 0
-            best_state = copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
-        else:
-            stale += 1
-        echo(f"epoch {epoch}: train loss {record['train_loss']:.4f}  val loss {val_loss:.4f}  "
-             f"val AUC {val_auc if val_auc is None else round(val_auc, 4)}{'  *best*' if improved else ''}  "
-             f"({record['seconds']:.0f} s)")
-        (out / "history.json").write_text(json.dumps(history, indent=1))
-        _save_atomic({"config": asdict(config), "epoch": epoch, "model": model.state_dict(),
-                      "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                      "scaler": scaler.state_dict(), "loader_rng": train_loader.generator.get_state(),
-                      "torch_rng": torch.get_rng_state(), "augment_calls": train_ds._calls, "history": history,
-                      "stale": stale, "best_auc": best_auc, "best_epoch": best_epoch, "best_state": best_state,
-                      "elapsed": time.time() - started}, last_path)
-        if stale >= config.patience and not head_only:
-            echo(f"early stop: no better val AUC for {config.patience} epochs")
+        if dist.is_main:
+            echo(_epoch_line(epoch, record, improved))
+            (out / "history.json").write_text(json.dumps(history, indent=1))
+            _save_atomic({"config": asdict(config), "epoch": epoch, "model": model.state_dict(),
+                          "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                          "scaler": scaler.state_dict(), "torch_rng": torch.get_rng_state(),
+                          "augment_calls": train_ds._calls, "history": history, "stale": stale, "best_auc": best_auc,
+                          "best_epoch": best_epoch, "best_state": best_state, "elapsed": time.time() - started},
+                         last_path)
+        if dist.agree(stale >= config.patience and not head_only):
+            echo(f"early stop: no better val score for {config.patience} epochs")
             stopped_by = "early stopping"
             break
     train_seconds = time.time() - started
+    if not dist.is_main:
+        dist.close()
+        return TrainResult(out / "checkpoint.pt", {}, None)  # type: ignore[arg-type]
+    dist.close()
     if best_state is None:
         raise click.ClickException("validation AUC could not be computed in any epoch")
     model.load_state_dict(best_state)
     model.eval()
-
-    # ---- threshold on val (test untouched so far)
-    val_p = _p_malignant(predict_probabilities(model, val_ds, device, config.batch_size * 2, config.workers, amp),
-                         malignant_idx)
-    threshold = metrics.choose_threshold(val_y, val_p, config.target_sensitivity)
-    val_report = metrics.binary_report(val_y, val_p, threshold, n_boot=config.n_boot, seed=config.seed)
-    echo(f"best epoch {best_epoch} (val AUC {best_auc:.4f}); threshold {threshold:.4g} for val sensitivity "
-         f">= {config.target_sensitivity:.0%}")
-    echo(metrics.format_report(val_report, "val:  "))
-
-    # ---- test: first time these images are decoded or scored
-    test_rows = [rows[i] for i in part["test"]]
-    test_report: dict[str, Any] | None = None
-    test_p = np.zeros(0)
-    if test_rows:
-        test_ds = DermoscopyDataset([r.path for r in test_rows], [targets[i] for i in part["test"]], spec, None, cache)
-        test_p = _p_malignant(predict_probabilities(model, test_ds, device, config.batch_size * 2, config.workers, amp),
-                              malignant_idx)
-        test_y = np.array([int(r.malignant) for r in test_rows])
-        test_report = metrics.binary_report(test_y, test_p, threshold, n_boot=config.n_boot, seed=config.seed)
-        echo(metrics.format_report(test_report, "test: "))
-    per_dataset = (metrics.per_group_reports([int(r.malignant) for r in test_rows], test_p,
-                                             [r.dataset for r in test_rows], threshold, n_boot=config.n_boot,
-                                             seed=config.seed) if test_rows else {})
-    for name, report in per_dataset.items():
-        echo(metrics.format_report(report, f"test {name}: "))
-
-    # ---- metadata, checkpoint, reports
-    n_train_mal = sum(rows[i].malignant for i in part["train"])
-    created = dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat()
-    model_id = f"dermsort-{config.architecture}-{dt.date.today():%Y%m%d}-{uuid.uuid4().hex[:8]}"
-    datasets = sorted({r.dataset for r in rows})
-    training_data = []
-    for name in datasets:
-        members = [(r, s) for r, s in zip(rows, splits) if r.dataset == name]
-        by_split = {s: sum(1 for _, x in members if x == s) for s in ("train", "val", "test")}
-        training_data.append(f"{name}: {len(members)} images ({sum(r.malignant for r, _ in members)} malignant); "
-                             f"train {by_split['train']} / val {by_split['val']} / test {by_split['test']}")
-    development_reason = (f"trained on {len(part['train'])} images with {n_train_mal} malignant: far too few for a "
-                          "clinical model; figures have wide confidence intervals")
-    recipe = {"config": asdict(config), "augment": asdict(augment), "task": config.task, "device": str(device),
-              "amp": amp, "torch": str(torch.__version__), "python": platform.python_version(),
-              "threads": torch.get_num_threads(), "epochs_run": len(history), "stopped_by": stopped_by,
-              "resumed_from_epoch": resumed_from, "best_epoch": best_epoch,
-              "best_val_auc": best_auc, "class_weight": class_weight.tolist(),
-              "split": {"mode": config.split_mode, "seed": config.seed, "folds": config.folds, "fold": config.fold,
-                        "grouped_by": "lesion_id and patient_id (union-find), stratified", "counts": summary},
-              "threshold_rule": f"largest threshold with val sensitivity >= {config.target_sensitivity}",
-              "train_seconds": round(train_seconds, 1), "development_model_reason": development_reason}
-    metadata = ModelMetadata(
-        model_id=model_id, architecture=config.architecture, classes=classes, malignant_classes=malignant_classes,
-        threshold=threshold, preprocess=spec, output="probabilities", input_name="input", output_name="probabilities",
-        validation=(validation_from_report(test_report, "test", sorted({r.dataset for r in test_rows}),
-                                           config.target_sensitivity) if test_report else Validation(split="none")),
-        provenance=Provenance(training_data=training_data, code_version=git_commit(),
-                              pretrained=provenance_weights, created=created, recipe=recipe),
-        development_model=True,
-        intended_use=f"Triage aid for dermoscopy images; not a diagnosis. Development model: {development_reason}.")
-    ModelMetadata.from_dict(metadata.to_dict())  # the schema's own checks, before anything is written
-    checkpoint = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "architecture": config.architecture,
-                  "num_classes": len(classes), "state_dict": best_state, "metadata": metadata.to_dict(),
-                  "val": _scores_dict(val_rows, val_p), "test": _scores_dict(test_rows, test_p)}
-    ckpt_path = out / "checkpoint.pt"
-    _save_atomic(checkpoint, ckpt_path)
-    last_path.unlink(missing_ok=True)  # the run is complete: nothing left to resume
-
-    result = {"model_id": model_id, "architecture": config.architecture, "task": config.task, "threshold": threshold,
-              "target_sensitivity": config.target_sensitivity, "best_epoch": best_epoch, "best_val_auc": best_auc,
-              "val": val_report, "test": test_report, "test_per_dataset": per_dataset, "split": summary,
-              "history": history, "train_seconds": round(train_seconds, 1),
-              "total_seconds": round(time.time() - started, 1), "development_model": True}
-    (out / "metrics.json").write_text(json.dumps(result, indent=2))
-    curves = {}
-    if test_rows:
-        curves["test"] = ([int(r.malignant) for r in test_rows], test_p)
-    curves["val"] = (val_y, val_p)
-    metrics.plot_roc(str(out / "roc.png"), curves, threshold, title=f"{model_id}")
-    metrics.plot_confusion(str(out / "confusion.png"), test_report or val_report,
-                           title="test decisions" if test_report else "val decisions")
-    echo(f"wrote {ckpt_path} ({ckpt_path.stat().st_size / 1e6:.1f} MB), metrics.json, roc.png, confusion.png "
-         f"in {time.time() - started:.0f} s")
-    return TrainResult(ckpt_path, result, metadata)
+    return finish_run(config, model, best_state, rows=rows, targets=targets, splits=splits, part=part, summary=summary,
+                      spec=spec, cache=cache, augment=augment, classes=classes, malignant_classes=malignant_classes,
+                      device=device, amp=amp, history=history, best_epoch=best_epoch, best_auc=best_auc,
+                      stopped_by=stopped_by, resumed_from=resumed_from, class_weight=class_weight,
+                      provenance_weights=provenance_weights, train_seconds=train_seconds, started=started, echo=echo)

@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# The default model's whole recipe, one command: train -> export (+ parity gate) -> evaluate val/test
+# -> model card -> install as runtime/models/default. Resumable: rerun the same command after an
+# interruption; training continues from WORK/train/last.pt and finished steps are skipped.
+#
+#   scripts/train-default.sh [WORK]          (default WORK: ./work/default-v2; needs dermsort[train,export])
+#
+# On 2 CPU cores the training step takes ~35-60 min; on a CUDA GPU add --amp via TRAIN_EXTRA="--amp".
+set -euo pipefail
+cd "$(dirname "$0")/.."
+WORK=${1:-work/default-v2}
+DATA=../shared/data
+mkdir -p "$WORK"
+
+TRAIN_ARGS=(--data "$DATA" --out "$WORK/train" --arch efficientnet_lite0 --task dx --balance sets
+            --freeze-stages 3 --epochs 14 --patience 6 --lr 5e-4 --head-lr-mult 5 --label-smoothing 0.05
+            --weight-decay 0.02 --tta hflip --seed 0 ${TRAIN_EXTRA:-})
+if [ ! -f "$WORK/train/checkpoint.pt" ]; then
+    resume=()
+    [ -f "$WORK/train/last.pt" ] && resume=(--resume)
+    dermsort train "${TRAIN_ARGS[@]}" "${resume[@]}"
+fi
+
+CSVS=()
+for csv in "$DATA"/*/labels.csv; do CSVS+=(--calib "$csv"); done
+if [ ! -f "$WORK/bundle/manifest.json" ]; then
+    # exit 3 = bundle written but some requested artifact was rejected by the gate: that is an outcome, not an error
+    dermsort export "$WORK/train/checkpoint.pt" --out "$WORK/bundle" --to onnx,openvino --precision fp32,fp16,int8 \
+        "${CSVS[@]}" --calib-count 512 || [ $? -eq 3 ]
+fi
+
+DATA_ARGS=()
+for set in "$DATA"/*/labels.csv; do DATA_ARGS+=(--data "$(dirname "$set")"); done
+for split in val test; do
+    [ -f "$WORK/eval-$split/metrics.json" ] || \
+        dermsort evaluate "$WORK/bundle" "${DATA_ARGS[@]}" --split "$split" --out "$WORK/eval-$split"
+done
+
+python3 -m dermsort.train.model_card "$WORK/bundle" --eval "test=$WORK/eval-test" --eval "val=$WORK/eval-val" \
+    --command "train=dermsort train ${TRAIN_ARGS[*]}" \
+    --command "test=dermsort evaluate runtime/models/default ${DATA_ARGS[*]} --split test --out OUT" \
+    --command "val=dermsort evaluate runtime/models/default ${DATA_ARGS[*]} --split val --out OUT" \
+    --out docs/MODEL_CARD.md
+
+if [ "${INSTALL:-1}" = 1 ]; then
+    rm -rf runtime/models/default.new && cp -r "$WORK/bundle" runtime/models/default.new
+    rm -rf runtime/models/default.old && mv runtime/models/default runtime/models/default.old
+    mv runtime/models/default.new runtime/models/default && rm -rf runtime/models/default.old
+    echo "installed $WORK/bundle as runtime/models/default"
+fi

@@ -1,0 +1,186 @@
+"""The end of a training run: test-time flips and threshold chosen on val, then test scored once.
+
+Order matters and is the point of this module: the epoch (trainer) and then the test-time flips and the
+operating threshold are fixed on validation images only; the test split is decoded and scored after
+that, once, and its figures are reported - never used to choose anything.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import platform
+import uuid
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from dermsort.runtime.metadata import ModelMetadata, PreprocessSpec, Provenance, Validation
+
+from . import metrics
+from .data import Row
+from .dataset import Augment, DermoscopyDataset, ImageCache
+from .models import TTA_MODES, with_tta
+
+Echo = Callable[[str], None]
+
+
+def validation_from_report(report: dict[str, Any], split: str, datasets: list[str], target: float,
+                           **extra: Any) -> Validation:
+    return Validation(split=split, datasets=datasets, n_images=report["n_images"], n_malignant=report["n_malignant"],
+                      target_sensitivity=target, sensitivity=report["sensitivity"],
+                      sensitivity_ci=report["sensitivity_ci"], specificity=report["specificity"],
+                      specificity_ci=report["specificity_ci"], work_reduction=report["work_reduction"],
+                      auc=report["auc"], auc_ci=report["auc_ci"], **extra)
+
+
+def _scores_dict(rows: Sequence[Row], p_malignant: np.ndarray, probabilities: np.ndarray | None = None) -> dict[str, list]:
+    out = {"p_malignant": [float(p) for p in p_malignant], "malignant": [int(r.malignant) for r in rows],
+           "image_id": [r.image_id for r in rows], "dataset": [r.dataset for r in rows], "dx": [r.dx for r in rows]}
+    if probabilities is not None:
+        out["probabilities"] = np.asarray(probabilities, dtype=float).round(6).tolist()
+    return out
+
+
+def _set_aucs(y: np.ndarray, p: np.ndarray, sets: np.ndarray, min_malignant: int) -> dict[str, float | None]:
+    return {str(d): metrics.auc_score(y[sets == d], p[sets == d]) for d in sorted(set(sets.tolist()))
+            if int(y[sets == d].sum()) >= min_malignant}
+
+
+def finish_run(config: Any, model: nn.Module, best_state: dict, *, rows: list[Row], targets: list[int], splits: list[str],
+               part: dict[str, list[int]], summary: dict, spec: PreprocessSpec, cache: ImageCache, augment: Augment,
+               classes: list[str], malignant_classes: list[str], device: torch.device, amp: bool,
+               history: list[dict], best_epoch: int, best_auc: float, stopped_by: str, resumed_from: int | None,
+               class_weight: np.ndarray, provenance_weights: dict, train_seconds: float, started: float,
+               echo: Echo) -> Any:
+    from .trainer import (CHECKPOINT_FORMAT, CHECKPOINT_VERSION, TrainResult, _p_malignant, _save_atomic, git_commit,
+                          predict_probabilities)
+
+    out = Path(config.out)
+    malignant_idx = [classes.index(c) for c in malignant_classes]
+    model = model.to(memory_format=torch.contiguous_format)
+
+    def score(net: nn.Module, part_rows: Sequence[Row], part_targets: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+        ds = DermoscopyDataset([r.path for r in part_rows], part_targets, spec, None, cache)
+        prob = predict_probabilities(net, ds, device, config.batch_size * 2, config.workers, amp)
+        return _p_malignant(prob, malignant_idx), prob
+
+    # ---- test-time flips: measured on val for every mode, the configured one is shipped
+    val_rows = [rows[i] for i in part["val"]]
+    val_targets = [targets[i] for i in part["val"]]
+    val_y = np.array([int(r.malignant) for r in val_rows])
+    val_sets = np.array([r.dataset for r in val_rows])
+    tta_figures, val_by_mode = {}, {}
+    for mode in TTA_MODES:
+        p, prob = score(with_tta(model, mode).eval(), val_rows, val_targets)
+        val_by_mode[mode] = (p, prob)
+        tta_figures[mode] = {"val_auc": metrics.auc_score(val_y, p),
+                             "val_auc_sets": _set_aucs(val_y, p, val_sets, config.min_set_malignant)}
+        echo(f"val with test-time flips {mode!r}: AUC pooled {tta_figures[mode]['val_auc']:.4f}, per set "
+             + ", ".join(f"{k} {v:.4f}" for k, v in tta_figures[mode]["val_auc_sets"].items() if v is not None))
+    shipped = with_tta(model, config.tta).eval()
+    val_p, val_prob = val_by_mode[config.tta]
+
+    # ---- operating threshold on val only: >= target sensitivity on every large val set and pooled
+    threshold, basis = metrics.choose_threshold_sets(val_y, val_p, val_sets, config.target_sensitivity,
+                                                     config.min_set_malignant)
+    basis_sets = [k for k in basis["sets"] if k != "pooled"]
+    val_report = metrics.triage_report(val_y, val_p, val_sets, [r.dx for r in val_rows], threshold,
+                                       pooled_sets=basis_sets, n_boot=config.n_boot, seed=config.seed)
+    echo(f"best epoch {best_epoch} (val score {best_auc:.4f}); threshold {threshold:.4g} "
+         f"(binding: {basis['binding']}; {basis['rule']})")
+    echo(metrics.format_triage(val_report, "val "))
+
+    # ---- test: first time these images are decoded or scored
+    test_rows = [rows[i] for i in part["test"]]
+    test_report: dict[str, Any] | None = None
+    test_p, test_prob = np.zeros(0), None
+    if test_rows:
+        test_p, test_prob = score(shipped, test_rows, [targets[i] for i in part["test"]])
+        test_y = np.array([int(r.malignant) for r in test_rows])
+        test_report = metrics.triage_report(test_y, test_p, [r.dataset for r in test_rows], [r.dx for r in test_rows],
+                                            threshold, pooled_sets=basis_sets, n_boot=config.n_boot, seed=config.seed)
+        echo(metrics.format_triage(test_report, "test "))
+
+    # ---- metadata, checkpoint, reports
+    n_train_mal = sum(rows[i].malignant for i in part["train"])
+    created = dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat()
+    model_id = f"dermsort-{config.architecture}-{dt.date.today():%Y%m%d}-{uuid.uuid4().hex[:8]}"
+    datasets = sorted({r.dataset for r in rows})
+    training_data = []
+    for name in datasets:
+        members = [(r, s) for r, s in zip(rows, splits) if r.dataset == name]
+        by_split = {s: sum(1 for _, x in members if x == s) for s in ("train", "val", "test")}
+        training_data.append(f"{name}: {len(members)} images ({sum(r.malignant for r, _ in members)} malignant); "
+                             f"train {by_split['train']} / val {by_split['val']} / test {by_split['test']}")
+    development = n_train_mal < 1000
+    development_reason = (f"trained on {len(part['train'])} images with {n_train_mal} malignant: too few for a "
+                          "clinical model; figures have wide confidence intervals") if development else ""
+    recipe = {"config": asdict(config), "augment": asdict(augment), "task": config.task, "device": str(device),
+              "amp": amp, "torch": str(torch.__version__), "python": platform.python_version(),
+              "threads": torch.get_num_threads(), "epochs_run": len(history), "stopped_by": stopped_by,
+              "resumed_from_epoch": resumed_from, "best_epoch": best_epoch, "best_val_score": best_auc,
+              "selection": f"epoch with the best val {config.select_on} AUC", "class_weight": class_weight.tolist(),
+              "tta": config.tta, "tta_val": tta_figures,
+              "split": {"mode": config.split_mode, "seed": config.seed, "folds": config.folds, "fold": config.fold,
+                        "grouped_by": "lesion_id and patient_id (union-find), stratified", "counts": summary},
+              "threshold_rule": basis["rule"], "train_seconds": round(train_seconds, 1),
+              "development_model_reason": development_reason}
+    if test_report:
+        pooled = test_report.get("pooled_sets", test_report["pooled"])
+        validation = validation_from_report(pooled, "test", list(test_report.get("pooled_sets", {}).get("sets", [])) or
+                                            sorted({r.dataset for r in test_rows}), config.target_sensitivity,
+                                            threshold_basis=basis,
+                                            per_dataset={k: _brief(v) for k, v in test_report["per_dataset"].items()},
+                                            per_diagnosis=pooled["per_diagnosis"])
+    else:
+        validation = Validation(split="none", threshold_basis=basis)
+    intended = "Triage aid for dermoscopy images; not a diagnosis and not a medical device."
+    metadata = ModelMetadata(
+        model_id=model_id, architecture=config.architecture, classes=classes, malignant_classes=malignant_classes,
+        threshold=threshold, preprocess=spec, output="probabilities", input_name="input", output_name="probabilities",
+        validation=validation,
+        provenance=Provenance(training_data=training_data, code_version=git_commit(),
+                              pretrained=provenance_weights, created=created, recipe=recipe),
+        development_model=development,
+        intended_use=intended + (f" Development model: {development_reason}." if development else ""))
+    ModelMetadata.from_dict(metadata.to_dict())  # the schema's own checks, before anything is written
+    checkpoint = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "architecture": config.architecture,
+                  "num_classes": len(classes), "state_dict": best_state, "tta": config.tta, "metadata": metadata.to_dict(),
+                  "val": _scores_dict(val_rows, val_p, val_prob), "test": _scores_dict(test_rows, test_p, test_prob)}
+    ckpt_path = out / "checkpoint.pt"
+    _save_atomic(checkpoint, ckpt_path)
+    (out / "last.pt").unlink(missing_ok=True)  # the run is complete: nothing left to resume
+
+    result = {"model_id": model_id, "architecture": config.architecture, "task": config.task, "threshold": threshold,
+              "threshold_basis": basis, "target_sensitivity": config.target_sensitivity, "best_epoch": best_epoch,
+              "best_val_score": best_auc, "tta": config.tta, "tta_val": tta_figures, "val": val_report,
+              "test": test_report, "split": summary, "history": history, "train_seconds": round(train_seconds, 1),
+              "development_model": development}
+    import time
+
+    result["total_seconds"] = round(time.time() - started, 1)
+    (out / "metrics.json").write_text(json.dumps(result, indent=2))
+    curves: dict[str, tuple] = {}
+    if test_rows:
+        sets = np.array([r.dataset for r in test_rows])
+        y = np.array([int(r.malignant) for r in test_rows])
+        for name in sorted(set(sets.tolist())):
+            curves[f"test {name}"] = (y[sets == name], test_p[sets == name])
+    curves["val (pooled)"] = (val_y, val_p)
+    metrics.plot_roc(str(out / "roc.png"), curves, None, title=f"{model_id}")
+    decisions = (test_report or val_report)["pooled"]
+    metrics.plot_confusion(str(out / "confusion.png"), decisions, title="test decisions" if test_report else "val decisions")
+    echo(f"wrote {ckpt_path} ({ckpt_path.stat().st_size / 1e6:.1f} MB), metrics.json, roc.png, confusion.png "
+         f"in {time.time() - started:.0f} s")
+    return TrainResult(ckpt_path, result, metadata)
+
+
+def _brief(report: dict[str, Any]) -> dict[str, Any]:
+    keys = ("n_images", "n_malignant", "sensitivity", "sensitivity_ci", "specificity", "specificity_ci",
+            "work_reduction", "auc", "auc_ci")
+    return {k: report[k] for k in keys}

@@ -1,0 +1,197 @@
+"""docs/MODEL_CARD.md generated from a bundle's own metadata and ``dermsort evaluate`` outputs.
+
+No figure in the card is typed by hand: every number comes from the bundle manifest (metadata,
+provenance, threshold basis) or from the metrics.json that ``dermsort evaluate`` wrote, and the card
+prints the exact commands that reproduce each table.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any, Sequence
+
+import click
+
+#: what a reader must know about the populations behind the public sets (from their own papers/READMEs)
+_SEEN = [
+    "HAM10000: dermoscopy from Vienna (Austria) and Queensland (Australia), 2000s-2010s; mostly fair skin; "
+    "histopathology for most malignant lesions.",
+    "ISIC 2019 (non-HAM): ISIC Archive / ISIC 2017-era images, Memorial Sloan Kettering (US) and a few "
+    "BCN20000 (Barcelona); other cameras, sites and years; mostly 256x256 square-resized copies.",
+    "ISIC 2020: a screening population (~2 % melanoma; patient-grouped), 512x512 resized crops.",
+    "PH2 (Porto, Portugal: one dermatoscope), a Kaggle ISIC-derived benign/malignant sample.",
+]
+_NOT_SEEN = [
+    "Darker skin types (Fitzpatrick V-VI) are barely represented in any of these sets: figures may not carry over.",
+    "Clinical (non-dermoscopic) photographs, other dermatoscopes and resolutions than those above.",
+    "Children; acral, nail, mucosal and scalp lesions are rare or absent; amelanotic melanoma is rare.",
+    "SCC is represented mainly through HAM's akiec class (AK / Bowen's disease) and a handful of ISIC 2019 "
+    "images: its sensitivity figure rests on few images.",
+    "Merkel cell carcinoma, lymphoma, Kaposi sarcoma and other rare malignancies: never seen.",
+]
+
+
+def _pct(value: float | None, ci: Sequence[float] | None = None) -> str:
+    if value is None:
+        return "n/a"
+    text = f"{100 * value:.1f} %"
+    return text + (f" [{100 * ci[0]:.1f} - {100 * ci[1]:.1f}]" if ci else "")
+
+
+def _auc(report: dict[str, Any]) -> str:
+    if report.get("auc") is None:
+        return "n/a"
+    ci = report.get("auc_ci")
+    return f"{report['auc']:.3f}" + (f" [{ci[0]:.3f} - {ci[1]:.3f}]" if ci else "")
+
+
+def _dx(report: dict[str, Any]) -> str:
+    parts = []
+    for name, figures in (report.get("per_diagnosis") or {}).items():
+        if figures["n"]:
+            parts.append(f"{name} {_pct(figures['sensitivity'])} ({figures['n'] - figures['missed']}/{figures['n']})")
+    return "; ".join(parts) or "-"
+
+
+def figures_table(metrics: dict[str, Any]) -> list[str]:
+    """Pooled, pooled over the threshold's sets, then per data set: one row each."""
+    rows = [("all sets pooled", metrics["pooled"])]
+    if metrics.get("pooled_sets"):
+        rows.append(("pooled " + " + ".join(metrics["pooled_sets"]["sets"]), metrics["pooled_sets"]))
+    rows += list(metrics["per_dataset"].items())
+    out = ["| data | n (malignant) | AUC [95 % CI] | sensitivity [95 % CI] | specificity [95 % CI] | work reduction | "
+           "sensitivity per diagnosis |", "|---|---|---|---|---|---|---|"]
+    for name, r in rows:
+        out.append(f"| {name} | {r['n_images']} ({r['n_malignant']}) | {_auc(r)} | "
+                   f"{_pct(r['sensitivity'], r['sensitivity_ci'])} | {_pct(r['specificity'], r['specificity_ci'])} | "
+                   f"{_pct(r['work_reduction'])} | {_dx(r)} |")
+    return out
+
+
+def targets_table(test: dict[str, Any]) -> list[str]:
+    """The issue's targets against the measured test figures (computed, never typed)."""
+    per = test["per_dataset"]
+    pooled = test.get("pooled_sets") or test["pooled"]
+    dx = pooled.get("per_diagnosis", {})
+
+    def row(name: str, value: float | None, target: float, fmt: str) -> str:
+        met = "n/a" if value is None else ("met" if value >= target else "**missed**")
+        shown = "n/a" if value is None else (f"{value:.3f}" if fmt == "auc" else _pct(value))
+        goal = f">= {target:.2f}" if fmt == "auc" else f">= {100 * target:.0f} %"
+        return f"| {name} | {goal} | {shown} | {met} |"
+
+    lines = ["| target (test splits) | goal | measured | |", "|---|---|---|---|"]
+    if "ham10000" in per:
+        lines.append(row("AUC ham10000", per["ham10000"]["auc"], 0.92, "auc"))
+    if "isic2019" in per:
+        lines.append(row("AUC isic2019", per["isic2019"]["auc"], 0.85, "auc"))
+    name = " + ".join(test["pooled_sets"]["sets"]) if test.get("pooled_sets") else "all"
+    lines.append(row(f"sensitivity, pooled {name}", pooled["sensitivity"], 0.95, "pct"))
+    lines.append(row(f"specificity, pooled {name}", pooled["specificity"], 0.60, "pct"))
+    for key, label in (("melanoma", "melanoma"), ("bcc", "BCC")):
+        if dx.get(key, {}).get("n"):
+            lines.append(row(f"sensitivity {label}, pooled {name}", dx[key]["sensitivity"], 0.90, "pct"))
+    return lines
+
+
+def render(manifest: dict[str, Any], evaluations: dict[str, dict[str, Any]], commands: dict[str, str],
+           bundle_label: str, roc: dict[str, str], extra_notes: Sequence[str] = ()) -> str:
+    meta = manifest["metadata"]
+    recipe = meta.get("provenance", {}).get("recipe", {})
+    basis = meta.get("validation", {}).get("threshold_basis") or {}
+    artifacts = manifest.get("artifacts", [])
+    dev = meta.get("development_model", True)
+    lines = [f"# Model card: the bundled default model{' (DEVELOPMENT MODEL)' if dev else ''}", "",
+             f"`{meta['model_id']}` in `{bundle_label}`. Generated by `python -m dermsort.train.model_card` from the "
+             "bundle's metadata and `dermsort evaluate` outputs; no figure here is typed by hand.", "",
+             "**Not a medical device.** A triage aid: images it sends to `benign/` may be skipped in a first "
+             "pass; everything else goes to `review/`. It does not diagnose and must never be used to rule out a "
+             "lesion a clinician is worried about.", ""]
+    lines += ["## Model", "",
+              f"- Architecture: {meta['architecture']}, input {meta['preprocess']['input_size']} px "
+              f"(shorter side resized to {meta['preprocess']['resize_shorter']}, centre crop), "
+              f"test-time flips inside the graph: {recipe.get('tta', 'none')}.",
+              f"- Head: {len(meta['classes'])} classes ({', '.join(meta['classes'])}); p(malignant) = sum of "
+              f"{', '.join(meta['malignant_classes'])}. The top diagnosis is reported for information only; the "
+              "benign/review rule uses p(malignant) alone.",
+              f"- Operating threshold: p(malignant) < {meta['threshold']:.6g} -> benign. Rule: {basis.get('rule', '?')}; "
+              f"binding set: {basis.get('binding', '?')}; rests on "
+              + ", ".join(f"{k} ({v['n_malignant']} malignant val images)" for k, v in basis.get("sets", {}).items()) + ".",
+              "- Artifacts: " + ", ".join(
+                  f"{a['name']} ({a.get('status', '?')}, threshold {a.get('threshold', 0):.4g})" for a in artifacts) + ".",
+              f"- Pretrained start: {meta.get('provenance', {}).get('pretrained', {}).get('package', 'none')} "
+              f"{meta.get('provenance', {}).get('pretrained', {}).get('version', '')} (offline PyPI package).", ""]
+    lines += ["## Training data and split", ""]
+    lines += [f"- {line}" for line in meta.get("provenance", {}).get("training_data", [])]
+    lines += ["", "Splits are the data sets' own `split` column: grouped by lesion (HAM10000, ISIC 2019, PH2) or "
+              "patient (ISIC 2020), stratified, seeded; checked leak-free. The epoch, the test-time flips and the "
+              "threshold were chosen on validation images only; test images were scored once, at the end.", ""]
+    config = recipe.get("config", {})
+    lines += ["## Recipe", "", "```", commands.get("train", "(not recorded)"), "```", "",
+              f"Epochs run: {recipe.get('epochs_run')} (best: {recipe.get('best_epoch')}, chosen by "
+              f"{recipe.get('selection', '?')}); stopped by {recipe.get('stopped_by')}; training time "
+              f"{recipe.get('train_seconds', 0) / 60:.0f} min on {recipe.get('threads')} CPU threads "
+              f"({recipe.get('device')}); frozen stages {config.get('freeze_stages')}, balance {config.get('balance')}, "
+              f"label smoothing {config.get('label_smoothing')}, lr {config.get('lr')} (head x{config.get('head_lr_mult')}).", ""]
+    tta = recipe.get("tta_val") or {}
+    if tta:
+        lines += ["Test-time flips measured on validation (AUC inside each large val set):", "",
+                  "| flips | val AUC pooled | per set |", "|---|---|---|"]
+        for mode, f in tta.items():
+            per = ", ".join(f"{k} {v:.4f}" for k, v in (f.get("val_auc_sets") or {}).items() if v is not None)
+            lines.append(f"| {mode} | {f['val_auc']:.4f} | {per} |")
+        lines.append("")
+    if "test" in evaluations:
+        lines += ["## Targets (test splits; they chose nothing)", ""] + targets_table(evaluations["test"]) + [""]
+    for split in ("test", "val"):
+        if split not in evaluations:
+            continue
+        ev = evaluations[split]
+        title = "Test split" if split == "test" else "Validation split (chose the epoch, flips and threshold)"
+        lines += [f"## {title}", "", f"Runner: {ev['runner'].get('backend')} ({Path(str(ev['runner'].get('artifact'))).name}); "
+                  f"threshold {ev['threshold']:.6g}; Wilson 95 % CIs, AUC stratified bootstrap. Reproduce:", "",
+                  "```", commands.get(split, ""), "```", ""] + figures_table(ev) + [""]
+        if split in roc:
+            lines += [f"![ROC per data set, {split}]({roc[split]})", ""]
+    lines += ["## Populations, cameras and lesion types", "", "Seen in training:", ""] + [f"- {s}" for s in _SEEN]
+    lines += ["", "Not seen, or too rare to claim anything:", ""] + [f"- {s}" for s in _NOT_SEEN] + [""]
+    if extra_notes:
+        lines += ["## Notes", ""] + [f"- {n}" for n in extra_notes] + [""]
+    lines += ["Inputs that fail dermsort's checks (corrupt, truncated, grayscale, tiny, blank, not an image) always go "
+              "to `review/` with a reason, whatever the model would say.", ""]
+    return "\n".join(lines)
+
+
+@click.command()
+@click.argument("bundle", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--eval", "evals", multiple=True, required=True,
+              help="SPLIT=DIR of a `dermsort evaluate` output (metrics.json, roc.png); repeatable (test=..., val=...).")
+@click.option("--command", "commands", multiple=True, help="NAME=COMMAND shown in the card (train, test, val).")
+@click.option("--note", "notes", multiple=True, help="An extra note line (measured elsewhere; give its command).")
+@click.option("--out", "out", required=True, type=click.Path(dir_okay=False, path_type=Path))
+def main(bundle: Path, evals: tuple[str, ...], commands: tuple[str, ...], notes: tuple[str, ...], out: Path) -> None:
+    """Write the model card for BUNDLE from its manifest and evaluation outputs."""
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    evaluations, roc = {}, {}
+    assets = out.parent / "model-card"
+    assets.mkdir(parents=True, exist_ok=True)
+    for item in evals:
+        split, _, folder = item.partition("=")
+        evaluations[split] = json.loads((Path(folder) / "metrics.json").read_text())
+        if (Path(folder) / "roc.png").is_file():
+            shutil.copyfile(Path(folder) / "roc.png", assets / f"roc-{split}.png")
+            shutil.copyfile(Path(folder) / "metrics.json", assets / f"metrics-{split}.json")
+            roc[split] = f"model-card/roc-{split}.png"
+    named = dict(c.partition("=")[::2] for c in commands)
+    try:
+        label = str(bundle.resolve().relative_to(Path.cwd()))
+    except ValueError:
+        label = str(bundle)
+    out.write_text(render(manifest, evaluations, named, label, roc, notes))
+    click.echo(f"wrote {out}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -15,7 +15,7 @@ import os
 import shutil
 import tempfile
 import time
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
@@ -26,12 +26,19 @@ from dermsort.runtime.bundle import (MANIFEST, Artifact, Bundle, load_bundle, ma
                                      write_manifest)
 from dermsort.runtime.errors import BackendUnavailable, DermsortError, ModelError
 
-from . import calibration, formats, parity, report
+from . import calibration, formats, parity, report, trt_compat
 from .onnx_export import ExportError
 
 log = logging.getLogger(__name__)
 
 Say = Callable[[str], None]
+
+#: the gate's rules in words, stored with the numbers in the manifest and printed in the report
+GATE_RULES = (
+    "(a) safety: sensitivity >= reference - max_sensitivity_drop AND malignant_to_benign (reference review -> "
+    "artifact benign) <= floor((sensitivity_reference - target_sensitivity) x n_malignant); "
+    "(b) work: specificity >= reference - max_specificity_drop, at the artifact's recalibrated threshold; "
+    "(c) churn: flips (both directions) <= max_flip_rate x n_images")
 
 
 # ----------------------------------------------------------------------------- atomic bundle swap
@@ -154,18 +161,26 @@ def _check_logits(model: Any, batch: np.ndarray) -> None:
                           "(build_model must not end in softmax)")
 
 
+def _target_sensitivity(metadata: Any) -> float:
+    """The sensitivity the model was validated for (the safety rule measures the reference's margin above it)."""
+    value = getattr(getattr(metadata, "validation", None), "target_sensitivity", None)
+    return float(value) if value else parity.DEFAULT_TARGET_SENSITIVITY
+
+
 def _gate(bundle: Bundle, reference: Artifact, candidates: list[Artifact], tensors: np.ndarray,
           malignant: np.ndarray, tolerances: parity.Tolerances, say: Say) -> dict[str, parity.ParityResult]:
+    target = _target_sensitivity(bundle.metadata)
     p_ref, ref_backend = parity.predict_p_malignant(bundle, reference, tensors)
     results = {reference.name: parity.reference_result(reference.name, p_ref, malignant, reference.threshold,
-                                                       ref_backend)}
+                                                       ref_backend, target_sensitivity=target)}
     say(results[reference.name].message)
     for art in candidates:
         p_art, described = parity.predict_p_malignant(bundle, art, tensors)
         row = next((t for t in formats.TARGETS if t.name == art.name), None)
         results[art.name] = parity.compare(art.name, p_art, p_ref, malignant, reference.threshold,
                                            reference=reference.name, tolerances=tolerances,
-                                           atol=row.atol if row else None, backend=described)
+                                           atol=row.atol if row else None, backend=described,
+                                           target_sensitivity=target)
         say(results[art.name].message)
     return results
 
@@ -252,11 +267,14 @@ def export_bundle(checkpoint: str | os.PathLike, out: str | os.PathLike,
     calib_files = calibration.calibration_files(calib_sources, calib_count, exclude=[r.path for r in gate_rows])
     say(f"preprocessing {len(calib_files)} calibration images" + (f" and {len(gate_rows)} labelled images"
                                                                    if gate_rows else ""))
-    calib_tensors, _ = calibration.load_tensors(calib_files, spec, skip_concerns=True)
+    calib_tensors, calib_kept = calibration.load_tensors(calib_files, spec, skip_concerns=True)
+    calib_files = [calib_files[i] for i in calib_kept]  # what calibrated, for the manifest's mix per data set
     gate_tensors = gate_labels = None
+    gate_datasets: dict[str, dict[str, int]] = {}
     if gate_rows:
         gate_tensors, kept = calibration.load_tensors([r.path for r in gate_rows], spec, skip_concerns=False)
         gate_labels = np.asarray([gate_rows[i].malignant for i in kept], dtype=int)
+        gate_datasets = calibration.per_dataset(gate_rows[i] for i in kept)
         if not 0 < gate_labels.sum():
             raise DermsortError("the labelled gate set has no malignant image: sensitivity cannot be checked")
     _check_logits(ckpt.model, calib_tensors)
@@ -269,7 +287,7 @@ def export_bundle(checkpoint: str | os.PathLike, out: str | os.PathLike,
         try:
             bundle = _build(ckpt, metadata, targets, work, calib_tensors, calib_files, calib_sources,
                             gate_tensors, gate_labels, gate_csvs, labelled_split, allow_parity_failure,
-                            accuracy_control, tolerances, latency_reps, say)
+                            accuracy_control, tolerances, latency_reps, say, gate_datasets)
             swap_in(work, out)
         except BaseException:
             shutil.rmtree(work, ignore_errors=True)
@@ -281,7 +299,8 @@ def export_bundle(checkpoint: str | os.PathLike, out: str | os.PathLike,
 def _build(ckpt: Any, metadata: Any, targets: list[formats.Target], work: Path, calib_tensors: np.ndarray,
            calib_files: list[Path], calib_sources: list[Any], gate_tensors: np.ndarray | None,
            gate_labels: np.ndarray | None, gate_csvs: list[str], labelled_split: str, allow_parity_failure: bool,
-           accuracy_control: str, tolerances: parity.Tolerances, latency_reps: int, say: Say) -> Bundle:
+           accuracy_control: str, tolerances: parity.Tolerances, latency_reps: int, say: Say,
+           gate_datasets: dict[str, dict[str, int]] | None = None) -> Bundle:
     from . import onnx_export, openvino_export, tensorrt_export
 
     reference = formats.target(formats.REFERENCE)
@@ -321,7 +340,7 @@ def _build(ckpt: Any, metadata: Any, targets: list[formats.Target], work: Path, 
             elif row.name == "openvino-int8":
                 quantization[row.name] = openvino_export.export_int8(
                     ref_path, work / row.path, metadata, calib_tensors, labelled_pair, accuracy_control, say,
-                    tolerances.max_flip_rate)
+                    tolerances=tolerances, target_sensitivity=_target_sensitivity(metadata))
             elif row.toolkit == "tensorrt":
                 source = tensorrt_export.engine_source(work, row.precision)
                 if not source.is_file():
@@ -360,10 +379,21 @@ def _build(ckpt: Any, metadata: Any, targets: list[formats.Target], work: Path, 
                                                                      else calib_tensors)[:16], latency_reps)
         except Exception as exc:  # latency is information; it must not sink an export
             latency[art.name] = {"error": str(exc)}
+    # TensorRT readiness of every INT8 ONNX graph (export-engines builds the INT8 engine from it)
+    trt_checks = {art.name: trt_compat.check_file(work / art.path) for art in artifacts
+                  if art.format == "onnx" and art.precision == "int8"}
+    for name, result in trt_checks.items():
+        say(f"{name}: TensorRT graph check " + ("passed" if result["passed"] else
+                                                 "FAILED: " + "; ".join(result["problems"])))
     kept, rejected = _decide(work, artifacts, results, allow_parity_failure, unverified_reason, say)
     for art in kept:
         if art.name in build_facts:
             art.parity["build"] = build_facts[art.name]
+        if art.name in trt_checks:
+            art.parity["tensorrt_compatibility"] = trt_checks[art.name]
+    for item in rejected:
+        if item["name"] in trt_checks:
+            item["parity"]["tensorrt_compatibility"] = trt_checks[item["name"]]
     kept[0].parity["torch_check"] = reference_check
     if results is None:
         kept[0].parity["status"] = "reference (labelled parity gate did not run)"
@@ -372,9 +402,14 @@ def _build(ckpt: Any, metadata: Any, targets: list[formats.Target], work: Path, 
     gate_info = {"ran": results is not None, "reason": unverified_reason, "labelled": gate_csvs,
                  "split": labelled_split, "n_images": int(len(gate_labels)) if gate_labels is not None else 0,
                  "n_malignant": int(gate_labels.sum()) if gate_labels is not None else 0,
-                 "tolerances": {"max_sensitivity_drop": tolerances.max_sensitivity_drop,
-                                "max_flip_rate": tolerances.max_flip_rate}}
+                 "per_dataset": gate_datasets or {},
+                 "target_sensitivity": _target_sensitivity(metadata),
+                 "tolerances": asdict(tolerances),
+                 "rules": GATE_RULES}
     calib_info = {"images": int(len(calib_tensors)), "sources": [str(s) for s in calib_sources],
+                  "per_dataset": calibration.mix(calib_files, calib_sources),
+                  "mix": "stratified round-robin over the sources; labels.csv: train split only, "
+                         "never gate/val/test images",
                   "files": [p.name for p in calib_files]}
     bundle.extra = {"export": {
         "checkpoint": {"path": ckpt.path, "sha256": ckpt.sha256, "builder": ckpt.builder},
@@ -442,7 +477,7 @@ def export_engines(bundle_dir: str | os.PathLike, precisions: str | Iterable[str
             new = Bundle(root=work, metadata=bundle.metadata, artifacts=list(bundle.artifacts),
                          reference=bundle.reference, created=bundle.created, extra=dict(bundle.extra))
             facts = tensorrt_export.device_info()
-            built, build_facts, skipped = [], {}, {}
+            built, build_facts, skipped, failed = [], {}, {}, {}
             for precision in precs:
                 row = formats.target(f"tensorrt-{precision}")
                 source = tensorrt_export.engine_source(work, precision)
@@ -456,21 +491,30 @@ def export_engines(bundle_dir: str | os.PathLike, precisions: str | Iterable[str
                     continue
                 new.verify(source_art)
                 say(f"building {row.name} from {source.name} on {facts['gpu']} (TensorRT {facts['tensorrt']})")
-                started = time.perf_counter()
-                build_facts[row.name] = tensorrt_export.build_engine(
-                    source, work / row.path, precision, bundle.metadata.input_name,
-                    bundle.metadata.preprocess.input_size, work / formats.TIMING_CACHE, max_batch)
-                build_facts[row.name]["seconds"] = round(time.perf_counter() - started, 1)
+                facts_or_error = _build_engine_isolated(work, row, source, precision, bundle.metadata, max_batch)
+                if isinstance(facts_or_error, str):
+                    # one precision failing (e.g. INT8 tactics on this GPU) must not discard an engine already built
+                    failed[row.name] = facts_or_error
+                    say(f"{row.name}: build FAILED: {facts_or_error}")
+                    continue
+                build_facts[row.name] = facts_or_error
                 built.append(_artifact(work, row, reference.threshold, built_for=dict(facts)))
             if not built:
-                raise ModelError("no TensorRT engine could be built: " + "; ".join(skipped.values()))
+                raise ModelError("no TensorRT engine could be built: "
+                                 + "; ".join([*skipped.values(), *(f"{k}: {v}" for k, v in failed.items())]))
             new.artifacts = [a for a in new.artifacts if a.name not in {b.name for b in built}] + built
             results, reason, tensors = None, "", None
+            gate_info: dict[str, Any] = {"ran": False}
             if gate_rows:
                 tensors, kept = calibration.load_tensors([r.path for r in gate_rows], bundle.metadata.preprocess,
                                                          skip_concerns=False)
                 labels = np.asarray([gate_rows[i].malignant for i in kept], dtype=int)
                 results = _gate(new, reference, built, tensors, labels, tolerances, say)
+                gate_info = {"ran": True, "labelled": [str(c) for c in csvs], "split": labelled_split,
+                             "n_images": int(len(labels)), "n_malignant": int(labels.sum()),
+                             "per_dataset": calibration.per_dataset(gate_rows[i] for i in kept),
+                             "target_sensitivity": _target_sensitivity(bundle.metadata),
+                             "tolerances": asdict(tolerances), "rules": GATE_RULES}
             else:
                 reason = "parity gate did not run on the device (no --labelled set)"
                 say(f"WARNING: {reason}; engines are marked unverified")
@@ -484,10 +528,12 @@ def export_engines(bundle_dir: str | os.PathLike, precisions: str | Iterable[str
                 art.parity["build"] = build_facts[art.name]
             new.artifacts = [a for a in new.artifacts if a.name not in {b.name for b in built}] + kept_arts
             engines = new.extra.setdefault("engines", {})
+            cache = work / formats.TIMING_CACHE
             engines.update({"built_for": facts, "timing_cache": formats.TIMING_CACHE,
-                            "timing_cache_sha256": sha256_file(work / formats.TIMING_CACHE),
-                            "rejected": rejected, "skipped": skipped, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
-            _add_engines_to_report(work, kept_arts, rejected, latency)
+                            "timing_cache_sha256": sha256_file(cache) if cache.is_file() else None,
+                            "rejected": rejected, "skipped": skipped, "failed": failed, "parity": gate_info,
+                            "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+            _add_engines_to_report(work, kept_arts, rejected, latency, failed)
             write_manifest(new)
             swap_in(work, root)
         except BaseException:
@@ -496,8 +542,39 @@ def export_engines(bundle_dir: str | os.PathLike, precisions: str | Iterable[str
     return load_bundle(root)[0]
 
 
+def _build_engine_isolated(work: Path, row: formats.Target, source: Path, precision: str, metadata: Any,
+                           max_batch: int) -> dict[str, Any] | str:
+    """Build one engine into its own temp file; move it into place only when the build succeeded.
+
+    Returns the build facts, or the reason it failed (the temp file is removed, and an engine of the
+    same name from an earlier run is left as it was: a failed rebuild never deletes a working engine).
+    """
+    from . import tensorrt_export
+
+    final = work / row.path
+    final.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=final.parent, prefix=f".{final.name}.", suffix=".building")
+    os.close(fd)
+    tmp = Path(tmp_name)
+    started = time.perf_counter()
+    try:
+        facts = tensorrt_export.build_engine(source, tmp, precision, metadata.input_name,
+                                             metadata.preprocess.input_size, work / formats.TIMING_CACHE, max_batch)
+        if not tmp.is_file() or tmp.stat().st_size == 0:
+            raise ExportError(f"the builder wrote no {precision} engine")
+        os.replace(tmp, final)
+    except Exception as exc:  # noqa: BLE001 - recorded per precision; the other engines go on
+        log.debug("building %s failed", row.name, exc_info=True)
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+    facts = dict(facts or {})
+    facts["seconds"] = round(time.perf_counter() - started, 1)
+    return facts
+
+
 def _add_engines_to_report(root: Path, kept: list[Artifact], rejected: list[dict[str, Any]],
-                           latency: dict[str, Any]) -> None:
+                           latency: dict[str, Any], failed: dict[str, str] | None = None) -> None:
     """Fold the engines built on the device into the bundle's export report."""
     import json
 
@@ -518,4 +595,6 @@ def _add_engines_to_report(root: Path, kept: list[Artifact], rejected: list[dict
                      "parity": item["parity"], "latency": latency.get(item["name"], {})})
     data["artifacts"] = rows
     data["skipped"] = {k: v for k, v in data.get("skipped", {}).items() if k not in names}
+    data["failed"] = {**{k: v for k, v in data.get("failed", {}).items() if k not in names},
+                      **{k: f"engine build on the device: {v}" for k, v in (failed or {}).items()}}
     report.write(root, data)

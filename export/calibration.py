@@ -34,7 +34,12 @@ GATE_SPLIT = "val"
 class LabelledImage:
     path: Path
     malignant: int
+    #: the row's source_dataset column (a labels.csv may mix several), else the data set
     source: str
+    #: the data set: the folder that holds the labels.csv (ham10000, isic2019, ph2, ...)
+    dataset: str = ""
+    #: the row's split column ("" when the CSV has none)
+    split: str = ""
 
 
 def read_labels(csv_path: str | os.PathLike, split: str | None) -> list[LabelledImage]:
@@ -55,7 +60,8 @@ def read_labels(csv_path: str | os.PathLike, split: str | None) -> list[Labelled
             if malignant not in ("0", "1"):
                 raise DermsortError(f"{csv_path}: malignant must be 0 or 1, got {malignant!r} for {row['file']}")
             rows.append(LabelledImage((csv_path.parent / row["file"]).resolve(), int(malignant),
-                                      row.get("source_dataset") or csv_path.parent.name))
+                                      row.get("source_dataset") or csv_path.parent.name, csv_path.parent.name,
+                                      row.get("split") or ""))
     return rows
 
 
@@ -71,31 +77,42 @@ def _scan(folder: Path) -> list[Path]:
 
 def calibration_files(sources: Iterable[str | os.PathLike], count: int, exclude: Iterable[Path] = (),
                       seed: int = 0) -> list[Path]:
-    """Up to ``count`` image files: folders are scanned, labels.csv files give their train split.
+    """Up to ``count`` image files, drawn as an even mix across the sources (data sets).
 
-    Files of the labelled gate set are excluded (calibrating on the images that judge the result
-    would flatter it). Sources are interleaved round-robin so every camera/data set is represented.
+    A labels.csv contributes only rows of its train split (``CALIB_SPLIT``); a folder contributes its
+    images minus every file that is a val/test (non-train) row of any labels.csv given, so a folder of
+    images cannot smuggle gate or test images into calibration. ``exclude`` (the labelled gate set)
+    is always left out: calibrating on the images that judge the result would flatter it.
+
+    Stratified round-robin: one queue per source, each shuffled with ``seed``; one file from each
+    non-empty queue in turn until ``count`` is reached. Every data set gets an equal share (a big set
+    cannot crowd out a small one, e.g. ham10000's 3,122 train images vs ph2's 112) until a small
+    source runs out, then the rest is filled from the others.
     """
+    sources = [Path(s) for s in sources]
     excluded = {Path(p).resolve() for p in exclude}
-    groups: dict[str, list[Path]] = defaultdict(list)
+    held_out: set[Path] = set()
+    groups: dict[str, list[Path]] = {}
     for source in sources:
-        source = Path(source)
         if _is_csv(source):
-            for row in read_labels(source, CALIB_SPLIT):
-                groups[f"{source}:{row.source}"].append(row.path)
+            rows = read_labels(source, None)
+            # a CSV without a split column: every row may calibrate (as read_labels(..., "train") reads it)
+            calib = [r for r in rows if r.split in (CALIB_SPLIT, "")]
+            held_out |= {r.path for r in rows if r.split not in (CALIB_SPLIT, "")}
+            groups[str(source)] = [r.path for r in calib]
         elif source.is_dir():
-            groups[str(source)].extend(_scan(source))
+            groups[str(source)] = _scan(source)
         else:
             raise DermsortError(f"calibration source not found (a folder of images or a labels.csv): {source}")
     rng = random.Random(seed)
     queues = []
-    for key in sorted(groups):
-        files = [p for p in groups[key] if p not in excluded]
-        dropped = len(groups[key]) - len(files)
+    for key, files in groups.items():  # in the order given: the mix does not depend on path names
+        kept = [p for p in files if p not in excluded and p not in held_out]
+        dropped = len(files) - len(kept)
         if dropped:
-            log.info("calibration: %d file(s) of %s are in the labelled gate set and were left out", dropped, key)
-        rng.shuffle(files)
-        queues.append(files)
+            log.info("calibration: %d file(s) of %s are gate/val/test images and were left out", dropped, key)
+        rng.shuffle(kept)
+        queues.append(kept)
     chosen: list[Path] = []
     seen: set[Path] = set()
     while len(chosen) < count and any(queues):
@@ -110,14 +127,43 @@ def calibration_files(sources: Iterable[str | os.PathLike], count: int, exclude:
     return chosen
 
 
+def mix(files: Iterable[Path], sources: Iterable[str | os.PathLike]) -> dict[str, int]:
+    """How many of ``files`` came from each source: a labels.csv counts under its data set folder's name."""
+    roots = []
+    for source in sources:
+        source = Path(source)
+        root = (source.parent if _is_csv(source) else source).resolve()
+        roots.append((root, source.parent.name if _is_csv(source) else source.name))
+    counts: dict[str, int] = {}
+    for path in files:
+        name = next((label for root, label in roots if Path(path).is_relative_to(root)), "other")
+        counts[name] = counts.get(name, 0) + 1
+    return dict(sorted(counts.items()))
+
+
 def gate_set(labelled: Iterable[str | os.PathLike], calib: Iterable[str | os.PathLike],
              split: str = GATE_SPLIT) -> tuple[list[LabelledImage], list[str]]:
-    """The parity gate's labelled images: ``--labelled`` CSVs, else the ``split`` rows of CSV calibration sources."""
+    """The parity gate's labelled images: the ``split`` rows of EVERY ``--labelled`` CSV, else of every
+    CSV among the calibration sources (folders carry no labels). A file listed twice counts once."""
     csvs = [str(p) for p in labelled] or [str(p) for p in calib if _is_csv(p)]
     rows: list[LabelledImage] = []
+    seen: set[Path] = set()
     for path in csvs:
-        rows += read_labels(path, split)
+        for row in read_labels(path, split):
+            if row.path not in seen:
+                seen.add(row.path)
+                rows.append(row)
     return rows, csvs
+
+
+def per_dataset(rows: Iterable[LabelledImage]) -> dict[str, dict[str, int]]:
+    """{data set: {n_images, n_malignant}} -- what the gate (or calibration) rests on, set by set."""
+    counts: dict[str, dict[str, int]] = defaultdict(lambda: {"n_images": 0, "n_malignant": 0})
+    for row in rows:
+        entry = counts[row.dataset or row.source]
+        entry["n_images"] += 1
+        entry["n_malignant"] += int(row.malignant)
+    return {name: dict(counts[name]) for name in sorted(counts)}
 
 
 def load_tensors(paths: Iterable[Path], spec: PreprocessSpec, skip_concerns: bool) -> tuple[np.ndarray, list[int]]:

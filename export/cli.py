@@ -22,6 +22,34 @@ def _csv_list(values: tuple[str, ...]) -> list[str]:
     return [item for value in values for item in value.split(",") if item]
 
 
+_DEFAULT = Tolerances()
+
+
+def _gate_options(command):
+    """The parity gate's tolerances, shared by export and export-engines (they land in Tolerances and the manifest)."""
+    options = [
+        click.option("--max-sensitivity-drop", default=_DEFAULT.max_sensitivity_drop, show_default=True,
+                     type=click.FloatRange(0, 1),
+                     help="Parity gate (a): largest sensitivity drop vs the FP32 reference (fraction). Also: no "
+                          "malignant image newly sent to benign beyond floor((sens_ref - target) x n_malignant)."),
+        click.option("--max-specificity-drop", default=_DEFAULT.max_specificity_drop, show_default=True,
+                     type=click.FloatRange(0, 1),
+                     help="Parity gate (b): largest specificity drop vs the reference after threshold recalibration."),
+        click.option("--max-flip-rate", default=_DEFAULT.max_flip_rate, show_default=True,
+                     type=click.FloatRange(0, 1),
+                     help="Parity gate (c): largest share of benign/review decisions (both directions) that may "
+                          "differ from the reference."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def _tolerances(max_sensitivity_drop: float, max_specificity_drop: float, max_flip_rate: float) -> Tolerances:
+    return Tolerances(max_sensitivity_drop=max_sensitivity_drop, max_flip_rate=max_flip_rate,
+                      max_specificity_drop=max_specificity_drop)
+
+
 @click.command("export")
 @click.argument("checkpoint", type=click.Path(exists=True, dir_okay=False))
 @click.option("--out", "out", required=True, type=click.Path(file_okay=False),
@@ -31,32 +59,33 @@ def _csv_list(values: tuple[str, ...]) -> list[str]:
 @click.option("--precision", "precision", default="fp32,fp16,int8", show_default=True,
               help=f"Comma-separated precisions: {', '.join(formats.PRECISIONS)} (FP32 ONNX is always written).")
 @click.option("--calib", "calib", multiple=True, required=True,
-              help="Folder of real images or labels.csv (its train split) for INT8 calibration; repeatable.")
+              help="Folder of real images or labels.csv (its train split) for INT8 calibration; repeatable. "
+                   "Images are drawn round-robin across the sources (an even mix of data sets).")
 @click.option("--labelled", "labelled", multiple=True,
-              help="labels.csv for the parity gate (default: the --calib CSVs); repeatable.")
+              help="labels.csv for the parity gate, its --labelled-split rows of every one "
+                   "(default: those of every --calib CSV); repeatable.")
 @click.option("--labelled-split", default=calibration.GATE_SPLIT, show_default=True,
               help="Which split of the labelled CSVs the gate runs on.")
 @click.option("--calib-count", default=128, show_default=True, type=click.IntRange(1, 10_000),
-              help="Number of calibration images.")
+              help="Number of calibration images (train split only, mixed across the --calib sources).")
 @click.option("--allow-parity-failure", is_flag=True,
               help="Keep artifacts that fail the parity gate (recorded as an override in the manifest).")
 @click.option("--accuracy-control", type=click.Choice(["off", "auto", "on"]), default="off", show_default=True,
-              help="NNCF accuracy-controlled INT8 for OpenVINO (auto: only when plain INT8 would fail the flip check; slow).")
-@click.option("--max-sensitivity-drop", default=0.01, show_default=True, type=click.FloatRange(0, 1),
-              help="Parity gate: largest sensitivity drop vs the FP32 reference (fraction).")
-@click.option("--max-flip-rate", default=0.01, show_default=True, type=click.FloatRange(0, 1),
-              help="Parity gate: largest share of benign/review decisions that may differ from the reference.")
+              help="NNCF accuracy-controlled INT8 for OpenVINO (auto: only when plain INT8 would fail the parity "
+                   "gate; slow).")
+@_gate_options
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest's artifact list as JSON on stdout.")
 def export(checkpoint: str, out: str, to: str, precision: str, calib: tuple[str, ...], labelled: tuple[str, ...],
            labelled_split: str, calib_count: int, allow_parity_failure: bool, accuracy_control: str,
-           max_sensitivity_drop: float, max_flip_rate: float, as_json: bool) -> None:
+           max_sensitivity_drop: float, max_specificity_drop: float, max_flip_rate: float, as_json: bool) -> None:
     """Export a training checkpoint to a verified model bundle (ONNX, OpenVINO, TensorRT)."""
     from .api import export_bundle
 
     bundle = export_bundle(checkpoint, out, to=to, precisions=precision, calib=_csv_list(calib),
                            labelled=_csv_list(labelled), allow_parity_failure=allow_parity_failure,
                            calib_count=calib_count, labelled_split=labelled_split, accuracy_control=accuracy_control,
-                           tolerances=Tolerances(max_sensitivity_drop, max_flip_rate), say=_say)
+                           tolerances=_tolerances(max_sensitivity_drop, max_specificity_drop, max_flip_rate),
+                           say=_say)
     info = bundle.extra.get("export", {})
     _finish(bundle, as_json, [r["name"] for r in info.get("rejected", [])] + list(info.get("failed", {})),
             info.get("skipped", {}))
@@ -72,16 +101,21 @@ def export(checkpoint: str, out: str, to: str, precision: str, calib: tuple[str,
 @click.option("--max-batch", default=32, show_default=True, type=click.IntRange(1, 1024),
               help="Largest batch of the engines' optimization profile (smallest is 1).")
 @click.option("--allow-parity-failure", is_flag=True, help="Keep engines that fail the parity gate (recorded).")
+@_gate_options
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest's artifact list as JSON on stdout.")
 def export_engines(bundle_dir: str, precision: str, labelled: tuple[str, ...], labelled_split: str, max_batch: int,
-                   allow_parity_failure: bool, as_json: bool) -> None:
+                   allow_parity_failure: bool, max_sensitivity_drop: float, max_specificity_drop: float,
+                   max_flip_rate: float, as_json: bool) -> None:
     """Build TensorRT engines into an existing bundle, on the target GPU (e.g. the Jetson)."""
     from .api import export_engines as build
 
     bundle = build(bundle_dir, precisions=precision, labelled=_csv_list(labelled), labelled_split=labelled_split,
-                   allow_parity_failure=allow_parity_failure, max_batch=max_batch, say=_say)
+                   allow_parity_failure=allow_parity_failure, max_batch=max_batch,
+                   tolerances=_tolerances(max_sensitivity_drop, max_specificity_drop, max_flip_rate), say=_say)
     engines = bundle.extra.get("engines", {})
-    _finish(bundle, as_json, [r["name"] for r in engines.get("rejected", [])], engines.get("skipped", {}))
+    # an engine that failed to build is a requested artifact missing: exit 3, as for a rejected one
+    _finish(bundle, as_json, [r["name"] for r in engines.get("rejected", [])] + list(engines.get("failed", {})),
+            engines.get("skipped", {}))
 
 
 def _finish(bundle, as_json: bool, problems: list[str], skipped: dict[str, str]) -> None:

@@ -125,17 +125,31 @@ def convert_fp16(src: Path, dst: Path, metadata: ModelMetadata) -> None:
     _save_checked(half, dst)
 
 
+#: ONNX Runtime static quantization settings of the INT8 QDQ artifact; every one is what TensorRT's explicit
+#: quantization needs, so the same file feeds ONNX Runtime here and ``export-engines`` on the device
+#: (checked after writing by ``trt_compat.trt_compatibility_problems``). ONNX Runtime's CPU provider fuses
+#: the float bias into QLinearConv itself, so not quantizing biases costs it nothing.
+QUANT_EXTRA_OPTIONS = {
+    "ActivationSymmetric": True,  # zero point 0 on activations (TensorRT: symmetric only)
+    "WeightSymmetric": True,      # zero point 0 on weights
+    "QuantizeBias": False,        # no INT32 bias DequantizeLinear (TensorRT's parser refuses it)
+}
+
+
 def quantize_int8(src: Path, dst: Path, metadata: ModelMetadata, calib_tensors: np.ndarray) -> dict[str, Any]:
     """Static INT8, QDQ format, per-channel weights, calibrated on real preprocessed images.
 
-    Activations and weights are signed and symmetric (zero point 0): that is what TensorRT's explicit
-    quantization accepts, so the same file feeds ONNX Runtime here and ``export-engines`` on the device.
+    Activations and weights are signed and symmetric (zero point 0), biases stay float, the opset stays
+    the reference's (17): what TensorRT's explicit quantization accepts, so the same file feeds ONNX
+    Runtime here and ``export-engines`` on the device. The result of the TensorRT graph check is returned
+    under ``tensorrt_compatibility``.
     """
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     from .calibration import ort_reader
+    from .trt_compat import check
 
     with tempfile.TemporaryDirectory(dir=dst.parent, prefix=".quant-") as work:
         prepped = Path(work) / "prepped.onnx"
@@ -148,11 +162,19 @@ def quantize_int8(src: Path, dst: Path, metadata: ModelMetadata, calib_tensors: 
                         ort_reader(calib_tensors, metadata.input_name), quant_format=QuantFormat.QDQ,
                         per_channel=True, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
                         calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=softmax,
-                        extra_options={"ActivationSymmetric": True, "WeightSymmetric": True})
+                        extra_options=dict(QUANT_EXTRA_OPTIONS))
         proto = onnx.load(os.fspath(Path(work) / "int8.onnx"))
+    # quant_pre_process declares every domain ONNX Runtime knows (com.microsoft, ...) though no node uses
+    # them; drop the unused imports so the file says what it needs
+    used = {n.domain for n in proto.graph.node} | {"", "ai.onnx"}
+    keep = [o for o in proto.opset_import if o.domain in used]
+    del proto.opset_import[:]
+    proto.opset_import.extend(keep)
     set_metadata(proto, metadata, dermsort_precision="int8")
     _save_checked(proto, dst)
     n_q = sum(1 for n in proto.graph.node if n.op_type == "QuantizeLinear")
     return {"method": "onnxruntime.quantization.quantize_static", "format": "QDQ", "per_channel": True,
-            "activations": "int8 symmetric", "weights": "int8 symmetric per-channel", "calibrate_method": "MinMax",
-            "calibration_images": int(len(calib_tensors)), "quantize_nodes": n_q, "excluded": softmax}
+            "activations": "int8 symmetric", "weights": "int8 symmetric per-channel", "bias": "float (not quantized)",
+            "extra_options": dict(QUANT_EXTRA_OPTIONS), "calibrate_method": "MinMax",
+            "calibration_images": int(len(calib_tensors)), "quantize_nodes": n_q, "excluded": softmax,
+            "tensorrt_compatibility": check(proto)}

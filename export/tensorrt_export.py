@@ -8,7 +8,10 @@
 
 TensorRT 11 removed the weak-typing flags (FP16/INT8); there the engines are built as strongly
 typed networks from the typed ONNX files instead (``model.fp16.onnx`` / ``model.int8.onnx``).
-Engines are tied to the GPU and TensorRT version: ``built_for`` records both.
+Engines are tied to the GPU and TensorRT version: ``built_for`` records GPU model, compute capability and
+TensorRT version, and the runtime refuses an engine whose ``built_for`` differs from the device in any of
+them (``dermsort.runtime.backends.trt.built_for_mismatch``). ``export-engines`` builds each precision into
+its own temp file and keeps what succeeded: an INT8 failure never discards the FP16 engine.
 """
 
 from __future__ import annotations
@@ -38,17 +41,16 @@ def tensorrt_status() -> tuple[bool, str]:
 
 
 def device_info() -> dict[str, Any]:
-    """What an engine built now is tied to: GPU name, compute capability, TensorRT version."""
+    """What an engine built now is tied to: GPU name, compute capability, TensorRT version.
+
+    The runtime's own reading of the device (``dermsort.runtime.backends.trt._device_facts``), so the
+    ``built_for`` written here is compared field by field with what the runtime sees before loading.
+    """
     import tensorrt as trt
 
-    from dermsort.runtime.backends.trt import _check, _cudart
+    from dermsort.runtime.backends.trt import _cudart, _device_facts
 
-    cudart = _cudart()
-    device = _check(cudart.cudaGetDevice())
-    props = _check(cudart.cudaGetDeviceProperties(device))
-    name = props.name.decode(errors="replace") if isinstance(props.name, bytes) else str(props.name)
-    return {"gpu": name.strip("\x00 "), "compute_capability": f"{props.major}.{props.minor}",
-            "tensorrt": trt.__version__}
+    return _device_facts(trt, _cudart())
 
 
 def weakly_typed_flags_available() -> bool:

@@ -136,15 +136,25 @@ def test_every_cpu_path_is_exported_gated_and_reported(exported):
     assert bundle.extra["export"]["failed"] == {}
     gate = bundle.extra["export"]["parity"]
     assert gate["ran"] and gate["n_images"] >= 50 and gate["n_malignant"] >= 10 and gate["split"] == "val"
+    # the gate set is the val split of every CSV, counted per data set
+    expected = {Path(c).parent.name: calibration.read_labels(c, "val") for c in CSVS}
+    assert gate["per_dataset"] == {name: {"n_images": len(rows), "n_malignant": sum(r.malignant for r in rows)}
+                                   for name, rows in sorted(expected.items())}
+    assert gate["tolerances"] == {"max_sensitivity_drop": 0.01, "max_flip_rate": 0.02, "max_specificity_drop": 0.02}
+    assert gate["target_sensitivity"] == 0.95 and "floor(" in gate["rules"]
     for art in bundle.artifacts[1:]:
         p = art.parity
         assert p["status"] in ("passed", "failed") and p["recalibrated"] is True
-        assert p["tolerances"] == {"max_sensitivity_drop": 0.01, "max_flip_rate": 0.01}
+        assert p["tolerances"] == gate["tolerances"]
         assert 0.5 < p["auc"] <= 1 and p["n_images"] == gate["n_images"]
         assert p["flip_rate"] == pytest.approx(p["flips"] / p["n_images"], abs=1e-6)
+        assert p["flips"] == p["flips_to_benign"] + p["flips_to_review"]
+        assert p["malignant_to_benign"] <= p["flips_to_benign"] and p["benign_to_review"] <= p["flips_to_review"]
+        assert p["target_sensitivity"] == 0.95 and p["malignant_to_benign_allowed"] >= 0
         assert art.threshold == pytest.approx(p["threshold"], abs=1e-6)
-        # the verdict follows the numbers, and a kept failure is a recorded override
-        assert (p["status"] == "passed") == (p["checks"]["sensitivity_drop"] and p["checks"]["flip_rate"])
+        # the verdict follows the numbers (all four checks), and a kept failure is a recorded override
+        assert set(p["checks"]) == {"sensitivity_drop", "malignant_to_benign", "specificity_drop", "flip_rate"}
+        assert (p["status"] == "passed") == all(p["checks"].values())
         assert art.accepted == (p["status"] == "passed")
         assert art.accepted or art.override.startswith("--allow-parity-failure")
         # recalibrated on the gate set: sensitivity never below the reference's there
@@ -174,6 +184,14 @@ def test_report_has_size_latency_parity_and_where_it_ran(exported):
         assert name in md
     assert report["parity"]["ran"] and "| onnx-int8 |" in md
     assert "skipped" in md or report["skipped"] == {}
+    # the gate's numbers, rules and per-data-set basis are in the report, not only in the manifest
+    for text in ("to benign", "to review", "malignant to benign (allowed)", "benign to review", "(a) safety",
+                 "(b) work: specificity drop <= 2.0 pp", "(c) churn", "<= 2.0 % of the images", "floor(",
+                 "## TensorRT readiness", "onnx-int8 (`model.int8.onnx`, opset 17): passed"):
+        assert text in md, text
+    for name, counts in report["parity"]["per_dataset"].items():
+        assert f"  - {name}: {counts['n_images']} images, {counts['n_malignant']} malignant" in md
+    assert report["calibration"]["per_dataset"] == {"ham10000-sample": 16, "kaggle-melanoma-sample": 16, "ph2": 16}
 
 
 # --------------------------------------------------------------------------- artifact contracts
@@ -223,9 +241,40 @@ def test_fp16_and_int8_onnx_are_what_they_claim(exported):
     for proto in (half, int8):
         meta = {p.key: p.value for p in proto.metadata_props}
         assert ModelMetadata.from_json(meta[ONNX_METADATA_KEY]).model_id == "test-tiny-cnn"
+    # TensorRT-ready: no INT32 (bias) DequantizeLinear, symmetric int8, opset 17, allow-listed ops
+    from dermsort.export.trt_compat import trt_compatibility_problems
+
+    assert not [n for n in int8.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in inits
+                and inits[n.input[0]].data_type == TensorProto.INT32]
+    assert trt_compatibility_problems(int8) == []
+    assert [o.version for o in int8.opset_import if o.domain in ("", "ai.onnx")] == [17]
     info = _manifest(exported)["export"]["quantization"]
     assert info["onnx-int8"]["format"] == "QDQ" and info["onnx-int8"]["per_channel"] is True
+    assert info["onnx-int8"]["extra_options"] == {"ActivationSymmetric": True, "WeightSymmetric": True,
+                                                  "QuantizeBias": False}
+    # the check's result is recorded with the artifact (kept or rejected) in the manifest
+    recorded = [a["parity"] for a in _manifest(exported)["artifacts"] if a["name"] == "onnx-int8"] + [
+        r["parity"] for r in _manifest(exported)["export"]["rejected"] if r["name"] == "onnx-int8"]
+    assert recorded and recorded[0]["tensorrt_compatibility"]["passed"] is True
+    assert recorded[0]["tensorrt_compatibility"]["problems"] == []
     assert info["openvino-int8"]["calibration_images"] == info["onnx-int8"]["calibration_images"] > 0
+
+
+def test_trt_check_fails_a_bias_quantized_graph_of_the_same_model(exported, tmp_path):
+    """ONNX Runtime's default (QuantizeBias=True) writes INT32 bias DequantizeLinear: the check must refuse it."""
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+
+    from dermsort.export.onnx_export import QUANT_EXTRA_OPTIONS
+    from dermsort.export.trt_compat import trt_compatibility_problems
+
+    rows = calibration.read_labels(CSVS[0], "train")[:4]
+    tensors = np.stack([preprocess_file(r.path, SPEC)[0] for r in rows])
+    dst = tmp_path / "bias.int8.onnx"
+    quantize_static(str(exported / "model.onnx"), str(dst), calibration.ort_reader(tensors),
+                    quant_format=QuantFormat.QDQ, per_channel=True, activation_type=QuantType.QInt8,
+                    weight_type=QuantType.QInt8, extra_options={**QUANT_EXTRA_OPTIONS, "QuantizeBias": True})
+    problems = trt_compatibility_problems(str(dst))
+    assert problems and any("INT32" in p for p in problems)
 
 
 def test_openvino_irs_load_and_carry_metadata(exported):
@@ -452,6 +501,52 @@ def test_tensorrt_engines_on_gpu(exported, tmp_path):
     assert (copy / formats.TIMING_CACHE).stat().st_size > 0
     with open(copy / "export_report.json") as fh:
         assert "tensorrt-fp16" in {r["name"] for r in json.load(fh)["artifacts"]}
+
+
+def test_export_engines_keeps_the_fp16_engine_when_int8_fails(exported, tmp_path, monkeypatch):
+    """Failures are isolated per precision: each engine is built into its own temp file and kept only on success."""
+    from click.testing import CliRunner
+
+    from dermsort.export import tensorrt_export
+    from dermsort.export.cli import export_engines as engines_cli
+
+    facts = {"gpu": "stub GPU", "compute_capability": "8.7", "tensorrt": "10.3.0"}
+    targets = []
+
+    def fake_build(onnx_path, engine_path, precision, input_name, input_size, timing_cache, max_batch=32):
+        targets.append(engine_path)
+        assert engine_path.name.endswith(".building") and engine_path.parent.name == "tensorrt"
+        if precision == "int8":
+            engine_path.write_bytes(b"half-written")  # a build that dies mid-way
+            raise RuntimeError("INT8 tactic failed on this GPU\nmore detail")
+        engine_path.write_bytes(b"stub engine " + precision.encode())
+        timing_cache.write_bytes(b"stub cache")
+        return {"source": onnx_path.name, "profile": {"min": 1, "opt": 8, "max": max_batch}}
+
+    monkeypatch.setattr(tensorrt_export, "tensorrt_status", lambda: (True, "stub"))
+    monkeypatch.setattr(tensorrt_export, "device_info", lambda: dict(facts))
+    monkeypatch.setattr(tensorrt_export, "build_engine", fake_build)
+    monkeypatch.setattr(tensorrt_export, "weakly_typed_flags_available", lambda: True)
+    copy = tmp_path / "bundle"
+    shutil.copytree(exported, copy)
+    bundle = api.export_engines(copy, precisions="fp16,int8")
+    assert len(targets) == 2  # int8 was attempted (its source ONNX is in the bundle)...
+    engine = bundle.get("tensorrt-fp16")  # ...and failed without taking the FP16 engine with it
+    bundle.verify(engine)
+    assert (copy / engine.path).read_bytes() == b"stub engine fp16" and engine.built_for == facts
+    assert "tensorrt-int8" not in [a.name for a in bundle.artifacts]
+    failed = bundle.extra["engines"]["failed"]
+    assert failed == {"tensorrt-int8": "RuntimeError: INT8 tactic failed on this GPU"}
+    assert not list((copy / "tensorrt").glob("*.building*")) and not (copy / "tensorrt" / "model_int8.engine").exists()
+    report = json.loads((copy / "export_report.json").read_text())
+    assert "tensorrt-int8" in report["failed"] and "tensorrt-fp16" in {r["name"] for r in report["artifacts"]}
+    # the CLI says a requested engine is missing (exit 3); with nothing built at all it is an error
+    second = tmp_path / "bundle2"
+    shutil.copytree(exported, second)
+    result = CliRunner().invoke(engines_cli, [str(second), "--precision", "fp16,int8"])
+    assert result.exit_code == EXIT_INCOMPLETE and "tensorrt-int8" in result.output
+    with pytest.raises(ModelError, match="no TensorRT engine could be built.*INT8 tactic failed"):
+        api.export_engines(tmp_path / "bundle2", precisions="int8")
 
 
 def test_labels_reader_reads_shared_data_format():

@@ -29,6 +29,32 @@ def _check(result: Any) -> Any:
     return rest[0] if len(rest) == 1 else rest
 
 
+def _device_facts(trt: Any, cudart: Any) -> dict[str, str]:
+    """This device as ``built_for`` records it: GPU name, compute capability, TensorRT version."""
+    props = _check(cudart.cudaGetDeviceProperties(_check(cudart.cudaGetDevice())))
+    name = props.name.decode(errors="replace") if isinstance(props.name, bytes) else str(props.name)
+    return {"gpu": name.strip("\x00 "), "compute_capability": f"{props.major}.{props.minor}",
+            "tensorrt": trt.__version__}
+
+
+def built_for_mismatch(built_for: dict[str, Any], here: dict[str, Any]) -> str:
+    """Why an engine built for ``built_for`` must not be loaded on ``here`` ("" when it may).
+
+    Engines are specific to the TensorRT version and to the GPU (compute capability, and the exact model:
+    same-architecture GPUs differ in SM count and memory, so tactics timed on one are not those of the
+    other). A key the manifest does not record is not checked (engines from older exports).
+    """
+    def norm(value: Any) -> str:
+        return " ".join(str(value).replace("\x00", " ").split()).lower()
+
+    problems = []
+    for key, what in (("tensorrt", "TensorRT"), ("gpu", "GPU"), ("compute_capability", "compute capability")):
+        want, have = built_for.get(key), here.get(key)
+        if want and have and norm(want) != norm(have):
+            problems.append(f"{what} {want} (this device: {have})")
+    return ("was built for " + ", ".join(problems)) if problems else ""
+
+
 class TensorRTBackend(Backend):
     spec = BackendSpec("tensorrt", ("tensorrt-engine",), "tensorrt", "NVIDIA TensorRT engine (GPU)")
 
@@ -83,11 +109,10 @@ class TensorRTBackend(Backend):
         self.context.set_tensor_address(self.output_name, int(self.d_out))
 
     def _check_built_for(self, trt: Any) -> None:
-        built = self.artifact.built_for or {}
-        want = built.get("tensorrt")
-        if want and want != trt.__version__:
-            raise RuntimeError(f"engine {self.artifact.name} was built with TensorRT {want}, this is {trt.__version__}; "
-                               "rebuild it on this device with `dermsort export-engines`")
+        problem = built_for_mismatch(self.artifact.built_for or {}, _device_facts(trt, _cudart()))
+        if problem:
+            raise RuntimeError(f"engine {self.artifact.name} {problem}; rebuild it on this device with "
+                               "`dermsort export-engines`")
 
     @property
     def max_batch(self) -> int:

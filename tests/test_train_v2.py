@@ -173,3 +173,34 @@ def test_torchrun_two_cpu_processes_gloo(tmp_path):
     assert (out / "checkpoint.pt").is_file() and not (out / "last.pt").exists()
     history = json.loads((out / "history.json").read_text())
     assert [h["epoch"] for h in history] == [1, 2]
+
+
+def test_model_card_figures_come_from_evaluate_outputs(tiny_bundle, tmp_path):
+    """Every figure in the generated card is the one `dermsort evaluate` wrote (nothing typed by hand)."""
+    from click.testing import CliRunner
+
+    from dermsort.cli import cli
+    from dermsort.train import model_card
+
+    runner = CliRunner()
+    ev = tmp_path / "ev"
+    result = runner.invoke(cli, ["evaluate", str(tiny_bundle), "--data", str(DATA / "ham10000-sample"), "--data",
+                                 str(DATA / "ph2"), "--split", "test", "--out", str(ev), "--n-boot", "200"])
+    assert result.exit_code == 0, result.output
+    figures = json.loads((ev / "metrics.json").read_text())
+    assert set(figures["per_dataset"]) == {"ham10000-sample", "ph2"}
+    assert figures["pooled"]["n_images"] == sum(r["n_images"] for r in figures["per_dataset"].values())
+    assert "melanoma" in figures["pooled"]["per_diagnosis"]
+    card = tmp_path / "docs" / "MODEL_CARD.md"
+    card.parent.mkdir()
+    result = runner.invoke(model_card.main, [str(tiny_bundle), "--eval", f"test={ev}", "--command",
+                                             "test=dermsort evaluate X --split test", "--out", str(card)])
+    assert result.exit_code == 0, result.output
+    text = card.read_text()
+    for name, report in [("all sets pooled", figures["pooled"])] + list(figures["per_dataset"].items()):
+        row = next(line for line in text.splitlines() if line.startswith(f"| {name} |"))
+        assert f"{report['n_images']} ({report['n_malignant']})" in row
+        assert model_card._pct(report["sensitivity"], report["sensitivity_ci"]) in row
+        assert model_card._auc(report) in row
+    assert "not a medical device" in text.lower() and "dermsort evaluate X --split test" in text
+    assert (card.parent / "model-card" / "roc-test.png").is_file()

@@ -104,6 +104,19 @@ def _nncf_int8(src: Path, calib: np.ndarray, fast_bias: bool, ignore_ends: bool)
                          advanced_parameters=AdvancedQuantizationParameters(), **kwargs)
 
 
+def _nncf_onnx_int8(src: Path, dst: Path, calib: np.ndarray, fast_bias: bool) -> None:
+    """NNCF's ONNX backend: QDQ ONNX (symmetric, per-channel weights, float bias) for ONNX Runtime / TensorRT."""
+    import nncf
+    import onnx
+
+    model = onnx.load(os.fspath(src))
+    softmax = [n.name for n in model.graph.node if n.op_type == "Softmax"]
+    quantized = nncf.quantize(model, nncf.Dataset([{"input": calib[i:i + 1]} for i in range(len(calib))]),
+                              subset_size=len(calib), preset=nncf.QuantizationPreset.PERFORMANCE,
+                              fast_bias_correction=fast_bias, ignored_scope=nncf.IgnoredScope(names=softmax, validate=False))
+    onnx.save(quantized, os.fspath(dst))
+
+
 METHODS = {
     "ort-minmax": ("onnxruntime QDQ, MinMax, per-channel, symmetric, no bias quantization (the export default)",
                    lambda s, d, c: _ort_int8(s, d, c, "minmax")),
@@ -111,6 +124,8 @@ METHODS = {
     "ort-entropy": ("onnxruntime QDQ, entropy (KL) calibration", lambda s, d, c: _ort_int8(s, d, c, "entropy")),
     "ort-minmax-fp-ends": ("onnxruntime QDQ, MinMax; stem conv, last conv and classifier kept FP32",
                            lambda s, d, c: _ort_int8(s, d, c, "minmax", "stem,head,fc")),
+    "nncf-onnx-full-bias": ("NNCF PTQ on the ONNX graph (QDQ ONNX for ONNX Runtime), full bias correction",
+                            lambda s, d, c: _nncf_onnx_int8(s, d, c, False)),
     "nncf-fast-bias": ("NNCF PTQ, performance preset, fast bias correction (the export default)",
                        lambda s, d, c: _nncf_int8(s, c, True, False)),
     "nncf-full-bias": ("NNCF PTQ, full bias correction", lambda s, d, c: _nncf_int8(s, c, False, False)),
@@ -123,9 +138,13 @@ METHODS = {
 @click.argument("bundle_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--calib", "calib", multiple=True, required=True, help="labels.csv files (train split calibrates, val gates).")
 @click.option("--calib-count", default=512, show_default=True, type=int)
+@click.option("--hist-calib-count", default=64, show_default=True, type=int,
+              help="Calibration images for ONNX Runtime's percentile/entropy calibrators (they keep every activation "
+                   "in memory: 256 images of Lite0 exhausted 24 GB here).")
 @click.option("--methods", default=",".join(METHODS), show_default=True)
 @click.option("--out", "out", required=True, type=click.Path(file_okay=False, path_type=Path))
-def main(bundle_dir: Path, calib: tuple[str, ...], calib_count: int, methods: str, out: Path) -> None:
+def main(bundle_dir: Path, calib: tuple[str, ...], calib_count: int, hist_calib_count: int, methods: str,
+         out: Path) -> None:
     """Quantise BUNDLE's FP32 ONNX by every method and judge each with the export's parity gate."""
     import openvino as ov
 
@@ -151,14 +170,16 @@ def main(bundle_dir: Path, calib: tuple[str, ...], calib_count: int, methods: st
         with tempfile.TemporaryDirectory() as work:
             dst = Path(work) / "int8.onnx"
             try:
-                made = make(src, dst, calib_tensors)
-                if name.startswith("ort"):
+                uses = calib_tensors[:hist_calib_count] if name in ("ort-percentile", "ort-entropy") else calib_tensors
+                made = make(src, dst, uses)
+                if name.startswith("ort") or name.startswith("nncf-onnx"):
                     p, lat = _ort_scores(dst, gate, mal_idx)
                     size = dst.stat().st_size / 1e6
                 else:
                     xml = Path(work) / "int8.xml"
                     ov.save_model(made, os.fspath(xml))
                     p, lat = _ov_scores(ov.Core().read_model(os.fspath(xml)), gate, mal_idx)
+                    del made
                     size = (xml.stat().st_size + xml.with_suffix(".bin").stat().st_size) / 1e6
             except Exception as exc:  # one method failing must not lose the others' rows
                 rows.append({"method": name, "description": description, "error": f"{type(exc).__name__}: {exc}"})
@@ -172,11 +193,18 @@ def main(bundle_dir: Path, calib: tuple[str, ...], calib_count: int, methods: st
                          "sensitivity", "sensitivity_reference", "specificity", "specificity_reference",
                          "specificity_drop", "threshold", "max_abs_diff", "auc", "auc_reference")}})
         click.echo(f"{name}: {result.message}", err=True)
+        _write(out, meta, bundle_dir, labels, calib_tensors, hist_calib_count, rows)
+
+
+def _write(out: Path, meta: Any, bundle_dir: Path, labels: np.ndarray, calib_tensors: np.ndarray, hist_calib_count: int,
+           rows: list[dict[str, Any]]) -> None:
+    """The table so far (rewritten after every method, so a crash keeps what was measured)."""
     (out / "quant_study.json").write_text(json.dumps({"bundle": meta.model_id, "gate_images": int(len(labels)),
                                                       "gate_malignant": int(labels.sum()), "rows": rows}, indent=2))
     lines = [f"# INT8 methods on {meta.model_id}", "",
              f"Gate set: val splits of every labels.csv, {len(labels)} images ({int(labels.sum())} malignant); "
-             f"{len(calib_tensors)} calibration images (train splits, mixed over data sets). Verdicts by the export's "
+             f"{len(calib_tensors)} calibration images (train splits, mixed over data sets; the first "
+             f"{hist_calib_count} of them for ONNX Runtime's percentile/entropy calibrators). Verdicts by the export's "
              "parity gate (`dermsort.export.parity.compare`, default tolerances). Latency: median batch-1 ms, 2 threads, "
              "this CPU. Command: `python -m dermsort.export.quant_study " + f"{bundle_dir} --calib ... --out {out}`", "",
              "| method | verdict | flips (to benign / to review) | malignant -> benign | sensitivity (FP32) | "

@@ -117,9 +117,12 @@ def finish_run(config: Any, model: nn.Module, best_state: dict, *, rows: list[Ro
         by_split = {s: sum(1 for _, x in members if x == s) for s in ("train", "val", "test")}
         training_data.append(f"{name}: {len(members)} images ({sum(r.malignant for r, _ in members)} malignant); "
                              f"train {by_split['train']} / val {by_split['val']} / test {by_split['test']}")
-    development = n_train_mal < 1000
-    development_reason = (f"trained on {len(part['train'])} images with {n_train_mal} malignant: too few for a "
-                          "clinical model; figures have wide confidence intervals") if development else ""
+    # every model dermsort trains is a development model: retrospective public data, no prospective or
+    # clinical validation; the reason says what else limits it
+    development = True
+    development_reason = ("validated only retrospectively on public data sets (see its model card), not clinically"
+                          + (f"; trained on {len(part['train'])} images with only {n_train_mal} malignant, so its "
+                             "figures have wide confidence intervals" if n_train_mal < 1000 else ""))
     recipe = {"config": asdict(config), "augment": asdict(augment), "task": config.task, "device": str(device),
               "amp": amp, "torch": str(torch.__version__), "python": platform.python_version(),
               "threads": torch.get_num_threads(), "epochs_run": len(history), "stopped_by": stopped_by,

@@ -96,8 +96,39 @@ def targets_table(test: dict[str, Any]) -> list[str]:
     return lines
 
 
+def warnings(test: dict[str, Any], target: float) -> list[str]:
+    """Every data set / diagnosis of the test split whose sensitivity falls below the target: said plainly."""
+    out = []
+    for name, r in test["per_dataset"].items():
+        if r["sensitivity"] is not None and r["sensitivity"] < target:
+            out.append(f"{name}: sensitivity {_pct(r['sensitivity'], r['sensitivity_ci'])} on {r['n_malignant']} malignant "
+                       f"test images ({r['confusion']['fn']} sent to benign/) - below the {100 * target:.0f} % target.")
+    pooled = test.get("pooled_sets") or test["pooled"]
+    for name, f in (pooled.get("per_diagnosis") or {}).items():
+        if f["n"] and f["sensitivity"] < target:
+            out.append(f"{name}: sensitivity {_pct(f['sensitivity'], f['sensitivity_ci'])} ({f['missed']} of {f['n']} missed).")
+    return out
+
+
+def comparison_table(runs: dict[str, dict[str, Any]]) -> list[str]:
+    """Training runs side by side (their own metrics.json: val-chosen epoch and threshold, test figures)."""
+    lines = ["| run | best val score | test AUC per set | test sensitivity / specificity (pooled basis sets) | "
+             "melanoma / BCC / SCC-AK sensitivity |", "|---|---|---|---|---|"]
+    for name, m in runs.items():
+        test = m["test"]
+        pooled = test.get("pooled_sets") or test["pooled"]
+        aucs = ", ".join(f"{k} {v['auc']:.3f}" for k, v in test["per_dataset"].items()
+                         if v["auc"] is not None and v["n_malignant"] >= 50)
+        dx = pooled.get("per_diagnosis", {})
+        lines.append(f"| {name} | {m.get('best_val_score', m.get('best_val_auc', 0)):.4f} | {aucs} | "
+                     f"{_pct(pooled['sensitivity'])} / {_pct(pooled['specificity'])} | "
+                     + " / ".join(_pct(dx.get(k, {}).get("sensitivity")) for k in ("melanoma", "bcc", "scc/ak")) + " |")
+    return lines
+
+
 def render(manifest: dict[str, Any], evaluations: dict[str, dict[str, Any]], commands: dict[str, str],
-           bundle_label: str, roc: dict[str, str], extra_notes: Sequence[str] = ()) -> str:
+           bundle_label: str, roc: dict[str, str], extra_notes: Sequence[str] = (),
+           runs: dict[str, dict[str, Any]] | None = None) -> str:
     meta = manifest["metadata"]
     recipe = meta.get("provenance", {}).get("recipe", {})
     basis = meta.get("validation", {}).get("threshold_basis") or {}
@@ -120,7 +151,8 @@ def render(manifest: dict[str, Any], evaluations: dict[str, dict[str, Any]], com
               f"binding set: {basis.get('binding', '?')}; rests on "
               + ", ".join(f"{k} ({v['n_malignant']} malignant val images)" for k, v in basis.get("sets", {}).items()) + ".",
               "- Artifacts: " + ", ".join(
-                  f"{a['name']} ({a.get('status', '?')}, threshold {a.get('threshold', 0):.4g})" for a in artifacts) + ".",
+                  f"{a['name']} ({(a.get('parity') or {}).get('status', '?')}, threshold {a.get('threshold', 0):.4g}, "
+                  f"{a.get('size_bytes', 0) / 1e6:.1f} MB)" for a in artifacts) + ".",
               f"- Pretrained start: {meta.get('provenance', {}).get('pretrained', {}).get('package', 'none')} "
               f"{meta.get('provenance', {}).get('pretrained', {}).get('version', '')} (offline PyPI package).", ""]
     lines += ["## Training data and split", ""]
@@ -145,6 +177,13 @@ def render(manifest: dict[str, Any], evaluations: dict[str, dict[str, Any]], com
         lines.append("")
     if "test" in evaluations:
         lines += ["## Targets (test splits; they chose nothing)", ""] + targets_table(evaluations["test"]) + [""]
+        warned = warnings(evaluations["test"], meta.get("validation", {}).get("target_sensitivity", 0.95))
+        if warned:
+            lines += ["## Where it falls short (read before use)", ""] + [f"- {w}" for w in warned] + [""]
+    if runs:
+        lines += ["## Heads and recipes compared (same splits; each run's own val-chosen epoch and threshold)", ""]
+        lines += comparison_table(runs) + ["", "Source: each run's `metrics.json` (copied to `docs/model-card/`)."]
+        lines += [""]
     for split in ("test", "val"):
         if split not in evaluations:
             continue
@@ -170,8 +209,10 @@ def render(manifest: dict[str, Any], evaluations: dict[str, dict[str, Any]], com
               help="SPLIT=DIR of a `dermsort evaluate` output (metrics.json, roc.png); repeatable (test=..., val=...).")
 @click.option("--command", "commands", multiple=True, help="NAME=COMMAND shown in the card (train, test, val).")
 @click.option("--note", "notes", multiple=True, help="An extra note line (measured elsewhere; give its command).")
+@click.option("--run", "runs", multiple=True, help="NAME=metrics.json of a `dermsort train` run to compare; repeatable.")
 @click.option("--out", "out", required=True, type=click.Path(dir_okay=False, path_type=Path))
-def main(bundle: Path, evals: tuple[str, ...], commands: tuple[str, ...], notes: tuple[str, ...], out: Path) -> None:
+def main(bundle: Path, evals: tuple[str, ...], commands: tuple[str, ...], notes: tuple[str, ...], runs: tuple[str, ...],
+         out: Path) -> None:
     """Write the model card for BUNDLE from its manifest and evaluation outputs."""
     manifest = json.loads((bundle / "manifest.json").read_text())
     evaluations, roc = {}, {}
@@ -185,11 +226,17 @@ def main(bundle: Path, evals: tuple[str, ...], commands: tuple[str, ...], notes:
             shutil.copyfile(Path(folder) / "metrics.json", assets / f"metrics-{split}.json")
             roc[split] = f"model-card/roc-{split}.png"
     named = dict(c.partition("=")[::2] for c in commands)
+    compared = {}
+    for item in runs:
+        name, _, path = item.partition("=")
+        compared[name] = json.loads(Path(path).read_text())
+        if Path(path).resolve() != (assets / f"run-{name}.json").resolve():
+            shutil.copyfile(path, assets / f"run-{name}.json")
     try:
         label = str(bundle.resolve().relative_to(Path.cwd()))
     except ValueError:
         label = str(bundle)
-    out.write_text(render(manifest, evaluations, named, label, roc, notes))
+    out.write_text(render(manifest, evaluations, named, label, roc, notes, compared))
     click.echo(f"wrote {out}")
 
 

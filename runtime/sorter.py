@@ -62,7 +62,9 @@ class SortOptions:
     dry_run: bool = False
     #: overrides the artifact's validated threshold (recorded in the journal)
     threshold: float | None = None
-    batch_size: int = 16
+    #: images per inference call; 8 keeps peak RSS of the default model (which scores each image and its
+    #: mirror image, 2x rows) near what batch 16 cost a single-view model (docs/BENCHMARKS.md)
+    batch_size: int = 8
     workers: int | None = None
 
 

@@ -19,7 +19,7 @@ def export_bundle(*args: Any, **kwargs: Any):
 
 
 def export_engines(*args: Any, **kwargs: Any):
-    """Build TensorRT engines into a bundle on the target GPU; see dermsort.export.api.export_engines."""
-    from .api import export_engines as run
+    """Build TensorRT engines into a bundle on the target GPU; see dermsort.export.engines.export_engines."""
+    from .engines import export_engines as run
 
     return run(*args, **kwargs)

@@ -9,7 +9,6 @@ bundle by rename only when everything is written.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import logging
 import os
 import shutil
@@ -17,16 +16,17 @@ import tempfile
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable
 
 import numpy as np
 
 from dermsort import __version__
-from dermsort.runtime.bundle import (MANIFEST, Artifact, Bundle, load_bundle, make_artifact, sha256_file,
+from dermsort.runtime.bundle import (Artifact, Bundle, load_bundle, make_artifact, sha256_file,
                                      write_manifest)
-from dermsort.runtime.errors import BackendUnavailable, DermsortError, ModelError
+from dermsort.runtime.errors import DermsortError
 
 from . import calibration, formats, parity, report, trt_compat
+from .bundle_io import _check_out, _locked, recover, swap_in
 from .onnx_export import ExportError
 
 log = logging.getLogger(__name__)
@@ -40,90 +40,6 @@ GATE_RULES = (
     "(b) work: specificity >= reference - max_specificity_drop, at the artifact's recalibrated threshold; "
     "(c) churn: flips (both directions) <= max_flip_rate x n_images")
 
-
-# ----------------------------------------------------------------------------- atomic bundle swap
-
-@contextlib.contextmanager
-def _locked(out: Path) -> Iterator[None]:
-    """One export at a time per output folder (a second one would delete the first one's temp dir)."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    lock_path = out.parent / f".{out.name}.lock"
-    with open(lock_path, "w") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise DermsortError(f"another export into {out} is running") from None
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-            with contextlib.suppress(OSError):
-                lock_path.unlink()
-
-
-def _check_out(out: Path) -> None:
-    if out.exists() and not out.is_dir():
-        raise DermsortError(f"--out {out} exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()) and not (out / MANIFEST).is_file():
-        # the old bundle is deleted after the swap: never do that to a folder that is not a bundle
-        raise DermsortError(f"refusing to replace {out}: it is not empty and holds no {MANIFEST} (not a dermsort bundle)")
-
-
-def recover(out: Path, say: Say = log.info) -> None:
-    """Finish or undo a swap a crash interrupted; remove temp folders of dead exports."""
-    olds = sorted(out.parent.glob(f".{out.name}.old-*"), key=lambda p: p.stat().st_mtime)
-    if not out.exists() and olds:
-        # crashed between "rename old away" and "rename new in": the new one never finished -> restore
-        os.rename(olds.pop(), out)
-        say(f"restored the previous bundle {out} (an earlier export was interrupted mid-swap)")
-    for stale in [*olds, *out.parent.glob(f".{out.name}.new-*")]:
-        shutil.rmtree(stale, ignore_errors=True)
-
-
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def _fsync_tree(root: Path) -> None:
-    """Flush every file to disk and give the tree normal permissions (mkdtemp/mkstemp make them private):
-    the sorter service on a device may run as another user than the one who exported."""
-    mask = _umask()
-    for dirpath, _, files in os.walk(root):
-        os.chmod(dirpath, 0o777 & ~mask)
-        for name in files:
-            os.chmod(os.path.join(dirpath, name), 0o666 & ~mask)
-            fd = os.open(os.path.join(dirpath, name), os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        _fsync_dir(Path(dirpath))
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def swap_in(new: Path, out: Path) -> None:
-    """Replace ``out`` by the complete folder ``new``: rename old away, rename new in, delete old."""
-    _fsync_tree(new)
-    old = None
-    if out.exists():
-        old = out.parent / f".{out.name}.old-{os.getpid()}-{int(time.time())}"
-        os.rename(out, old)
-    os.rename(new, out)
-    _fsync_dir(out.parent)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
-# ----------------------------------------------------------------------------- helpers
 
 def _versions() -> dict[str, str]:
     import importlib
@@ -444,157 +360,3 @@ def _write_report(bundle: Bundle, ckpt: Any, latency: dict[str, Any], rejected: 
 
 
 # ----------------------------------------------------------------------------- export_engines
-
-def export_engines(bundle_dir: str | os.PathLike, precisions: str | Iterable[str] = ("fp16", "int8"),
-                   labelled: str | os.PathLike | Iterable[str | os.PathLike] = (),
-                   labelled_split: str = calibration.GATE_SPLIT, allow_parity_failure: bool = False,
-                   max_batch: int = 32, tolerances: parity.Tolerances = parity.Tolerances(),
-                   say: Say | None = None) -> Bundle:
-    """Build TensorRT engines into an existing bundle, on the GPU that will run them.
-
-    Each engine records ``built_for`` (GPU, compute capability, TensorRT version). With a labelled
-    set the engines pass the same parity gate as every other artifact; without one they are unverified.
-    """
-    from . import tensorrt_export
-
-    say = say or log.info
-    precs = formats.parse_list(list(precisions) if not isinstance(precisions, str) else precisions,
-                               ("fp16", "int8"), "engine precision")
-    ok, why = tensorrt_export.tensorrt_status()
-    if not ok:
-        raise BackendUnavailable(f"cannot build TensorRT engines here: {why}")
-    root = Path(os.path.abspath(os.path.expanduser(bundle_dir)))
-    bundle, _ = load_bundle(root)
-    reference = bundle.get(formats.REFERENCE)
-    bundle.verify(reference)
-    csvs = [labelled] if isinstance(labelled, (str, os.PathLike)) else list(labelled)
-    gate_rows, _ = calibration.gate_set(csvs, (), labelled_split)
-    with _locked(root):
-        recover(root, say)
-        work = Path(tempfile.mkdtemp(dir=root.parent, prefix=f".{root.name}.new-"))
-        try:
-            shutil.copytree(root, work, dirs_exist_ok=True)
-            new = Bundle(root=work, metadata=bundle.metadata, artifacts=list(bundle.artifacts),
-                         reference=bundle.reference, created=bundle.created, extra=dict(bundle.extra))
-            facts = tensorrt_export.device_info()
-            built, build_facts, skipped, failed = [], {}, {}, {}
-            for precision in precs:
-                row = formats.target(f"tensorrt-{precision}")
-                source = tensorrt_export.engine_source(work, precision)
-                source_art = next((a for a in bundle.artifacts if a.path == source.name), None)
-                if source_art is None or not source.is_file():
-                    # e.g. the INT8 ONNX was rejected by the CPU gate: build the other engines, say why not this
-                    skipped[row.name] = (f"skipped: the bundle has no {source.name} to build it from (not exported, "
-                                         "or rejected by the parity gate; re-export with --allow-parity-failure "
-                                         "to gate the engine here instead)")
-                    say(f"{row.name}: {skipped[row.name]}")
-                    continue
-                new.verify(source_art)
-                say(f"building {row.name} from {source.name} on {facts['gpu']} (TensorRT {facts['tensorrt']})")
-                facts_or_error = _build_engine_isolated(work, row, source, precision, bundle.metadata, max_batch)
-                if isinstance(facts_or_error, str):
-                    # one precision failing (e.g. INT8 tactics on this GPU) must not discard an engine already built
-                    failed[row.name] = facts_or_error
-                    say(f"{row.name}: build FAILED: {facts_or_error}")
-                    continue
-                build_facts[row.name] = facts_or_error
-                built.append(_artifact(work, row, reference.threshold, built_for=dict(facts)))
-            if not built:
-                raise ModelError("no TensorRT engine could be built: "
-                                 + "; ".join([*skipped.values(), *(f"{k}: {v}" for k, v in failed.items())]))
-            new.artifacts = [a for a in new.artifacts if a.name not in {b.name for b in built}] + built
-            results, reason, tensors = None, "", None
-            gate_info: dict[str, Any] = {"ran": False}
-            if gate_rows:
-                tensors, kept = calibration.load_tensors([r.path for r in gate_rows], bundle.metadata.preprocess,
-                                                         skip_concerns=False)
-                labels = np.asarray([gate_rows[i].malignant for i in kept], dtype=int)
-                results = _gate(new, reference, built, tensors, labels, tolerances, say)
-                gate_info = {"ran": True, "labelled": [str(c) for c in csvs], "split": labelled_split,
-                             "n_images": int(len(labels)), "n_malignant": int(labels.sum()),
-                             "per_dataset": calibration.per_dataset(gate_rows[i] for i in kept),
-                             "target_sensitivity": _target_sensitivity(bundle.metadata),
-                             "tolerances": asdict(tolerances), "rules": GATE_RULES}
-            else:
-                reason = "parity gate did not run on the device (no --labelled set)"
-                say(f"WARNING: {reason}; engines are marked unverified")
-            latency = {}
-            if tensors is not None:  # model-only latency needs real images; bench covers the rest
-                for art in built:
-                    with contextlib.suppress(Exception):
-                        latency[art.name] = report.measure_latency(new, art, tensors[:16])
-            kept_arts, rejected = _decide(work, built, results, allow_parity_failure, reason, say)
-            for art in kept_arts:
-                art.parity["build"] = build_facts[art.name]
-            new.artifacts = [a for a in new.artifacts if a.name not in {b.name for b in built}] + kept_arts
-            engines = new.extra.setdefault("engines", {})
-            cache = work / formats.TIMING_CACHE
-            engines.update({"built_for": facts, "timing_cache": formats.TIMING_CACHE,
-                            "timing_cache_sha256": sha256_file(cache) if cache.is_file() else None,
-                            "rejected": rejected, "skipped": skipped, "failed": failed, "parity": gate_info,
-                            "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
-            _add_engines_to_report(work, kept_arts, rejected, latency, failed)
-            write_manifest(new)
-            swap_in(work, root)
-        except BaseException:
-            shutil.rmtree(work, ignore_errors=True)
-            raise
-    return load_bundle(root)[0]
-
-
-def _build_engine_isolated(work: Path, row: formats.Target, source: Path, precision: str, metadata: Any,
-                           max_batch: int) -> dict[str, Any] | str:
-    """Build one engine into its own temp file; move it into place only when the build succeeded.
-
-    Returns the build facts, or the reason it failed (the temp file is removed, and an engine of the
-    same name from an earlier run is left as it was: a failed rebuild never deletes a working engine).
-    """
-    from . import tensorrt_export
-
-    final = work / row.path
-    final.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=final.parent, prefix=f".{final.name}.", suffix=".building")
-    os.close(fd)
-    tmp = Path(tmp_name)
-    started = time.perf_counter()
-    try:
-        facts = tensorrt_export.build_engine(source, tmp, precision, metadata.input_name,
-                                             metadata.preprocess.input_size, work / formats.TIMING_CACHE, max_batch)
-        if not tmp.is_file() or tmp.stat().st_size == 0:
-            raise ExportError(f"the builder wrote no {precision} engine")
-        os.replace(tmp, final)
-    except Exception as exc:  # noqa: BLE001 - recorded per precision; the other engines go on
-        log.debug("building %s failed", row.name, exc_info=True)
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-    facts = dict(facts or {})
-    facts["seconds"] = round(time.perf_counter() - started, 1)
-    return facts
-
-
-def _add_engines_to_report(root: Path, kept: list[Artifact], rejected: list[dict[str, Any]],
-                           latency: dict[str, Any], failed: dict[str, str] | None = None) -> None:
-    """Fold the engines built on the device into the bundle's export report."""
-    import json
-
-    path = root / report.REPORT_JSON
-    if not path.is_file():
-        return
-    data = json.loads(path.read_text())
-    names = {a.name for a in kept} | {r["name"] for r in rejected}
-    rows = [r for r in data.get("artifacts", []) if r["name"] not in names]
-    for art in kept:
-        rows.append({"name": art.name, "backend": art.backend, "precision": art.precision, "path": art.path,
-                     "size_bytes": art.size_bytes, "threshold": art.threshold, "verdict": _verdict(art),
-                     "parity": art.parity, "latency": latency.get(art.name, {}), "built_for": art.built_for})
-    for item in rejected:
-        rows.append({"name": item["name"], "backend": item["backend"], "precision": item["precision"],
-                     "path": item["path"], "size_bytes": item["size_bytes"],
-                     "threshold": item["parity"].get("threshold") or 0.0, "verdict": "REJECTED (not in bundle)",
-                     "parity": item["parity"], "latency": latency.get(item["name"], {})})
-    data["artifacts"] = rows
-    data["skipped"] = {k: v for k, v in data.get("skipped", {}).items() if k not in names}
-    data["failed"] = {**{k: v for k, v in data.get("failed", {}).items() if k not in names},
-                      **{k: f"engine build on the device: {v}" for k, v in (failed or {}).items()}}
-    report.write(root, data)

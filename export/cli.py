@@ -107,7 +107,7 @@ def export_engines(bundle_dir: str, precision: str, labelled: tuple[str, ...], l
                    allow_parity_failure: bool, max_sensitivity_drop: float, max_specificity_drop: float,
                    max_flip_rate: float, as_json: bool) -> None:
     """Build TensorRT engines into an existing bundle, on the target GPU (e.g. the Jetson)."""
-    from .api import export_engines as build
+    from .engines import export_engines as build
 
     bundle = build(bundle_dir, precisions=precision, labelled=_csv_list(labelled), labelled_split=labelled_split,
                    allow_parity_failure=allow_parity_failure, max_batch=max_batch,

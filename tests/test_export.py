@@ -21,7 +21,7 @@ if not (DATA / "ham10000-sample" / "labels.csv").is_file():  # pragma: no cover 
 
 torch = pytest.importorskip("torch", reason='export tests need torch: pip install "dermsort[export]"')
 
-from dermsort.export import api, calibration, formats, parity  # noqa: E402
+from dermsort.export import api, calibration, engines, formats, parity  # noqa: E402
 from dermsort.export.cli import EXIT_INCOMPLETE, export  # noqa: E402
 from dermsort.runtime.backends.base import create_backend  # noqa: E402
 from dermsort.runtime.bundle import load_bundle  # noqa: E402
@@ -481,7 +481,7 @@ def test_export_engines_refuses_clearly_without_tensorrt(exported):
     if ok:
         pytest.skip(reason="tensorrt and a GPU are present: test_tensorrt_engines_on_gpu covers this machine")
     with pytest.raises(BackendUnavailable, match="cannot build TensorRT engines here"):
-        api.export_engines(exported, precisions="fp16,int8")
+        engines.export_engines(exported, precisions="fp16,int8")
     assert why  # the reason shown to the user is not empty
 
 
@@ -492,7 +492,7 @@ def test_tensorrt_engines_on_gpu(exported, tmp_path):
         pytest.skip(reason=f"TensorRT engines are built on the target GPU; not possible here: {why}")
     copy = tmp_path / "bundle"
     shutil.copytree(exported, copy)
-    bundle = api.export_engines(copy, precisions="fp16,int8", labelled=CSVS, allow_parity_failure=True)
+    bundle = engines.export_engines(copy, precisions="fp16,int8", labelled=CSVS, allow_parity_failure=True)
     for precision in ("fp16", "int8"):
         art = bundle.get(f"tensorrt-{precision}")
         bundle.verify(art)
@@ -529,7 +529,7 @@ def test_export_engines_keeps_the_fp16_engine_when_int8_fails(exported, tmp_path
     monkeypatch.setattr(tensorrt_export, "weakly_typed_flags_available", lambda: True)
     copy = tmp_path / "bundle"
     shutil.copytree(exported, copy)
-    bundle = api.export_engines(copy, precisions="fp16,int8")
+    bundle = engines.export_engines(copy, precisions="fp16,int8")
     assert len(targets) == 2  # int8 was attempted (its source ONNX is in the bundle)...
     engine = bundle.get("tensorrt-fp16")  # ...and failed without taking the FP16 engine with it
     bundle.verify(engine)
@@ -546,7 +546,7 @@ def test_export_engines_keeps_the_fp16_engine_when_int8_fails(exported, tmp_path
     result = CliRunner().invoke(engines_cli, [str(second), "--precision", "fp16,int8"])
     assert result.exit_code == EXIT_INCOMPLETE and "tensorrt-int8" in result.output
     with pytest.raises(ModelError, match="no TensorRT engine could be built.*INT8 tactic failed"):
-        api.export_engines(tmp_path / "bundle2", precisions="int8")
+        engines.export_engines(tmp_path / "bundle2", precisions="int8")
 
 
 def test_labels_reader_reads_shared_data_format():
@@ -582,7 +582,7 @@ def test_export_engines_bookkeeping_with_a_stub_builder(exported, tmp_path, monk
     manifest = _manifest(copy)
     manifest["artifacts"] = [a for a in manifest["artifacts"] if a["name"] != "onnx-int8"]
     (copy / "manifest.json").write_text(json.dumps(manifest))
-    bundle = api.export_engines(copy, precisions="fp16,int8", max_batch=16)
+    bundle = engines.export_engines(copy, precisions="fp16,int8", max_batch=16)
     assert built_from == [("model.onnx", "fp16", "input", 64, 16)]  # FP16 engine from the FP32 reference
     engine = bundle.get("tensorrt-fp16")
     bundle.verify(engine)

@@ -197,7 +197,7 @@ def test_cli_tolerance_options_land_in_tolerances(tmp_path, monkeypatch):
     pytest.importorskip("click")
     from click.testing import CliRunner
 
-    from dermsort.export import api
+    from dermsort.export import api, engines
     from dermsort.export.cli import export, export_engines
 
     seen = {}
@@ -207,7 +207,7 @@ def test_cli_tolerance_options_land_in_tolerances(tmp_path, monkeypatch):
         raise _Stop
 
     monkeypatch.setattr(api, "export_bundle", capture)
-    monkeypatch.setattr(api, "export_engines", capture)
+    monkeypatch.setattr(engines, "export_engines", capture)
     ckpt = tmp_path / "c.pt"
     ckpt.write_bytes(b"x")
     result = CliRunner().invoke(export, [str(ckpt), "--out", str(tmp_path / "b"), "--calib", ALL_CSVS[0],

@@ -5,7 +5,7 @@
 #
 #   scripts/train-default.sh [WORK]          (default WORK: ./work/default-v2; needs dermsort[train,export])
 #
-# On 2 CPU cores the training step takes ~35-60 min; on a CUDA GPU add --amp via TRAIN_EXTRA="--amp".
+# On 2 CPU cores the training step takes ~35-60 min; on a CUDA GPU: TRAIN_EXTRA="--device cuda --amp".
 set -euo pipefail
 cd "$(dirname "$0")/.."
 WORK=${1:-work/default-v2}
@@ -14,7 +14,10 @@ mkdir -p "$WORK"
 
 TRAIN_ARGS=(--data "$DATA" --out "$WORK/train" --arch efficientnet_lite0 --task dx --balance sets
             --freeze-stages 3 --epochs 14 --patience 6 --lr 5e-4 --head-lr-mult 5 --label-smoothing 0.05
-            --weight-decay 0.02 --tta hflip --seed 0 ${TRAIN_EXTRA:-})
+            --weight-decay 0.02 --tta hflip --seed 0)
+# extra training options, e.g. TRAIN_EXTRA="--device cuda --amp" (split on spaces on purpose)
+read -r -a extra <<< "${TRAIN_EXTRA:-}"
+TRAIN_ARGS+=("${extra[@]}")
 if [ ! -f "$WORK/train/checkpoint.pt" ]; then
     resume=()
     [ -f "$WORK/train/last.pt" ] && resume=(--resume)
@@ -36,15 +39,18 @@ for split in val test; do
         dermsort evaluate "$WORK/bundle" "${DATA_ARGS[@]}" --split "$split" --out "$WORK/eval-$split"
 done
 
-python3 -m dermsort.train.model_card "$WORK/bundle" --eval "test=$WORK/eval-test" --eval "val=$WORK/eval-val" \
-    --command "train=dermsort train ${TRAIN_ARGS[*]}" \
-    --command "test=dermsort evaluate runtime/models/default ${DATA_ARGS[*]} --split test --out OUT" \
-    --command "val=dermsort evaluate runtime/models/default ${DATA_ARGS[*]} --split val --out OUT" \
-    --out docs/MODEL_CARD.md
-
 if [ "${INSTALL:-1}" = 1 ]; then
     rm -rf runtime/models/default.new && cp -r "$WORK/bundle" runtime/models/default.new
     rm -rf runtime/models/default.old && mv runtime/models/default runtime/models/default.old
     mv runtime/models/default.new runtime/models/default && rm -rf runtime/models/default.old
     echo "installed $WORK/bundle as runtime/models/default"
 fi
+
+# the card describes the installed bundle (or the work bundle with INSTALL=0)
+CARD_BUNDLE=runtime/models/default
+[ "${INSTALL:-1}" = 1 ] || CARD_BUNDLE="$WORK/bundle"
+python3 -m dermsort.train.model_card "$CARD_BUNDLE" --eval "test=$WORK/eval-test" --eval "val=$WORK/eval-val" \
+    --command "train=dermsort train ${TRAIN_ARGS[*]}" \
+    --command "test=dermsort evaluate runtime/models/default ${DATA_ARGS[*]} --split test --out OUT" \
+    --command "val=dermsort evaluate runtime/models/default ${DATA_ARGS[*]} --split val --out OUT" \
+    --out docs/MODEL_CARD.md

@@ -204,3 +204,28 @@ def test_model_card_figures_come_from_evaluate_outputs(tiny_bundle, tmp_path):
         assert model_card._auc(report) in row
     assert "not a medical device" in text.lower() and "dermsort evaluate X --split test" in text
     assert (card.parent / "model-card" / "roc-test.png").is_file()
+
+
+def test_documented_recipe_is_the_one_that_trained_the_bundled_model():
+    """scripts/train-default.sh's `dermsort train` options equal the config recorded in the shipped model."""
+    import re
+    import shutil as sh
+
+    from dermsort.runtime.bundle import DEFAULT_BUNDLE, load_bundle
+
+    script = (Path(__file__).resolve().parents[1] / "scripts" / "train-default.sh")
+    text = script.read_text()
+    block = text[text.index("TRAIN_ARGS=("):text.index(")", text.index("TRAIN_ARGS=("))]
+    options = dict(re.findall(r"--([a-z-]+) ([^\s-][^\s]*)", block))
+    config = load_bundle(DEFAULT_BUNDLE)[0].metadata.provenance.recipe["config"]
+    expected = {"arch": config["architecture"], "task": config["task"], "balance": config["balance"],
+                "freeze-stages": config["freeze_stages"], "epochs": config["epochs"], "patience": config["patience"],
+                "lr": config["lr"], "head-lr-mult": config["head_lr_mult"], "label-smoothing": config["label_smoothing"],
+                "weight-decay": config["weight_decay"], "tta": config["tta"], "seed": config["seed"]}
+    for name, value in expected.items():
+        got = options[name]
+        assert (float(got) == float(value)) if isinstance(value, (int, float)) else got == value, (name, got, value)
+    if sh.which("shellcheck"):
+        proc = subprocess.run(["shellcheck", str(script)], capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stdout
+    assert subprocess.run(["bash", "-n", str(script)]).returncode == 0

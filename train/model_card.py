@@ -184,12 +184,13 @@ def render(manifest: dict[str, Any], evaluations: dict[str, dict[str, Any]], com
         lines += ["## Heads and recipes compared (same splits; each run's own val-chosen epoch and threshold)", ""]
         lines += comparison_table(runs) + ["", "Source: each run's `metrics.json` (copied to `docs/model-card/`)."]
         lines += [""]
-    for split in ("test", "val"):
-        if split not in evaluations:
-            continue
+    order = [k for k in ("test", "val") if k in evaluations] + [k for k in evaluations if k not in ("test", "val")]
+    for split in order:
         ev = evaluations[split]
-        title = "Test split" if split == "test" else "Validation split (chose the epoch, flips and threshold)"
-        lines += [f"## {title}", "", f"Runner: {ev['runner'].get('backend')} ({Path(str(ev['runner'].get('artifact'))).name}); "
+        artifact = Path(str(ev["runner"].get("artifact"))).name
+        title = {"test": "Test split", "val": "Validation split (chose the epoch, flips and threshold)"}.get(
+            split, f"{ev['split'].capitalize()} split through {artifact} (its own recalibrated threshold)")
+        lines += [f"## {title}", "", f"Runner: {ev['runner'].get('backend')} ({artifact}); "
                   f"threshold {ev['threshold']:.6g}; Wilson 95 % CIs, AUC stratified bootstrap. Reproduce:", "",
                   "```", commands.get(split, ""), "```", ""] + figures_table(ev) + [""]
         if split in roc:

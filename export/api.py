@@ -339,19 +339,23 @@ def _build(ckpt: Any, metadata: Any, targets: list[formats.Target], work: Path, 
     return bundle
 
 
+def report_rows(kept: Iterable[Artifact], rejected: Iterable[dict[str, Any]],
+                latency: dict[str, Any]) -> list[dict[str, Any]]:
+    """One report row per artifact kept in the bundle, then per artifact the gate rejected."""
+    rows = [{"name": art.name, "backend": art.backend, "precision": art.precision, "path": art.path,
+             "size_bytes": art.size_bytes, "threshold": art.threshold, "verdict": _verdict(art),
+             "parity": art.parity, "latency": latency.get(art.name, {}), "built_for": art.built_for} for art in kept]
+    rows += [{"name": item["name"], "backend": item["backend"], "precision": item["precision"],
+              "path": item["path"], "size_bytes": item["size_bytes"],
+              "threshold": item["parity"].get("threshold") or 0.0, "verdict": "REJECTED (not in bundle)",
+              "parity": item["parity"], "latency": latency.get(item["name"], {})} for item in rejected]
+    return rows
+
+
 def _write_report(bundle: Bundle, ckpt: Any, latency: dict[str, Any], rejected: list[dict[str, Any]],
                   skipped: dict[str, str], failed: dict[str, str], gate_info: dict[str, Any],
                   calib_info: dict[str, Any], quantization: dict[str, Any]) -> None:
-    rows = []
-    for art in bundle.artifacts:
-        rows.append({"name": art.name, "backend": art.backend, "precision": art.precision, "path": art.path,
-                     "size_bytes": art.size_bytes, "threshold": art.threshold, "verdict": _verdict(art),
-                     "parity": art.parity, "latency": latency.get(art.name, {}), "built_for": art.built_for})
-    for item in rejected:
-        rows.append({"name": item["name"], "backend": item["backend"], "precision": item["precision"],
-                     "path": item["path"], "size_bytes": item["size_bytes"],
-                     "threshold": item["parity"].get("threshold") or 0.0, "verdict": "REJECTED (not in bundle)",
-                     "parity": item["parity"], "latency": latency.get(item["name"], {})})
+    rows = report_rows(bundle.artifacts, rejected, latency)
     data = {"model_id": bundle.model_id, "created": bundle.created,
             "checkpoint": bundle.extra["export"]["checkpoint"], "host": report.host(), "tools": _versions(),
             "calibration": {k: v for k, v in calib_info.items() if k != "files"}, "parity": gate_info,

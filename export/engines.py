@@ -23,7 +23,7 @@ from dermsort.runtime.bundle import Artifact, Bundle, load_bundle, sha256_file, 
 from dermsort.runtime.errors import BackendUnavailable, ModelError
 
 from . import calibration, formats, parity, report
-from .api import GATE_RULES, Say, _artifact, _decide, _gate, _target_sensitivity, _verdict
+from .api import GATE_RULES, Say, _artifact, _decide, _gate, _target_sensitivity, report_rows
 from .onnx_export import ExportError
 from .bundle_io import _locked, recover, swap_in
 
@@ -168,17 +168,8 @@ def _add_engines_to_report(root: Path, kept: list[Artifact], rejected: list[dict
         return
     data = json.loads(path.read_text())
     names = {a.name for a in kept} | {r["name"] for r in rejected}
-    rows = [r for r in data.get("artifacts", []) if r["name"] not in names]
-    for art in kept:
-        rows.append({"name": art.name, "backend": art.backend, "precision": art.precision, "path": art.path,
-                     "size_bytes": art.size_bytes, "threshold": art.threshold, "verdict": _verdict(art),
-                     "parity": art.parity, "latency": latency.get(art.name, {}), "built_for": art.built_for})
-    for item in rejected:
-        rows.append({"name": item["name"], "backend": item["backend"], "precision": item["precision"],
-                     "path": item["path"], "size_bytes": item["size_bytes"],
-                     "threshold": item["parity"].get("threshold") or 0.0, "verdict": "REJECTED (not in bundle)",
-                     "parity": item["parity"], "latency": latency.get(item["name"], {})})
-    data["artifacts"] = rows
+    data["artifacts"] = ([r for r in data.get("artifacts", []) if r["name"] not in names]
+                         + report_rows(kept, rejected, latency))
     data["skipped"] = {k: v for k, v in data.get("skipped", {}).items() if k not in names}
     data["failed"] = {**{k: v for k, v in data.get("failed", {}).items() if k not in names},
                       **{k: f"engine build on the device: {v}" for k, v in (failed or {}).items()}}

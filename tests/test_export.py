@@ -503,6 +503,14 @@ def test_tensorrt_engines_on_gpu(exported, tmp_path):
         assert "tensorrt-fp16" in {r["name"] for r in json.load(fh)["artifacts"]}
 
 
+def _stub_tensorrt(monkeypatch, tensorrt_export, facts, build):
+    """TensorRT present on a stub GPU described by ``facts``; engines come from ``build``."""
+    monkeypatch.setattr(tensorrt_export, "tensorrt_status", lambda: (True, "stub"))
+    monkeypatch.setattr(tensorrt_export, "device_info", lambda: dict(facts))
+    monkeypatch.setattr(tensorrt_export, "build_engine", build)
+    monkeypatch.setattr(tensorrt_export, "weakly_typed_flags_available", lambda: True)
+
+
 def test_export_engines_keeps_the_fp16_engine_when_int8_fails(exported, tmp_path, monkeypatch):
     """Failures are isolated per precision: each engine is built into its own temp file and kept only on success."""
     from click.testing import CliRunner
@@ -523,10 +531,7 @@ def test_export_engines_keeps_the_fp16_engine_when_int8_fails(exported, tmp_path
         timing_cache.write_bytes(b"stub cache")
         return {"source": onnx_path.name, "profile": {"min": 1, "opt": 8, "max": max_batch}}
 
-    monkeypatch.setattr(tensorrt_export, "tensorrt_status", lambda: (True, "stub"))
-    monkeypatch.setattr(tensorrt_export, "device_info", lambda: dict(facts))
-    monkeypatch.setattr(tensorrt_export, "build_engine", fake_build)
-    monkeypatch.setattr(tensorrt_export, "weakly_typed_flags_available", lambda: True)
+    _stub_tensorrt(monkeypatch, tensorrt_export, facts, fake_build)
     copy = tmp_path / "bundle"
     shutil.copytree(exported, copy)
     bundle = engines.export_engines(copy, precisions="fp16,int8")
@@ -572,10 +577,7 @@ def test_export_engines_bookkeeping_with_a_stub_builder(exported, tmp_path, monk
         timing_cache.write_bytes(b"stub cache")
         return {"source": onnx_path.name, "profile": {"min": 1, "opt": 8, "max": max_batch}}
 
-    monkeypatch.setattr(tensorrt_export, "tensorrt_status", lambda: (True, "stub"))
-    monkeypatch.setattr(tensorrt_export, "device_info", lambda: dict(facts))
-    monkeypatch.setattr(tensorrt_export, "build_engine", fake_build)
-    monkeypatch.setattr(tensorrt_export, "weakly_typed_flags_available", lambda: True)
+    _stub_tensorrt(monkeypatch, tensorrt_export, facts, fake_build)
     copy = tmp_path / "bundle"
     shutil.copytree(exported, copy)
     (copy / "model.int8.onnx").unlink()  # as if the CPU gate had rejected the INT8 ONNX

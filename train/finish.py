@@ -46,11 +46,6 @@ def _scores_dict(rows: Sequence[Row], p_malignant: np.ndarray, probabilities: np
     return out
 
 
-def _set_aucs(y: np.ndarray, p: np.ndarray, sets: np.ndarray, min_malignant: int) -> dict[str, float | None]:
-    return {str(d): metrics.auc_score(y[sets == d], p[sets == d]) for d in sorted(set(sets.tolist()))
-            if int(y[sets == d].sum()) >= min_malignant}
-
-
 def finish_run(config: Any, model: nn.Module, best_state: dict, *, rows: list[Row], targets: list[int], splits: list[str],
                part: dict[str, list[int]], summary: dict, spec: PreprocessSpec, cache: ImageCache, augment: Augment,
                classes: list[str], malignant_classes: list[str], device: torch.device, amp: bool,
@@ -79,7 +74,7 @@ def finish_run(config: Any, model: nn.Module, best_state: dict, *, rows: list[Ro
         p, prob = score(with_tta(model, mode).eval(), val_rows, val_targets)
         val_by_mode[mode] = (p, prob)
         tta_figures[mode] = {"val_auc": metrics.auc_score(val_y, p),
-                             "val_auc_sets": _set_aucs(val_y, p, val_sets, config.min_set_malignant)}
+                             "val_auc_sets": metrics.set_aucs(val_y, p, val_sets, config.min_set_malignant)}
         echo(f"val with test-time flips {mode!r}: AUC pooled {tta_figures[mode]['val_auc']:.4f}, per set "
              + ", ".join(f"{k} {v:.4f}" for k, v in tta_figures[mode]["val_auc_sets"].items() if v is not None))
     shipped = with_tta(model, config.tta).eval()

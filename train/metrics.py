@@ -240,6 +240,22 @@ def plot_confusion(path: str, report: dict[str, Any], title: str = "Decisions") 
 DIAGNOSIS_GROUPS = {"melanoma": ("mel",), "bcc": ("bcc",), "scc/ak": ("akiec", "scc", "ak")}
 
 
+def large_sets(malignant: Sequence[int], groups: Sequence[str], min_malignant: int) -> list[str]:
+    """The groups (data sets) with at least ``min_malignant`` malignant images, sorted by name."""
+    y = np.asarray(malignant, dtype=int)
+    g = np.asarray(groups)
+    return [str(name) for name in sorted(set(g.tolist())) if int(y[g == name].sum()) >= min_malignant]
+
+
+def set_aucs(malignant: Sequence[int], p_malignant: Sequence[float], groups: Sequence[str],
+             min_malignant: int) -> dict[str, float | None]:
+    """AUC inside each group with at least ``min_malignant`` malignant images (what the epoch is chosen by)."""
+    y = np.asarray(malignant, dtype=int)
+    p = np.asarray(p_malignant, dtype=float)
+    g = np.asarray(groups)
+    return {name: auc_score(y[g == name], p[g == name]) for name in large_sets(y, g, min_malignant)}
+
+
 def choose_threshold_sets(malignant: Sequence[int], p_malignant: Sequence[float], groups: Sequence[str],
                           target_sensitivity: float, min_malignant: int = 50) -> tuple[float, dict[str, Any]]:
     """The largest threshold whose sensitivity reaches the target on EVERY group (data set) with at least
@@ -248,10 +264,8 @@ def choose_threshold_sets(malignant: Sequence[int], p_malignant: Sequence[float]
     p = np.asarray(p_malignant, dtype=float)
     g = np.asarray(groups)
     candidates = {"pooled": (choose_threshold(y, p, target_sensitivity), int(y.sum()))}
-    for name in sorted(set(g.tolist())):
-        n_mal = int(y[g == name].sum())
-        if n_mal >= min_malignant:
-            candidates[str(name)] = (choose_threshold(y[g == name], p[g == name], target_sensitivity), n_mal)
+    for name in large_sets(y, g, min_malignant):
+        candidates[name] = (choose_threshold(y[g == name], p[g == name], target_sensitivity), int(y[g == name].sum()))
     binding = min(candidates, key=lambda k: candidates[k][0])
     threshold = candidates[binding][0]
     basis = {"rule": f"largest threshold with sensitivity >= {target_sensitivity} on every validation set with "

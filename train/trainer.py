@@ -226,8 +226,7 @@ def _val_scores(model: nn.Module, val_ds: DermoscopyDataset, val_rows: Sequence[
     p = _p_malignant(probabilities, malignant_idx)
     y = np.array([int(r.malignant) for r in val_rows])
     sets = np.array([r.dataset for r in val_rows])
-    per_set = {str(d): metrics.auc_score(y[sets == d], p[sets == d]) for d in sorted(set(sets.tolist()))
-               if int(y[sets == d].sum()) >= config.min_set_malignant}
+    per_set = metrics.set_aucs(y, p, sets, config.min_set_malignant)
     pooled = metrics.auc_score(y, p)
     known = [a for a in per_set.values() if a is not None]
     score = float(np.mean(known)) if config.select_on == "sets" and known else pooled

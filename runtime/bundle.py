@@ -54,6 +54,12 @@ class Artifact:
     built_for: dict[str, Any] = field(default_factory=dict)
 
     @property
+    def rejected(self) -> bool:
+        """Failed the export's parity gate (kept only by --allow-parity-failure): never runs unless
+        explicitly allowed. An *unverified* artifact (exported without labelled data) is not rejected."""
+        return not self.accepted and not self.override.startswith("unverified")
+
+    @property
     def format(self) -> str:
         suffix = Path(self.path).suffix.lower()
         return {".onnx": "onnx", ".xml": "openvino-ir", ".engine": "tensorrt-engine", ".plan": "tensorrt-engine",

@@ -16,10 +16,18 @@ from .backends.base import backend_status, list_backends
 from .bundle import DEFAULT_BUNDLE, load_bundle
 from .diagnosis import diagnosis_name, head_summary, is_diagnosis_head, validation_lines
 from .engine import load_profile, open_backend, profile_path
-from .errors import DermsortError
-from .sorter import Candidate, SortOptions, Sorter, default_out, scan
+from .errors import DermsortError, OutputError
+from .scan import Candidate, ScanNotes, default_out, scan
+from .sorter import SortOptions, Sorter
 
 BACKENDS = ["auto", "onnxruntime", "openvino", "tensorrt", "torch"]
+
+
+class FilesLeftInPlace(DermsortError):
+    """Some files could not be sorted and were left where they are (listed above): exit 3, so a script
+    that empties a card after a clean run does not go on."""
+
+    exit_code = 3
 
 
 class Interrupted(DermsortError):
@@ -48,6 +56,8 @@ def _model_options(fn):
         click.option("--workers", type=click.IntRange(1, 64), default=None, help="Decode threads (default: CPU count)."),
         click.option("--threads", type=click.IntRange(1, 256), default=None, help="Inference threads."),
         click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout."),
+        click.option("--allow-rejected-artifact", "allow_rejected", is_flag=True,
+                     help="Run an artifact that the export's parity gate REJECTED (every row is marked)."),
     ]
     for option in reversed(options):
         fn = option(fn)
@@ -56,7 +66,7 @@ def _model_options(fn):
 
 def _prepare(folder: Path, out: Path | None, backend: str, precision: str, model: Path | None,
              threshold: float | None, move: bool, recursive: bool, dry_run: bool, batch_size: int,
-             workers: int | None, threads: int | None):
+             workers: int | None, threads: int | None, allow_rejected: bool = False):
     if backend not in list_backends() and backend != "auto":
         raise DermsortError(f"unknown backend {backend!r}; choose one of: {', '.join(BACKENDS)}")
     if not folder.exists():
@@ -67,13 +77,35 @@ def _prepare(folder: Path, out: Path | None, backend: str, precision: str, model
         raise DermsortError(f"--threshold must be in (0, 1], got {threshold}")
     out = out if out is not None else default_out(folder)
     opts = SortOptions(out=out, move=move, recursive=recursive, dry_run=dry_run, threshold=threshold,
-                       batch_size=batch_size, workers=workers)
+                       batch_size=batch_size, workers=workers, allow_rejected=allow_rejected)
     bundle, artifact_name = load_bundle(model)
-    engine = open_backend(bundle, backend, precision, artifact_name, threads=threads)
+    if artifact_name and not allow_rejected:
+        art = bundle.get(artifact_name)
+        if art.rejected:
+            raise DermsortError(f"artifact {art.name} was REJECTED by the export's parity gate; refusing to sort "
+                                "with it (use --allow-rejected-artifact to run it anyway)")
+    engine = open_backend(bundle, backend, precision, artifact_name, threads=threads, allow_rejected=allow_rejected)
+    _warn_threshold(engine, threshold)
     return bundle, engine, opts
 
 
-def _print_summary(summary: Any, bundle: Any, opts: SortOptions, as_json: bool, dry_run: bool) -> None:
+def _warn_threshold(engine: Any, threshold: float | None) -> None:
+    """A threshold above the validated one sends more lesions to benign/: say so, loudly, on stderr."""
+    validated = float(engine.artifact.threshold)
+    if threshold is not None and threshold > validated:
+        sens = engine.metadata.validation.sensitivity
+        held = f" (validated sensitivity {sens:.1%})" if isinstance(sens, (int, float)) else ""
+        click.echo(f"WARNING: --threshold {threshold:g} is ABOVE the validated threshold {validated:.4f} of "
+                   f"{engine.artifact.name}: images with p_malignant between the two go to benign/, so malignant "
+                   f"lesions may be sent to benign/ and the validated sensitivity{held} no longer holds. "
+                   "Every row of results.csv is marked threshold_overridden.", err=True)
+    if engine.artifact.rejected:
+        click.echo(f"WARNING: running {engine.artifact.name}, which the export's parity gate REJECTED "
+                   "(--allow-rejected-artifact); every row of results.csv is marked artifact_accepted=False.", err=True)
+
+
+def _print_summary(summary: Any, bundle: Any, opts: SortOptions, as_json: bool, dry_run: bool,
+                   folder: Path | None = None) -> None:
     data = summary.to_dict()
     data.update({"model_id": bundle.model_id, "development_model": bundle.metadata.development_model,
                  "out": str(opts.out), "dry_run": dry_run, "mode": "move" if opts.move else "copy"})
@@ -87,11 +119,26 @@ def _print_summary(summary: Any, bundle: Any, opts: SortOptions, as_json: bool, 
         for d in summary.decisions:
             echo(decision_line(d))
     verb = "would sort" if dry_run else "sorted"
-    echo(f"{verb} {summary.sorted} image(s): {summary.benign} benign, {summary.review} review "
-         f"(work reduction {summary.work_reduction:.1%}) in {summary.seconds:.1f} s, {summary.images_per_s:.1f} images/s")
+    if summary.sorted == 0 and not summary.skipped_already_sorted and not summary.left_in_place:
+        echo(f"no images found in {folder}")
+    else:
+        not_images = f", {summary.not_images} not an image (in review/)" if summary.not_images else ""
+        echo(f"{verb} {summary.images} image(s): {summary.benign} benign, {summary.review - summary.not_images} "
+             f"review{not_images} (work reduction {summary.work_reduction:.1%}) in {summary.seconds:.1f} s, "
+             f"{summary.images_per_s:.1f} files/s")
     backend = summary.backend
+    override = (f" (OVERRIDDEN by --threshold; validated {summary.validated_threshold:.4f})"
+                if summary.threshold_overridden else "")
     echo(f"model {bundle.model_id} on {backend.get('backend')}/{backend.get('artifact')} "
-         f"({backend.get('device')}), threshold {summary.threshold:.4f}")
+         f"({backend.get('device')}), threshold {summary.threshold:.4f}{override}")
+    if not summary.artifact_accepted:
+        echo("note: this artifact was REJECTED by the export's parity gate (run with --allow-rejected-artifact)")
+    if summary.in_subfolders:
+        echo(f"{summary.in_subfolders} file(s) in subfolders were not sorted (use --recursive)")
+    if summary.hidden:
+        echo(f"{summary.hidden} hidden file(s) (names starting with '.') were not sorted")
+    if summary.reconciled:
+        echo(f"{summary.reconciled} file(s) found in the output without a journal record were recorded again")
     if bundle.metadata.development_model:
         echo("note: this is a DEVELOPMENT model, not validated for clinical use (see `dermsort info`)")
     if summary.skipped_already_sorted:
@@ -99,7 +146,7 @@ def _print_summary(summary: Any, bundle: Any, opts: SortOptions, as_json: bool, 
     if summary.recovered:
         echo(f"recovered {summary.recovered} placement(s) interrupted in an earlier run")
     for item in summary.left_in_place:
-        echo(f"left in place: {item['file']} ({item['reason']})")
+        echo(f"left in place (not sorted): {item['file']} ({item['reason']})")
     for item in summary.sources_kept:
         echo(f"sorted but kept in the input: {item['file']} ({item['reason']})")
     for item in summary.ignored:
@@ -131,17 +178,23 @@ def _progress_bar(total: int, enabled: bool):
 @click.option("--dry-run", is_flag=True, help="Decide and print, but write and move nothing.")
 def sort(folder: Path, out: Path | None, move: bool, recursive: bool, backend: str, precision: str,
          model: Path | None, threshold: float | None, batch_size: int, workers: int | None, threads: int | None,
-         as_json: bool, dry_run: bool) -> None:
+         as_json: bool, allow_rejected: bool, dry_run: bool) -> None:
     """Sort the images in FOLDER into OUT/benign/ and OUT/review/."""
     bundle, engine, opts = _prepare(folder, out, backend, precision, model, threshold, move, recursive,
-                                    dry_run, batch_size, workers, threads)
+                                    dry_run, batch_size, workers, threads, allow_rejected)
     stop = threading.Event()
     _install_signal_handlers(stop)
-    sorter = Sorter(folder, opts, engine, stop=stop)
+    try:
+        sorter = Sorter(folder, opts, engine, stop=stop)
+    except BaseException:
+        engine.close()
+        raise
     try:
         recovered = sorter.open()
-        ignored: list[dict[str, str]] = []
-        files = scan(sorter.input_dir, recursive, ignored)
+        if sorter.journal_warning:
+            click.echo(f"warning: {sorter.journal_warning}", err=True)
+        notes = ScanNotes()
+        files = scan(sorter.input_dir, recursive, notes=notes)
         bar = _progress_bar(len(files), not as_json)
         if bar is not None:
             with bar:
@@ -149,13 +202,19 @@ def sort(folder: Path, out: Path | None, move: bool, recursive: bool, backend: s
         else:
             summary = sorter.run(files)
         summary.recovered = recovered
-        summary.ignored = ignored
+        summary.ignored = notes.ignored
+        summary.in_subfolders, summary.hidden = notes.in_subfolders, notes.hidden
     finally:
         sorter.close()
         engine.close()
-    _print_summary(summary, bundle, opts, as_json, dry_run)
+    _print_summary(summary, bundle, opts, as_json, dry_run, folder)
     if summary.interrupted:
         raise Interrupted("stopped on request before every image was sorted; re-run to sort the rest")
+    if summary.results_error:
+        raise OutputError(f"{summary.results_error}; every decision is in the journal: re-run to write it")
+    if summary.left_in_place:
+        raise FilesLeftInPlace(f"{len(summary.left_in_place)} file(s) could not be sorted and were left where "
+                               "they are (listed above)")
 
 
 @click.command()
@@ -168,16 +227,22 @@ def sort(folder: Path, out: Path | None, move: bool, recursive: bool, backend: s
 @click.option("--max-cycles", type=int, default=None, hidden=True, help="Stop after this many scans (tests).")
 def watch(folder: Path, out: Path | None, move: bool, recursive: bool, backend: str, precision: str,
           model: Path | None, threshold: float | None, batch_size: int, workers: int | None, threads: int | None,
-          as_json: bool, interval: float, settle: float, max_cycles: int | None) -> None:
+          as_json: bool, allow_rejected: bool, interval: float, settle: float, max_cycles: int | None) -> None:
     """Keep sorting new images as they arrive in FOLDER, until Ctrl-C or SIGTERM."""
     bundle, engine, opts = _prepare(folder, out, backend, precision, model, threshold, move, recursive,
-                                    False, batch_size, workers, threads)
+                                    False, batch_size, workers, threads, allow_rejected)
     stop = threading.Event()
     _install_signal_handlers(stop)
-    sorter = Sorter(folder, opts, engine, stop=stop)
+    try:
+        sorter = Sorter(folder, opts, engine, stop=stop)
+    except BaseException:
+        engine.close()
+        raise
     totals = {"benign": 0, "review": 0}
     try:
         sorter.open()
+        if sorter.journal_warning:
+            click.echo(f"warning: {sorter.journal_warning}", err=True)
         click.echo(f"watching {sorter.input_dir} -> {sorter.out} with {engine.describe().get('backend')}/"
                    f"{engine.artifact.name}; Ctrl-C to stop", err=True)
         seen: dict[str, tuple[int, int, float]] = {}
@@ -185,6 +250,9 @@ def watch(folder: Path, out: Path | None, move: bool, recursive: bool, backend: 
         while not stop.is_set():
             now = time.monotonic()
             ready: list[Candidate] = []
+            if not sorter.input_dir.is_dir():
+                raise DermsortError(f"input folder {sorter.input_dir} disappeared (deleted or unmounted); "
+                                    "stopped watching")
             current = scan(sorter.input_dir, recursive)
             names = set()
             for cand in current:
@@ -201,6 +269,8 @@ def watch(folder: Path, out: Path | None, move: bool, recursive: bool, backend: 
                     del seen[key]
             if ready:
                 summary = sorter.run(ready)
+                if summary.results_error:
+                    click.echo(f"warning: {summary.results_error}", err=True)
                 for key in ("benign", "review"):
                     totals[key] += getattr(summary, key)
                 for d in summary.decisions:

@@ -79,14 +79,16 @@ def compatible(backend: str, artifact: Artifact) -> bool:
     return cls is not None and artifact.format in cls.spec.formats
 
 
-def candidates(bundle: Bundle, backend: str = "auto", precision: str = "auto") -> list[tuple[str, Artifact]]:
-    """(backend, artifact) pairs that may run: accepted artifacts, matching the request, in a sane order."""
+def candidates(bundle: Bundle, backend: str = "auto", precision: str = "auto",
+               allow_rejected: bool = False) -> list[tuple[str, Artifact]]:
+    """(backend, artifact) pairs that may run: accepted artifacts (rejected ones only when explicitly allowed),
+    matching the request, in a sane order."""
     names = list(list_backends())
     if backend != "auto" and backend not in names:
         raise DermsortError(f"unknown backend {backend!r}; choose one of: auto, {', '.join(sorted(names))}")
     if precision not in ("auto", *PRECISION_ORDER):
         raise DermsortError(f"unknown precision {precision!r}; choose one of: auto, {', '.join(PRECISION_ORDER)}")
-    arts = [a for a in bundle.artifacts if a.accepted or a.override]
+    arts = [a for a in bundle.artifacts if not a.rejected or allow_rejected]
     if precision != "auto":
         arts = [a for a in arts if a.precision == precision]
     arts.sort(key=lambda a: PRECISION_ORDER.index(a.precision) if a.precision in PRECISION_ORDER else 9)
@@ -100,13 +102,16 @@ def candidates(bundle: Bundle, backend: str = "auto", precision: str = "auto") -
 
 
 def open_backend(bundle: Bundle, backend: str = "auto", precision: str = "auto", artifact_name: str | None = None,
-                 threads: int | None = None, probe: bool = True) -> Backend:
+                 threads: int | None = None, probe: bool = True, allow_rejected: bool = False) -> Backend:
     """Verify, load and return the backend that will make the decisions."""
     if artifact_name:
         art = bundle.get(artifact_name)
+        if art.rejected and not allow_rejected:
+            raise DermsortError(f"artifact {art.name} was REJECTED by the export's parity gate; refusing to run it "
+                                "(use --allow-rejected-artifact to run it anyway)")
         pairs = [(b, art) for b in ([backend] if backend != "auto" else list(list_backends())) if compatible(b, art)]
     else:
-        pairs = candidates(bundle, backend, precision)
+        pairs = candidates(bundle, backend, precision, allow_rejected)
     if not pairs:
         wanted = f"backend {backend}" + (f" at {precision}" if precision != "auto" else "")
         raise BackendUnavailable(f"the model bundle has no artifact for {wanted} "

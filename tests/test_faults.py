@@ -18,6 +18,8 @@ import pytest
 
 from dermsort.cli import main
 from dermsort.runtime import journal as journal_mod
+from dermsort.runtime import placement as placement_mod
+from dermsort.runtime import reading as reading_mod
 from dermsort.runtime import sorter as sorter_mod
 from dermsort.runtime.journal import FAULT_STEPS, Journal
 from fault_harness import (CrashStats, check_final, check_no_loss, make_corpus, read_journal,  # noqa: F401
@@ -157,6 +159,7 @@ def _hook(monkeypatch, step: str, nth: int, action) -> None:
         return False
 
     monkeypatch.setattr(sorter_mod, "fault_point", point)
+    monkeypatch.setattr(placement_mod, "fault_point", point)
 
 
 # ---------------------------------------------------------------------------------------- mounts
@@ -218,7 +221,7 @@ def test_disk_full_injected_enospc_then_rerun_completes(tiny_bundle, tmp_path, c
     inp = tmp_path / "in"
     originals = _small_corpus(inp)
     out = tmp_path / "out"
-    real = sorter_mod._write_durable
+    real = placement_mod.write_durable
     calls = Counter()
 
     def full(path, data, *a, **kw):
@@ -229,13 +232,13 @@ def test_disk_full_injected_enospc_then_rerun_completes(tiny_bundle, tmp_path, c
             raise OSError(errno.ENOSPC, "No space left on device", str(path))
         return real(path, data, *a, **kw)
 
-    monkeypatch.setattr(sorter_mod, "_write_durable", full)
+    monkeypatch.setattr(placement_mod, "write_durable", full)
     rc, err = _main(_args(inp, out, tiny_bundle), capsys)
     assert rc != 0
     _one_error_line(err, "disk full")
     check_no_loss(originals, inp, out)
     assert list((out / ".dermsort" / "tmp").glob("*.part")), "the partial copy should still be there"
-    monkeypatch.setattr(sorter_mod, "_write_durable", real)
+    monkeypatch.setattr(placement_mod, "write_durable", real)
     rc, err = _main(_args(inp, out, tiny_bundle), capsys)
     assert rc == 0, err
     check_final(originals, inp, out, move=False)
@@ -346,6 +349,7 @@ def test_output_deleted_mid_run_copy(tiny_bundle, tmp_path, capsys, monkeypatch,
     _one_error_line(err, "disappeared")
     assert tree(inp) == originals
     monkeypatch.setattr(sorter_mod, "fault_point", journal_mod.fault_point)
+    monkeypatch.setattr(placement_mod, "fault_point", journal_mod.fault_point)
     rc, err = _main(_args(inp, out, tiny_bundle), capsys)
     assert rc == 0, err
     check_final(originals, inp, out, move=False)
@@ -363,6 +367,7 @@ def test_output_unmounted_mid_move_never_loses_a_source(tiny_bundle, tmp_path, c
     assert "disappeared" in err or "vanished" in err, err
     check_no_loss(originals, inp, gone)  # every image is in the input or durably in the old output
     monkeypatch.setattr(sorter_mod, "fault_point", journal_mod.fault_point)
+    monkeypatch.setattr(placement_mod, "fault_point", journal_mod.fault_point)
     rc, err = _main(_args(inp, out, tiny_bundle, "--move"), capsys)
     assert rc == 0, err
     assert tree(inp) == {}

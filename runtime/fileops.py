@@ -234,9 +234,8 @@ class WriteGuard:
 def open_for_writing() -> set[tuple[int, int]]:
     """(device, inode) of regular files that some visible process has open for writing."""
     found: set[tuple[int, int]] = set()
-    me = os.getpid()
     try:
-        pids = [p for p in os.listdir("/proc") if p.isdigit() and int(p) != me]
+        pids = [p for p in os.listdir("/proc") if p.isdigit()]
     except OSError:
         return found
     for pid in pids:

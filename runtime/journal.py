@@ -19,6 +19,7 @@ import io
 import json
 import os
 import signal
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
@@ -193,6 +194,33 @@ class Journal:
             state.intents[rid].update({k: rec[k] for k in ("file", "relpath", "size", "mtime_ns") if k in rec})
             if rid in state.done:
                 state.by_source[rec["file"]] = rid
+
+    def drop_bad_lines(self) -> Path | None:
+        """Rewrite the journal without lines that are not records (garbage, a cut in the middle), atomically;
+        the damaged original is kept beside it for inspection. Only the lock holder, before ``open``."""
+        data = self.path.read_bytes()
+        good = []
+        for line in data.splitlines(keepends=True):
+            try:
+                rec = json.loads(line.decode("utf-8", "surrogateescape"))
+            except ValueError:
+                continue
+            if isinstance(rec, dict) and isinstance(rec.get("id"), str) and line.endswith(b"\n"):
+                good.append(line)
+        kept = self.path.with_name(f"{self.path.name}.damaged-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}")
+        os.link(self.path, kept)
+        tmp = self.path.with_name(f".{self.path.name}.tmp")
+        with open(tmp, "wb") as fh:
+            fh.write(b"".join(good))
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, self.path)
+        dfd = os.open(self.path.parent, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+        return kept
 
     def open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)

@@ -110,7 +110,7 @@ def decode_one(cand: Candidate, spec: Any, hash_only: bool = False) -> Decoded:
         d.close()
         return d
     # the record describes exactly what was read and hashed
-    cand.size, cand.mtime_ns = st.st_size, st.st_mtime_ns
+    cand.size, cand.mtime_ns, cand.ino, cand.ctime_ns = st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns
     d.dev, d.atime_ns, d.identity = st.st_dev, st.st_atime_ns, Identity.of(st)
     d.sha256 = digest.hexdigest()
     if hash_only:

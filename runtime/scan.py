@@ -28,6 +28,9 @@ class Candidate:
     path: Path
     size: int
     mtime_ns: int
+    #: inode and ctime when scanned (0: unknown); a same-size, same-mtime replacement changes them
+    ino: int = 0
+    ctime_ns: int = 0
 
 
 @dataclass
@@ -87,7 +90,7 @@ def scan(root: Path, recursive: bool, ignored: list[dict[str, str]] | None = Non
                         ignored.append({"file": entry.path, "reason": "temporary name of a file still being "
                                         "written; it is sorted once renamed"})
                     continue
-                found.append(Candidate(Path(entry.path), st.st_size, st.st_mtime_ns))
+                found.append(Candidate(Path(entry.path), st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns))
             elif ignored is not None:
                 ignored.append({"file": entry.path, "reason": "not a regular file"})
     found.sort(key=lambda c: str(c.path))

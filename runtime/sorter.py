@@ -201,6 +201,7 @@ class Sorter:
             existed = self.journal.path.exists()
             self.state = self.journal.read()
             self.placer.state = self.state
+            self._damaged_copy = self.journal.drop_bad_lines() if self.state.bad_lines else None
             self.journal.open()
             for sub in ("", BENIGN, REVIEW):  # the folders' names are durable before anything is placed in them
                 fsync_dir(self.out / sub)
@@ -230,9 +231,10 @@ class Sorter:
         self.reconciled = reconcile(self.state, self.out, self.placer, self._classify_paths)
         self.placer._claimed = None  # names chosen from now on must see the recorded files
         what = ", ".join(damage) or "records missing"
-        self.journal_warning = (f"the journal in {self.state_dir} was damaged ({what}); {self.reconciled} file(s) in "
-                                f"{self.out} it did not account for were checked, classified and recorded again; "
-                                "results.csv rebuilt")
+        kept = f" (damaged copy kept as {self._damaged_copy.name})" if getattr(self, "_damaged_copy", None) else ""
+        self.journal_warning = (f"the journal in {self.state_dir} was damaged ({what}){kept}; {self.reconciled} "
+                                f"file(s) in {self.out} it did not account for were checked, classified and recorded "
+                                "again; results.csv rebuilt")
         log.warning("%s", self.journal_warning)
         write_results_csv(self.state, self.out / "results.csv")
 
@@ -307,7 +309,8 @@ class Sorter:
         if rid is None:
             return False
         rec = self.state.intents[rid]
-        if (rec.get("size"), rec.get("mtime_ns")) != (cand.size, cand.mtime_ns):
+        replaced = bool(cand.ino and rec.get("ino")) and (rec["ino"], rec.get("ctime_ns")) != (cand.ino, cand.ctime_ns)
+        if replaced or (rec.get("size"), rec.get("mtime_ns")) != (cand.size, cand.mtime_ns):
             try:
                 if not rec.get("sha256") or sha256_file(cand.path) != rec["sha256"]:
                     return False  # new content under an old name: sort it again (it gets its own name)
@@ -445,7 +448,8 @@ class Sorter:
         info = self.backend.describe()
         rec = {"event": "intent", "id": uuid.uuid4().hex, "file": str(d.cand.path),
                "relpath": os.path.relpath(d.cand.path, self.input_dir), "size": d.cand.size,
-               "mtime_ns": d.cand.mtime_ns, "sha256": d.sha256, "decision": decision,
+               "mtime_ns": d.cand.mtime_ns, "ino": d.cand.ino, "ctime_ns": d.cand.ctime_ns,
+               "sha256": d.sha256, "decision": decision,
                "p_malignant": None if p is None else round(p, 6), "threshold": self.threshold,
                "threshold_overridden": self.options.threshold is not None,
                "backend": info.get("backend"), "artifact": info.get("artifact"), "precision": info.get("precision"),

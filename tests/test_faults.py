@@ -22,7 +22,7 @@ from dermsort.runtime import placement as placement_mod
 from dermsort.runtime import reading as reading_mod
 from dermsort.runtime import sorter as sorter_mod
 from dermsort.runtime.journal import FAULT_STEPS, Journal
-from fault_harness import (CrashStats, check_final, check_no_loss, make_corpus, read_journal,  # noqa: F401
+from fault_harness import (CrashStats, check_final, check_no_loss, count_lost, make_corpus, read_journal,  # noqa: F401
                            restore_signal_handlers, run_sort, sort_cmd, tree)
 
 #: occurrences per run are drawn from 1..N: per file, per batch, per journal write, per run
@@ -91,7 +91,10 @@ def _campaign(tmp_path: Path, bundle: Path, move: bool, seed: int) -> CrashStats
                     stats.steps[fault.split(":")[0]] += 1
                 else:
                     stats.timed_kills += 1
-                check_no_loss(originals, inp, out)
+                lost = count_lost(originals, inp, out)  # counted, so the figure printed is measured
+                stats.lost += len(lost)
+                if not lost:
+                    check_no_loss(originals, inp, out)
                 continue
             stats.files_checked += check_final(originals, inp, out, move)
             stats.rounds += 1

@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from ..metadata import ONNX_METADATA_KEY
 from .base import Backend, BackendSpec
 
 log = logging.getLogger(__name__)
@@ -40,6 +41,7 @@ class OnnxRuntimeBackend(Backend):
         self.providers = self.session.get_providers()
         if self.device == "cuda" and "CUDAExecutionProvider" not in self.providers:
             log.warning("CUDA requested but ONNX Runtime runs on %s", self.providers)
+        self.embedded_metadata = self.session.get_modelmeta().custom_metadata_map.get(ONNX_METADATA_KEY)
         self.input_name = self.session.get_inputs()[0].name
         self.input_type = self.session.get_inputs()[0].type
         log.info("onnxruntime session for %s on %s", self.artifact.name, self.providers)

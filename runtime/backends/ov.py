@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from ..metadata import ONNX_METADATA_KEY
 from .base import Backend, BackendSpec
 
 
@@ -30,6 +31,8 @@ class OpenVinoBackend(Backend):
         core = ov.Core()
         device = (self.device or "CPU").upper()
         model = core.read_model(os.fspath(self.bundle.artifact_path(self.artifact)))
+        if model.has_rt_info(ONNX_METADATA_KEY):
+            self.embedded_metadata = model.get_rt_info(ONNX_METADATA_KEY).astype(str)
         size = self.metadata.preprocess.input_size
         model.reshape({model.inputs[0].get_any_name(): ov.PartialShape([-1, 3, size, size])})
         config = {"PERFORMANCE_HINT": "LATENCY"}

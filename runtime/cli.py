@@ -79,11 +79,6 @@ def _prepare(folder: Path, out: Path | None, backend: str, precision: str, model
     opts = SortOptions(out=out, move=move, recursive=recursive, dry_run=dry_run, threshold=threshold,
                        batch_size=batch_size, workers=workers, allow_rejected=allow_rejected)
     bundle, artifact_name = load_bundle(model)
-    if artifact_name and not allow_rejected:
-        art = bundle.get(artifact_name)
-        if art.rejected:
-            raise DermsortError(f"artifact {art.name} was REJECTED by the export's parity gate; refusing to sort "
-                                "with it (use --allow-rejected-artifact to run it anyway)")
     engine = open_backend(bundle, backend, precision, artifact_name, threads=threads, allow_rejected=allow_rejected)
     _warn_threshold(engine, threshold)
     return bundle, engine, opts

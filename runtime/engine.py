@@ -112,6 +112,11 @@ def open_backend(bundle: Bundle, backend: str = "auto", precision: str = "auto",
         pairs = [(b, art) for b in ([backend] if backend != "auto" else list(list_backends())) if compatible(b, art)]
     else:
         pairs = candidates(bundle, backend, precision, allow_rejected)
+    if not pairs and not artifact_name and not allow_rejected:
+        held_back = [a.name for _, a in candidates(bundle, backend, precision, allow_rejected=True)]
+        if held_back:
+            raise DermsortError(f"the only artifact(s) for this request ({', '.join(dict.fromkeys(held_back))}) were "
+                                "REJECTED by the export's parity gate; use --allow-rejected-artifact to run one anyway")
     if not pairs:
         wanted = f"backend {backend}" + (f" at {precision}" if precision != "auto" else "")
         raise BackendUnavailable(f"the model bundle has no artifact for {wanted} "

@@ -20,6 +20,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import time
 import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
@@ -276,28 +277,12 @@ class Placer:
     def remove_source(self, d: "Decoded", rec: dict[str, Any], summary: "SortSummary") -> bool:
         """Remove a sorted source, only if it is still exactly what was classified (see the module doc)."""
         source, dest = d.cand.path, self.out / rec["dest"]
-        now = Identity.at(source)
-        if now is None:
-            if not os.path.lexists(source):
-                summary.sources_kept.append({"file": str(source), "reason": "already gone (deleted by another "
-                                             "program after it was sorted)"})
-            return False
-        expected = d.identity
-        linked = expected is not None and expected.same_inode(Identity.at(dest))
-        # a same-fs link changed the inode's ctime (link count): compare what a writer would change
-        unchanged = expected is not None and (expected.same_content_state(now) if linked else now == expected)
-        if not unchanged or d.writer_started():
-            log.warning("%s changed while being sorted; left in place (it will be sorted again)", source)
-            summary.sources_kept.append({"file": str(source), "reason": "changed while being sorted"})
-            return False
+        linked = d.identity is not None and d.identity.same_inode(Identity.at(dest))
         placed = Identity.at(dest)
-        if placed is None or placed.size != now.size:
+        if placed is None:
             raise OutputError(f"{dest} vanished right after it was placed (output folder removed or unmounted?); "
                               f"{source} and the rest were left in place; re-run")
-        return self._capture_and_remove(d, rec, summary, linked)
-
-    def _capture_and_remove(self, d: "Decoded", rec: dict[str, Any], summary: "SortSummary", linked: bool) -> bool:
-        source, held = d.cand.path, capture_path(d.cand.path, rec["id"])
+        held, before = capture_path(source, rec["id"]), Identity.at(source)
         try:
             os.rename(source, held)  # whatever the name holds now is ours to check; nobody can swap it any more
         except FileNotFoundError:
@@ -308,17 +293,11 @@ class Placer:
             log.warning("could not remove %s after sorting it: %s", source, exc.strerror)
             summary.sources_kept.append({"file": str(source), "reason": f"could not remove it ({exc.strerror})"})
             return False
-        got = Identity.at(held)
-        ok = d.identity is not None and d.identity.same_content_state(got) and not d.writer_started()
-        if ok and d.sha256:
-            try:
-                ok = sha256_file(held) == d.sha256
-            except OSError:
-                ok = False
-        if ok and linked:
-            ok = d.identity.same_inode(Identity.at(self.out / rec["dest"]))
-        if not ok:
+        if not self._is_classified(d, before, held, linked, dest):
             put_back(held, source)
+            if linked:
+                self._detach(d, rec)
+            log.warning("%s changed while being sorted; left in place (it will be sorted again)", source)
             summary.sources_kept.append({"file": str(source), "reason": "changed while being sorted"})
             return False
         try:
@@ -327,8 +306,69 @@ class Placer:
             put_back(held, source)
             summary.sources_kept.append({"file": str(source), "reason": f"could not remove it ({exc.strerror})"})
             return False
+        if d.writer_started():
+            # a writer opened it in the very instant of the unlink: it is writing into this inode now
+            self._undo_unlink(d, rec, linked)
+            summary.sources_kept.append({"file": str(source), "reason": "opened for writing while being removed; "
+                                         "restored, it will be sorted again"})
+            return False
         fault_point("unlink")
         return True
+
+    def _is_classified(self, d: "Decoded", before: Identity | None, held: Path, linked: bool, dest: Path) -> bool:
+        """The captured source is the inode that was classified, unwritten since (identity incl. ctime right
+        before the capture, lease) and holds the classified bytes (sha256); a same-fs move's source is still
+        the placed inode."""
+        got = Identity.at(held)
+        if d.identity is None or d.writer_started() or not d.identity.same_content_state(got):
+            return False
+        # our own link changed the inode's ctime (link count): then compare what a writer changes
+        if not (d.identity.same_content_state(before) if linked else d.identity == before):
+            return False
+        if linked and not d.identity.same_inode(Identity.at(dest)):
+            return False
+        if d.sha256:
+            try:
+                return sha256_file(held) == d.sha256
+            except OSError:
+                return False
+        return True
+
+    def _detach(self, d: "Decoded", rec: dict[str, Any]) -> None:
+        """A same-fs move's placed file shares its inode with a source that a writer is about to change: give
+        the placed name its own copy of the classified bytes (written while the lease still holds the writer)."""
+        if d.fd is None and d.data is None:
+            return
+        tmp = self.tmp_dir / f"{rec['id']}.detach.part"
+        tmp.unlink(missing_ok=True)
+        if d.data is not None:
+            write_durable(tmp, d.data, d.atime_ns, d.cand.mtime_ns)
+        elif copy_durable(d.fd, tmp, d.atime_ns, d.cand.mtime_ns) != d.sha256:
+            tmp.unlink(missing_ok=True)
+            return
+        os.replace(tmp, self.out / rec["dest"])  # our own file, same bytes: only its inode changes
+        fsync_dir((self.out / rec["dest"]).parent)
+
+    def _undo_unlink(self, d: "Decoded", rec: dict[str, Any], linked: bool) -> None:
+        source = d.cand.path
+        if linked:  # the inode is still named in OUT: name it in the input again, then detach the placed copy
+            tmp = capture_path(source, rec["id"] + "r")
+            os.link(self.out / rec["dest"], tmp)
+            put_back(tmp, source)
+            self._detach(d, rec)
+            return
+        # the inode has no name left: let the writer finish into it, then save what it wrote under its name
+        if d.guard is not None:
+            d.guard.release()
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline and d.guard.writer_present():
+                time.sleep(0.05)
+            d.guard.release()
+        tmp = source.with_name(f".{source.name[:120]}.dermsort-restored")
+        tmp.unlink(missing_ok=True)
+        copy_durable(d.fd, tmp)
+        put_back(tmp, source)
+        log.warning("%s was opened for writing while being removed; restored from the open descriptor", source)
 
     # ------------------------------------------------------------------ journal helpers and names
     def abort(self, rec: dict[str, Any], why: str) -> None:

@@ -35,6 +35,9 @@ IMAGE_EXTENSIONS = sorted({e for exts in EXTENSIONS.values() for e in exts})
 # Our own MAX_PIXELS check below refuses bombs before decoding (thread-safe, unlike catch_warnings
 # in decode threads); Pillow's warning for 89M..178M pixels would only add noise on stderr.
 warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+# Pillow warns about damaged metadata it skips (corrupt EXIF, tags past the end of the file): the pixels
+# decide, and a damaged image fails decoding with its own reason; the warnings would only leak to stderr.
+warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL(\..*)?$")
 _RESAMPLE = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC,
              "nearest": Image.Resampling.NEAREST, "lanczos": Image.Resampling.LANCZOS}
 

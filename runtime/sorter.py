@@ -146,10 +146,8 @@ class Sorter:
         self.threshold = float(options.threshold if options.threshold is not None else self.validated_threshold)
         if not 0.0 < self.threshold <= 1.0:
             raise DermsortError(f"threshold {self.threshold} is outside (0, 1]")
+        #: False only when a gate-rejected artifact was explicitly allowed (engine.open_backend refuses it otherwise)
         self.artifact_accepted = not backend.artifact.rejected
-        if not self.artifact_accepted and not options.allow_rejected:
-            raise DermsortError(f"artifact {backend.artifact.name} was REJECTED by the export's parity gate; "
-                                "refusing to sort with it (use --allow-rejected-artifact to run it anyway)")
         self.stop = stop or threading.Event()
         self.state_dir = self.out / STATE_DIR
         self.tmp_dir = self.state_dir / "tmp"
@@ -335,7 +333,7 @@ class Sorter:
                                              "missing or differs from it, so it was not removed"})
                 return
             d.sha256 = d.sha256 or rec.get("sha256", "")
-            if self.placer._capture_and_remove(d, rec, summary, linked=d.identity.same_inode(Identity.at(dest))):
+            if self.placer.remove_source(d, rec, summary):
                 self._append([{"event": "source_removed", "id": rec["id"]}], sync=False)
                 self.state.completed_moves.add(rec["id"])
         finally:
@@ -423,7 +421,7 @@ class Sorter:
             summary.skipped_already_sorted += 1
             if self.options.move:
                 rec = self.state.intents[rid]
-                if self.placer._capture_and_remove(d, rec, summary, linked=False):
+                if self.placer.remove_source(d, rec, summary):
                     self._append([{"event": "source_removed", "id": rid}], sync=False)
                     self.state.completed_moves.add(rid)
             d.close()

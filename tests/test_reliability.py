@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from dermsort.cli import main
+from dermsort.runtime.bundle import decision_digest
 from dermsort.runtime import placement as placement_mod
 from dermsort.runtime import reading as reading_mod
 from dermsort.runtime import sorter as sorter_mod
@@ -303,6 +304,7 @@ def test_cli_bad_input_one_line_errors(tiny_bundle, tmp_path):
     for art in manifest["artifacts"]:
         if art["path"] == "model.onnx":
             art["sha256"] = sha256(junk / "model.onnx")
+    manifest["integrity"] = {"sha256": decision_digest(manifest)}  # a consistent (re-sealed) manifest
     (junk / "manifest.json").write_text(json.dumps(manifest))
     unreadable = tmp_path / "unreadable-model"
     shutil.copytree(tiny_bundle, unreadable)
@@ -341,6 +343,7 @@ def test_cli_unloadable_model_is_one_line(tiny_bundle, tmp_path):
     for art in manifest["artifacts"]:
         if art["path"] == "model.onnx":
             art["sha256"] = sha256(junk / "model.onnx")
+    manifest["integrity"] = {"sha256": decision_digest(manifest)}  # a consistent (re-sealed) manifest
     (junk / "manifest.json").write_text(json.dumps(manifest))
     res = subprocess.run([*PY, "sort", str(inp), "--backend", "onnxruntime", "--model", str(junk)],
                          capture_output=True, text=True, timeout=120)

@@ -30,7 +30,7 @@ from .backends.base import Backend
 from .diagnosis import top_diagnoses
 from .errors import DermsortError, OutputError
 from .fileops import Identity, fsync_dir, sha256_file
-from .journal import Journal, JournalState, fault_point, write_results_csv
+from .journal import Journal, JournalState, write_results_csv
 from .placement import BENIGN, REVIEW, Placer
 from .reading import MAX_IN_MEMORY, Decoded, decode_one
 from .recovery import claim_record, reconcile, recover_pending, unaccounted

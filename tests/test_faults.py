@@ -19,7 +19,7 @@ import pytest
 from dermsort.cli import main
 from dermsort.runtime import journal as journal_mod
 from dermsort.runtime import placement as placement_mod
-from dermsort.runtime import reading as reading_mod
+from dermsort.runtime import recovery as recovery_mod
 from dermsort.runtime import sorter as sorter_mod
 from dermsort.runtime.journal import FAULT_STEPS, Journal
 from fault_harness import (CrashStats, check_final, check_no_loss, count_lost, make_corpus, read_journal,  # noqa: F401
@@ -161,8 +161,8 @@ def _hook(monkeypatch, step: str, nth: int, action) -> None:
             action()
         return False
 
-    monkeypatch.setattr(sorter_mod, "fault_point", point)
     monkeypatch.setattr(placement_mod, "fault_point", point)
+    monkeypatch.setattr(recovery_mod, "fault_point", point)
 
 
 # ---------------------------------------------------------------------------------------- mounts
@@ -351,7 +351,6 @@ def test_output_deleted_mid_run_copy(tiny_bundle, tmp_path, capsys, monkeypatch,
     assert rc != 0
     _one_error_line(err, "disappeared")
     assert tree(inp) == originals
-    monkeypatch.setattr(sorter_mod, "fault_point", journal_mod.fault_point)
     monkeypatch.setattr(placement_mod, "fault_point", journal_mod.fault_point)
     rc, err = _main(_args(inp, out, tiny_bundle), capsys)
     assert rc == 0, err
@@ -369,7 +368,6 @@ def test_output_unmounted_mid_move_never_loses_a_source(tiny_bundle, tmp_path, c
     _one_error_line(err, "")
     assert "disappeared" in err or "vanished" in err, err
     check_no_loss(originals, inp, gone)  # every image is in the input or durably in the old output
-    monkeypatch.setattr(sorter_mod, "fault_point", journal_mod.fault_point)
     monkeypatch.setattr(placement_mod, "fault_point", journal_mod.fault_point)
     rc, err = _main(_args(inp, out, tiny_bundle, "--move"), capsys)
     assert rc == 0, err

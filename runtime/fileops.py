@@ -20,6 +20,7 @@ import fcntl
 import hashlib
 import os
 import stat
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -231,8 +232,23 @@ class WriteGuard:
             self.leased = False
 
 
+_scan_cache: tuple[float, set[tuple[int, int]]] = (0.0, set())
+#: how long one /proc scan is reused (a scan costs ~1 ms per 100 descriptors; files come in batches)
+PROC_SCAN_TTL = 0.2
+
+
 def open_for_writing() -> set[tuple[int, int]]:
-    """(device, inode) of regular files that some visible process has open for writing."""
+    """(device, inode) of regular files that some visible process has open for writing (cached briefly)."""
+    global _scan_cache
+    now = time.monotonic()
+    if now - _scan_cache[0] < PROC_SCAN_TTL:
+        return _scan_cache[1]
+    found = _scan_proc()
+    _scan_cache = (time.monotonic(), found)
+    return found
+
+
+def _scan_proc() -> set[tuple[int, int]]:
     found: set[tuple[int, int]] = set()
     try:
         pids = [p for p in os.listdir("/proc") if p.isdigit()]

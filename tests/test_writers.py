@@ -321,3 +321,37 @@ def test_unrecorded_file_in_benign_that_the_model_would_not_put_there_moves_to_r
     assert_results_match_disk(out)  # every file in benign/ is below the threshold now
     assert tree(out / "review"), "the tiny model sends about half of these to review"
     assert sorted(_on_disk(out).values()) == sorted(originals.values())
+
+
+def test_without_a_lease_a_writer_is_found_through_proc(tiny_bundle, tmp_path, monkeypatch):
+    """A service user that does not own the file gets no lease (EACCES): /proc/*/fd shows the writer."""
+    import errno
+
+    from dermsort.runtime import fileops
+
+    real = fileops.fcntl.fcntl
+
+    def no_lease(fd, cmd, *a):
+        if cmd == fileops._F_SETLEASE and a and a[0] == fileops.fcntl.F_RDLCK:
+            raise PermissionError(errno.EACCES, "Permission denied")
+        return real(fd, cmd, *a)
+
+    monkeypatch.setattr(fileops.fcntl, "fcntl", no_lease)
+    monkeypatch.setattr(fileops, "PROC_SCAN_TTL", 0.0)
+    path = tmp_path / "busy.jpg"
+    path.write_bytes(small_real_images(1, 0)[0].read_bytes())
+    from dermsort.runtime.metadata import PreprocessSpec
+    from dermsort.runtime.reading import STILL_WRITTEN, decode_one
+    from dermsort.runtime.scan import Candidate
+
+    st = path.stat()
+    with open(path, "r+b"):  # another program (here: this one) holds it open for writing
+        d = decode_one(Candidate(path, st.st_size, st.st_mtime_ns), PreprocessSpec())
+        assert d.skip == STILL_WRITTEN and d.guard is not None and d.guard.method == "proc"
+    d = decode_one(Candidate(path, st.st_size, st.st_mtime_ns), PreprocessSpec())
+    try:
+        assert not d.skip and d.sha256 and d.guard.method == "proc" and d.guard.intact()
+        with open(path, "r+b"):
+            assert not d.guard.intact()  # a writer that opened it after the read is seen too
+    finally:
+        d.close()

@@ -43,6 +43,9 @@ def _model_options(fn):
                      help="Output folder (gets benign/, review/, results.csv). Default: FOLDER-sorted beside FOLDER."),
         click.option("--move", is_flag=True, help="Move images instead of copying them (crash-safe)."),
         click.option("--recursive", "-r", is_flag=True, help="Also sort images in subfolders."),
+        click.option("--keep-tree", "keep_tree", is_flag=True,
+                     help="With --recursive: mirror the subfolders inside benign/ and review/ (default: flatten, "
+                          "clashes get __N; the sub-path is always in results.csv's relpath)."),
         click.option("--backend", default="auto", show_default=True,
                      help=f"Inference backend: {'|'.join(BACKENDS)}."),
         click.option("--precision", default="auto", show_default=True, help="auto|fp32|fp16|int8 (artifacts in the bundle)."),
@@ -66,7 +69,7 @@ def _model_options(fn):
 
 def _prepare(folder: Path, out: Path | None, backend: str, precision: str, model: Path | None,
              threshold: float | None, move: bool, recursive: bool, dry_run: bool, batch_size: int,
-             workers: int | None, threads: int | None, allow_rejected: bool = False):
+             workers: int | None, threads: int | None, allow_rejected: bool = False, keep_tree: bool = False):
     if backend not in list_backends() and backend != "auto":
         raise DermsortError(f"unknown backend {backend!r}; choose one of: {', '.join(BACKENDS)}")
     if not folder.exists():
@@ -77,7 +80,7 @@ def _prepare(folder: Path, out: Path | None, backend: str, precision: str, model
         raise DermsortError(f"--threshold must be in (0, 1], got {threshold}")
     out = out if out is not None else default_out(folder)
     opts = SortOptions(out=out, move=move, recursive=recursive, dry_run=dry_run, threshold=threshold,
-                       batch_size=batch_size, workers=workers, allow_rejected=allow_rejected)
+                       batch_size=batch_size, workers=workers, allow_rejected=allow_rejected, keep_tree=keep_tree)
     bundle, artifact_name = load_bundle(model)
     engine = open_backend(bundle, backend, precision, artifact_name, threads=threads, allow_rejected=allow_rejected)
     _warn_threshold(engine, threshold)
@@ -171,12 +174,12 @@ def _progress_bar(total: int, enabled: bool):
 @click.argument("folder", type=click.Path(path_type=Path))
 @_model_options
 @click.option("--dry-run", is_flag=True, help="Decide and print, but write and move nothing.")
-def sort(folder: Path, out: Path | None, move: bool, recursive: bool, backend: str, precision: str,
+def sort(folder: Path, out: Path | None, move: bool, recursive: bool, keep_tree: bool, backend: str, precision: str,
          model: Path | None, threshold: float | None, batch_size: int, workers: int | None, threads: int | None,
          as_json: bool, allow_rejected: bool, dry_run: bool) -> None:
     """Sort the images in FOLDER into OUT/benign/ and OUT/review/."""
     bundle, engine, opts = _prepare(folder, out, backend, precision, model, threshold, move, recursive,
-                                    dry_run, batch_size, workers, threads, allow_rejected)
+                                    dry_run, batch_size, workers, threads, allow_rejected, keep_tree)
     stop = threading.Event()
     _install_signal_handlers(stop)
     try:
@@ -220,12 +223,12 @@ def sort(folder: Path, out: Path | None, move: bool, recursive: bool, backend: s
 @click.option("--settle", type=click.FloatRange(0.0, 3600), default=2.0, show_default=True,
               help="A file is taken only after its size and time stamp stayed the same this long.")
 @click.option("--max-cycles", type=int, default=None, hidden=True, help="Stop after this many scans (tests).")
-def watch(folder: Path, out: Path | None, move: bool, recursive: bool, backend: str, precision: str,
+def watch(folder: Path, out: Path | None, move: bool, recursive: bool, keep_tree: bool, backend: str, precision: str,
           model: Path | None, threshold: float | None, batch_size: int, workers: int | None, threads: int | None,
           as_json: bool, allow_rejected: bool, interval: float, settle: float, max_cycles: int | None) -> None:
     """Keep sorting new images as they arrive in FOLDER, until Ctrl-C or SIGTERM."""
     bundle, engine, opts = _prepare(folder, out, backend, precision, model, threshold, move, recursive,
-                                    False, batch_size, workers, threads, allow_rejected)
+                                    False, batch_size, workers, threads, allow_rejected, keep_tree)
     stop = threading.Event()
     _install_signal_handlers(stop)
     try:

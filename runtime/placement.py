@@ -59,8 +59,10 @@ def capture_path(source: str | os.PathLike, rec_id: str) -> Path:
 
 class Placer:
     def __init__(self, out: Path, tmp_dir: Path, state: JournalState, move: bool,
-                 append: Callable[..., None], journal_ok: Callable[[], bool] = lambda: True):
+                 append: Callable[..., None], journal_ok: Callable[[], bool] = lambda: True, keep_tree: bool = False):
         self.out, self.tmp_dir, self.state, self.move = out, tmp_dir, state, move
+        #: mirror the input's subfolders inside benign/ and review/ (``--keep-tree``) instead of flattening
+        self.keep_tree = keep_tree
         self.append = append
         #: False when the journal was deleted under us (output removed or unmounted): no source may go then
         self.journal_ok = journal_ok
@@ -94,7 +96,7 @@ class Placer:
                     summary.left_in_place.append({"file": rec["file"], "reason": "changed or unreadable while being "
                                                   "sorted; left for a later run"})
                     continue
-            rec["dest"] = self.unique_dest(rec["decision"], d.cand.path.name)
+            rec["dest"] = self.unique_dest(rec["decision"], self._name(d, rec))
             staged.append((d, rec, tmp))
         if not staged:
             return
@@ -108,9 +110,9 @@ class Placer:
             result = self.link_into_place(d, rec, tmp, summary)
             if result is not None:
                 placed.append((d, *result))
-        # 2. the new names are durable before the done records
-        for sub in (BENIGN, REVIEW):
-            fsync_dir(self.out / sub)
+        # 2. the new names (and any new subfolders) are durable before the done records
+        for folder in sorted(self._folders([rec["dest"] for _, rec, _ in placed]), key=len, reverse=True):
+            fsync_dir(self.out / folder)
         fault_point("dir_fsync")
         self.append([{"event": "done", "id": rec["id"]} for _, rec, _ in placed])
         fault_point("done")
@@ -378,15 +380,44 @@ class Placer:
     def reissue(self, rec: dict[str, Any], d: "Decoded", why: str, safe: bool = False) -> dict[str, Any]:
         """Abort ``rec`` and journal the same placement under a fresh destination name."""
         self.abort(rec, why)
-        name = d.cand.path.name
+        sub, name = os.path.split(self._name(d, rec))
         if safe:
             name = "".join(c if (c.isascii() and (c.isalnum() or c in "-_. ")) else "_" for c in name)
+        name = os.path.join(sub, name) if sub else name
         new = dict(rec, id=uuid.uuid4().hex, dest=self.unique_dest(rec["decision"], name))
         self.append([new])
         self.state.intents[new["id"]] = new
         return new
 
+    def _name(self, d: "Decoded", rec: dict[str, Any]) -> str:
+        """The file's name in its folder: the base name, or with --keep-tree its path below the input."""
+        rel = rec.get("relpath") or d.cand.path.name
+        if self.keep_tree and os.sep in rel and not rel.startswith(".."):
+            return rel
+        return d.cand.path.name
+
+    @staticmethod
+    def _folders(dests: list[str]) -> set[str]:
+        """benign/, review/ and every subfolder a placement in ``dests`` lives in."""
+        folders = {BENIGN, REVIEW}
+        for dest in dests:
+            parent = os.path.dirname(dest)
+            while parent and parent not in folders:
+                folders.add(parent)
+                parent = os.path.dirname(parent)
+        return folders
+
     def unique_dest(self, decision: str, name: str) -> str:
+        sub, name = os.path.split(name)
+        if sub:  # --keep-tree: the subfolder exists (and is durable) before anything is linked into it
+            folder = self.out / decision / sub
+            if not folder.is_dir():
+                folder.mkdir(parents=True, exist_ok=True)
+                for parent in [folder, *folder.parents]:
+                    if parent == self.out:
+                        break
+                    fsync_dir(parent.parent)
+            decision = f"{decision}/{sub}"
         stem, ext = os.path.splitext(name.replace("\n", "_").replace("\r", "_"))
         if len(os.fsencode(ext)) > 16:
             stem, ext = stem + ext, ""

@@ -106,16 +106,20 @@ def unaccounted(state: JournalState, out: Path) -> list[str]:
     """Files in benign/ and review/ (relative to OUT) that no finished placement accounts for."""
     known = {state.intents[i]["dest"] for i in state.done if state.intents[i].get("dest")}
     found = []
-    for sub in (BENIGN, REVIEW):
+    stack = [BENIGN, REVIEW]  # subfolders too (--keep-tree)
+    while stack:
+        sub = stack.pop()
         try:
             entries = sorted(os.scandir(out / sub), key=lambda e: e.name)
         except OSError:
             continue
         for entry in entries:
             rel = f"{sub}/{entry.name}"
-            if rel not in known and entry.is_file(follow_symlinks=False):
+            if entry.is_dir(follow_symlinks=False):
+                stack.append(rel)
+            elif rel not in known and entry.is_file(follow_symlinks=False):
                 found.append(rel)
-    return found
+    return sorted(found)
 
 
 def reconcile(state: JournalState, out: Path, placer: "Placer",
@@ -146,17 +150,17 @@ def _record_orphan(state: JournalState, out: Path, placer: "Placer", d: Any, rec
                 "reason": f"found in OUT without a journal record; {rec['reason']}"})
     if folder == BENIGN and rec["decision"] != BENIGN:
         # never leave an image in benign/ that the model, now, would not put there: move it to review/
-        new = placer.unique_dest(REVIEW, os.path.basename(rel))
+        new = placer.unique_dest(REVIEW, rel.split("/", 1)[1])  # same place below review/
         rec.update({"dest": new, "relocated_from": rel, "decision": REVIEW})
         placer.append([rec])
         state.intents[rec["id"]] = rec
         os.link(out / rel, out / new, follow_symlinks=False)
-        fsync_dir(out / REVIEW)
+        fsync_dir((out / new).parent)
         placer.append([{"event": "done", "id": rec["id"]}])
         state.done.add(rec["id"])
         if Identity.at(out / rel) is not None and Identity.at(out / rel).same_inode(Identity.at(out / new)):
             os.unlink(out / rel)
-            fsync_dir(out / BENIGN)
+            fsync_dir((out / rel).parent)
         return 1
     rec["decision"] = folder  # a file in review/ stays there whatever the model says now (review is safe)
     placer.append([rec, {"event": "done", "id": rec["id"]}])

@@ -63,6 +63,8 @@ class SortOptions:
     workers: int | None = None
     #: an artifact the export's parity gate rejected may run only with this (every row is marked)
     allow_rejected: bool = False
+    #: with ``recursive``: mirror the input's subfolders inside benign/ and review/ instead of flattening
+    keep_tree: bool = False
 
 
 @dataclass
@@ -159,7 +161,7 @@ class Sorter:
         #: journal size when results.csv was last brought up to date (watch mode runs every few seconds)
         self._csv_at: int | None = None
         self.placer = Placer(self.out, self.tmp_dir, self.state, options.move, self._append,
-                             journal_ok=lambda: self.journal.still_linked())
+                             journal_ok=lambda: self.journal.still_linked(), keep_tree=options.keep_tree)
         #: one line for the user when the journal was damaged (set by open())
         self.journal_warning = ""
         self.reconciled = 0

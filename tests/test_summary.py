@@ -72,3 +72,30 @@ def test_readme_documents_results_csv_exactly_as_written(tiny_bundle, tmp_path, 
     assert rc == 0, err
     with open(tmp_path / "o" / "results.csv", newline="") as fh:
         assert next(csv.reader(fh)) == RESULT_FIELDS
+
+
+def test_keep_tree_mirrors_subfolders_and_relpath_is_always_recorded(tiny_bundle, tmp_path, capsys):
+    inp = tmp_path / "in"
+    imgs = small_real_images(3, 0)
+    for sub in ("", "patient A", "patient B/visit 2"):
+        (inp / sub).mkdir(parents=True, exist_ok=True)
+        for p in imgs:
+            shutil.copyfile(p, inp / sub / p.name)  # the same names in every folder
+    originals = {str(p.relative_to(inp)) for p in inp.rglob("*.jpg")}
+    rc, out, err = _sort(inp, tmp_path / "flat", tiny_bundle, capsys, "--recursive")
+    assert rc == 0, err
+    with open(tmp_path / "flat" / "results.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert {r["relpath"] for r in rows} == originals  # flattened, but the sub-path is kept
+    assert any("__" in r["dest"] for r in rows)
+    rc, out, err = _sort(inp, tmp_path / "tree", tiny_bundle, capsys, "--recursive", "--keep-tree", "--move")
+    assert rc == 0, err
+    placed = {str(p.relative_to(tmp_path / "tree")).split("/", 1)[1] for sub in ("benign", "review")
+              for p in (tmp_path / "tree" / sub).rglob("*") if p.is_file()}
+    assert placed == originals  # the same layout under benign/ and review/, no __N
+    assert not [p for p in inp.rglob("*") if p.is_file()]
+    (tmp_path / "tree" / ".dermsort" / "journal.jsonl").unlink()  # nested files are reconciled too
+    rc, out, err = _sort(inp, tmp_path / "tree", tiny_bundle, capsys, "--recursive", "--keep-tree")
+    assert rc == 0 and "damaged" in err, err
+    with open(tmp_path / "tree" / "results.csv", newline="") as fh:
+        assert len(list(csv.DictReader(fh))) == len(originals)

@@ -15,7 +15,7 @@ import click
 from .backends.base import backend_installed, backend_status, get_backend_class, list_backends
 from .bundle import DEFAULT_BUNDLE, load_bundle
 from .diagnosis import diagnosis_name, head_summary, is_diagnosis_head, validation_lines
-from .engine import load_profile, open_backend, profile_path, sorting_backends, stale_reason
+from .engine import load_profile, open_backend, profile_path, stale_reason
 from .errors import DermsortError
 from .sorter import Candidate, SortOptions, Sorter, default_out, scan
 
@@ -58,10 +58,9 @@ def _model_options(fn):
 def _prepare(folder: Path, out: Path | None, backend: str, precision: str, model: Path | None,
              threshold: float | None, move: bool, recursive: bool, dry_run: bool, batch_size: int,
              workers: int | None, threads: int | None):
-    if backend not in sorting_backends() and backend != "auto":
-        # also the torch reference: open_backend says why it does not sort
-        if backend not in list_backends():
-            raise DermsortError(f"unknown backend {backend!r}; choose one of: {', '.join(BACKENDS)}")
+    # a registered backend that does not sort (the torch reference): open_backend says why
+    if backend not in list_backends() and backend != "auto":
+        raise DermsortError(f"unknown backend {backend!r}; choose one of: {', '.join(BACKENDS)}")
     if not folder.exists():
         raise DermsortError(f"input folder not found: {folder}")
     if not folder.is_dir():

@@ -30,17 +30,23 @@ def compatible(backend: str, artifact: Artifact) -> bool:
     return cls is not None and artifact.format in cls.spec.formats
 
 
+def sorts(backend: str) -> bool:
+    """May ``backend`` make sort decisions (not the torch reference)? Imports its class (not its library)."""
+    cls = get_backend_class(backend)
+    return cls is not None and cls.spec.sorts
+
+
 def sorting_backends() -> list[str]:
-    """Registered backends that may make sort decisions (not the torch reference)."""
-    return [b for b in list_backends() if (cls := get_backend_class(b)) is None or cls.spec.sorts]
+    """Registered backends that may make sort decisions. Imports every backend class: not for sort's path
+    (the torch one lives in train/), which asks ``sorts`` only about the backends it meets."""
+    return [b for b in list_backends() if sorts(b)]
 
 
 def _refuse_reference_backend(backend: str) -> None:
     cls = get_backend_class(backend) if backend != "auto" else None
     if cls is not None and not cls.spec.sorts:
         raise DermsortError(f"backend {backend} is a reference for `dermsort bench` / `dermsort evaluate`, not for "
-                            f"sorting; export the checkpoint (`dermsort export`) and sort with the bundle; "
-                            f"choose one of: auto, {', '.join(sorted(sorting_backends()))}")
+                            f"sorting; export the checkpoint (`dermsort export`) and sort with the bundle")
 
 
 def candidates(bundle: Bundle, backend: str = "auto", precision: str = "auto") -> list[tuple[str, Artifact]]:
@@ -61,8 +67,7 @@ def candidates(bundle: Bundle, backend: str = "auto", precision: str = "auto") -
         arts = [a for a in arts if a.precision == precision]
     arts.sort(key=lambda a: PRECISION_ORDER.index(a.precision) if a.precision in PRECISION_ORDER else 9)
     if backend == "auto":
-        sorting = set(sorting_backends())
-        return [(a.backend, a) for a in arts if a.backend in sorting and compatible(a.backend, a)]
+        return [(a.backend, a) for a in arts if a.backend in names and sorts(a.backend) and compatible(a.backend, a)]
     # a backend prefers artifacts made for it (OpenVINO IR over ONNX for openvino)
     own = [a for a in arts if a.backend == backend] + [a for a in arts if a.backend != backend]
     return [(backend, a) for a in own if compatible(backend, a)]
@@ -75,8 +80,8 @@ def open_backend(bundle: Bundle, backend: str = "auto", precision: str = "auto",
     _refuse_reference_backend(backend)
     if artifact_name:
         art = bundle.get(artifact_name)
-        names = [backend] if backend != "auto" else [art.backend] + [b for b in sorting_backends() if b != art.backend]
-        pairs = [(b, art) for b in names if compatible(b, art)]
+        # auto runs a named artifact on the backend its gate ran it on
+        pairs = [(b, art) for b in [art.backend if backend == "auto" else backend] if sorts(b) and compatible(b, art)]
     else:
         pairs = candidates(bundle, backend, precision)
     if not pairs:

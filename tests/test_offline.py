@@ -88,7 +88,9 @@ class Sandbox:
         env = {k: v for k, v in os.environ.items()
                if not k.startswith(("DERMSORT_", "XDG_", "ORT_", "CI", "NNCF_")) and k != "PYTHONPATH"}
         env.update(HOME=str(self.home), TMPDIR=str(self.work / "tmp"), DERMSORT_CACHE_DIR=str(self.work / "cache"),
-                   OFFLINE_AUDIT_LOG=str(self.log), PYTHONPATH=str(self.root / "site"))
+                   OFFLINE_AUDIT_LOG=str(self.log), PYTHONPATH=str(self.root / "site"),
+                   # the interpreter's own __pycache__ beside an edited source file is not dermsort writing
+                   PYTHONDONTWRITEBYTECODE="1")
         res = subprocess.run([*PY, *args], capture_output=True, text=True, env=env, timeout=timeout, cwd=self.work)
         events = [json.loads(line) for line in self.log.read_text().splitlines() if line.strip()]
         return res, events

@@ -38,7 +38,7 @@ def _model_options(fn):
         click.option("--recursive", "-r", is_flag=True, help="Also sort images in subfolders."),
         click.option("--backend", default="auto", show_default=True,
                      help=f"Inference backend: {'|'.join(BACKENDS)}."),
-        click.option("--precision", default="auto", show_default=True, help="auto|fp32|fp16|int8 (artifacts in the bundle)."),
+        click.option("--precision", default="auto", show_default=True, help="auto|fp32|fp16|bf16|int8 (artifacts in the bundle)."),
         click.option("--model", "model", type=click.Path(path_type=Path), default=None,
                      help="Model bundle folder, its manifest.json or one artifact in it. Default: the bundled model."),
         click.option("--threshold", type=float, default=None,

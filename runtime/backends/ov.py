@@ -49,6 +49,10 @@ class OpenVinoBackend(Backend):
             self.execution_precision = hint.get_type_name() if hasattr(hint, "get_type_name") else str(hint)
         except Exception:  # a device plugin without the property
             self.execution_precision = ""
+        if self.artifact.precision == "bf16" and self.execution_precision != "bf16":
+            # its threshold and gate verdict are for bf16 numerics; f32 here would be another model
+            raise RuntimeError(f"{self.artifact.name} needs bf16 execution, which OpenVINO does not offer on this "
+                               f"{device} (it would run {self.execution_precision or 'f32'})")
 
     def _predict_impl(self, batch: np.ndarray) -> np.ndarray:
         result = self.request.infer({0: batch})

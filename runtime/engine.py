@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
 
 from .backends.base import Backend, backend_installed, backend_status, create_backend, get_backend_class, list_backends
 from .bundle import Artifact, Bundle

@@ -170,7 +170,7 @@ def _probe_and_save(bundle: Bundle, pairs: list[tuple[str, Artifact]], threads: 
         for other in loaded.values():
             other.close()
         return pairs, {}
-    ranking = [{"backend": b, "artifact": a, "images_per_s": round(how["rows"] / s, 2),
+    ranking = [{"backend": b, "artifact": a, "images_per_s": round(how["batch"] / s, 2),
                 "median_call_ms": round(s * 1000, 3), "load_s": round(load_s[(b, a)], 3)}
                for (b, a), s in zip(keys, seconds)]
     ranking.sort(key=lambda r: r["median_call_ms"])

@@ -4,8 +4,9 @@ A profile entry (per model, per host) holds a fastest-first ranking of (backend,
 is valid for: the model's artifacts (their checksums) and the installed library versions, read from
 package metadata (nothing is imported to check). An entry goes stale when either changes.
 
-The probe interleaves its candidates round by round (A B C, B C A, ...), takes the median time per
-candidate, stops after ``PROBE_BUDGET_S`` of measuring (at least ``PROBE_MIN_ROUNDS`` rounds) and records
+The probe screens its candidates with one timed call each (those over twice the fastest cannot win),
+interleaves the rest round by round (A B C, B C A, ...), takes the median time per candidate, stops
+after ``PROBE_BUDGET_S`` (at least ``PROBE_MIN_ROUNDS`` rounds, never past ``PROBE_CAP_S``) and records
 the load average it ran under. A probe taken on a busy machine is marked noisy; it is used until the
 machine is quiet again, when a new probe replaces it. A ``dermsort bench`` entry is never replaced by a
 probe while it is valid.
@@ -32,12 +33,18 @@ from .bundle import Bundle
 
 log = logging.getLogger(__name__)
 
-#: seconds of measuring, all candidates together (loading the sessions is not included)
-PROBE_BUDGET_S = 0.4
+#: seconds of interleaved rounds among the candidates that survive the screen (at least PROBE_MIN_ROUNDS) ...
+PROBE_BUDGET_S = 0.25
 PROBE_MIN_ROUNDS = 3
+#: ... but never past this (seconds since the rounds began), even with fewer rounds: a busy machine
+#: makes every call slower, and such a probe is marked noisy and replaced once the machine is quiet
+PROBE_CAP_S = 0.5
 PROBE_MAX_ROUNDS = 200
-#: rows per probe call: one image and its mirror, what a one-image sort runs
-PROBE_ROWS = 2
+#: images per probe call: half the sort's default --batch-size (8), so a folder's steady state is what
+#: is ranked (a TTA model runs each image and its mirror inside the graph)
+PROBE_BATCH = 4
+#: after one timed call each, a candidate slower than this many times the fastest cannot win: dropped
+SCREEN_RATIO = 2.0
 #: a 1-minute load average per logical CPU above this makes a measurement noisy
 NOISY_LOAD_PER_CPU = 0.5
 
@@ -140,26 +147,37 @@ def save_profile(bundle: Bundle, ranking: list[dict[str, Any]], source: str,
 
 
 def probe(backends: list[Backend], input_size: int, budget_s: float = PROBE_BUDGET_S,
-          min_rounds: int = PROBE_MIN_ROUNDS) -> tuple[list[float], dict[str, Any]]:
+          min_rounds: int = PROBE_MIN_ROUNDS, cap_s: float = PROBE_CAP_S) -> tuple[list[float], dict[str, Any]]:
     """Median seconds per call of each loaded backend, interleaved round by round; and how it was measured.
 
-    Each round times one call of every backend, starting one further along each round, so a burst of
-    load hits all of them alike; the median of the rounds drops the bursts.
+    One warm-up call each, then one timed call each (the screen: a candidate over ``SCREEN_RATIO`` x the
+    fastest is not measured further), then rounds over the rest: each round times one call of every one,
+    starting one further along each round, so a burst of load hits all of them alike; the median of the
+    rounds drops the bursts.
     """
-    batch = np.random.default_rng(0).standard_normal((PROBE_ROWS, 3, input_size, input_size)).astype(np.float32)
+    batch = np.random.default_rng(0).standard_normal((PROBE_BATCH, 3, input_size, input_size)).astype(np.float32)
+    began = time.perf_counter()
     for backend in backends:
         backend.predict(batch)  # warm-up: graph optimisation, memory pools
-    times: list[list[float]] = [[] for _ in backends]
+    times: list[list[float]] = []
+    for backend in backends:
+        t0 = time.perf_counter()
+        backend.predict(batch)
+        times.append([time.perf_counter() - t0])
+    fastest = min(t[0] for t in times)
+    live = [i for i, t in enumerate(times) if t[0] <= SCREEN_RATIO * fastest]
     start = time.perf_counter()
     rounds = 0
-    while rounds < PROBE_MAX_ROUNDS and (rounds < min_rounds or time.perf_counter() - start < budget_s):
-        n = len(backends)
-        for k in range(n):
-            i = (k + rounds) % n
+    while rounds < PROBE_MAX_ROUNDS and len(live) > 1:
+        elapsed = time.perf_counter() - start
+        if (rounds >= min_rounds and elapsed >= budget_s) or (rounds >= 1 and elapsed >= cap_s):
+            break
+        for k in range(len(live)):
+            i = live[(k + rounds) % len(live)]
             t0 = time.perf_counter()
             backends[i].predict(batch)
             times[i].append(time.perf_counter() - t0)
         rounds += 1
     medians = [statistics.median(t) for t in times]
-    return medians, {"rounds": rounds, "seconds": round(time.perf_counter() - start, 3), "rows": PROBE_ROWS,
-                     "budget_s": budget_s}
+    return medians, {"rounds": rounds, "seconds": round(time.perf_counter() - began, 3), "batch": PROBE_BATCH,
+                     "budget_s": budget_s, "cap_s": cap_s, "screened_out": len(backends) - len(live)}

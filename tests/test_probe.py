@@ -69,12 +69,35 @@ def test_probe_ranks_the_faster_artifact_first_and_records_how(two_speed_bundle)
     assert (chosen.spec.name, chosen.artifact.name) == FAST
     fast, slow = entry["ranking"]
     assert fast["median_call_ms"] < slow["median_call_ms"]
-    # interleaved rounds, bounded, under a recorded load, valid for this model and these library versions
+    # the heavy one (~100x slower) cannot win: screened out after one timed call; load and validity recorded
     how = entry["probe"]
-    assert how["rounds"] >= probe.PROBE_MIN_ROUNDS and 0 < how["seconds"] < 2.0
+    assert how["screened_out"] == 1 and how["rounds"] == 0 and how["batch"] == probe.PROBE_BATCH
     assert len(entry["load"]["loadavg"]) == 3 and entry["load"]["cpus"] >= 1 and isinstance(entry["load"]["noisy"], bool)
     assert entry["valid_for"]["model"] == probe.model_fingerprint(bundle)
     assert entry["valid_for"]["versions"]["onnxruntime"] == probe.library_version("onnxruntime")
+
+
+def test_probe_rounds_interleave_and_are_bounded(tiny_bundle, monkeypatch):
+    from dermsort.runtime.backends.base import create_backend
+
+    monkeypatch.setattr(probe, "SCREEN_RATIO", 1e9)  # the tiny model's two backends differ by fixed overheads
+
+    pytest.importorskip("openvino", reason='needs OpenVINO installed: pip install "dermsort[openvino]"')
+    bundle, _ = load_bundle(tiny_bundle)
+    backends = [create_backend(b, bundle, bundle.get(a)).load()
+                for b, a in (("onnxruntime", "onnx-fp32"), ("openvino", "openvino-fp16"))]
+    try:
+        size = bundle.metadata.preprocess.input_size
+        seconds, how = probe.probe(backends, size, budget_s=0.0)  # two real candidates, both measured
+        assert how["screened_out"] == 0 and how["rounds"] == probe.PROBE_MIN_ROUNDS and all(s > 0 for s in seconds)
+        _, how = probe.probe(backends, size, budget_s=0.05)
+        assert how["rounds"] >= probe.PROBE_MIN_ROUNDS
+        # a busy machine: the cap ends the rounds (at least one) whatever the budget
+        _, how = probe.probe(backends, size, budget_s=60.0, cap_s=0.05)
+        assert 1 <= how["rounds"] < probe.PROBE_MAX_ROUNDS and how["seconds"] < 30
+    finally:
+        for b in backends:
+            b.close()
 
 
 def _store(bundle, ranking_pairs, source, noisy=False, **change):

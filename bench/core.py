@@ -19,8 +19,9 @@ import numpy as np
 
 from dermsort.runtime.backends.base import backend_status, create_backend, list_backends
 from dermsort.runtime.bundle import Artifact, Bundle, load_bundle
-from dermsort.runtime.engine import compatible, save_profile
+from dermsort.runtime.engine import compatible, save_profile, sorting_backends
 from dermsort.runtime.errors import DermsortError
+from dermsort.runtime.probe import machine_load
 from dermsort.runtime.preprocess import preprocess_file
 
 from . import metrics
@@ -62,7 +63,8 @@ def reference_artifact(bundle: Bundle) -> Artifact:
 
 def plan(bundle: Bundle, backends: list[str] | None) -> tuple[list[tuple[str, Artifact]], list[dict[str, str]]]:
     """(backend, artifact) pairs to measure, reference first; and what was skipped and why."""
-    registered = list(list_backends())
+    # the torch reference cannot sort (it is the naive baseline below), so it gets no row of its own
+    registered = [b for b in list_backends() if b in sorting_backends()]
     names = [b for b in DEFAULT_ORDER if b in registered] + [b for b in registered if b not in DEFAULT_ORDER]
     if backends:
         unknown = [b for b in backends if b not in registered]
@@ -156,6 +158,7 @@ def run_bench(bundle_path: str | Path, images: list[LabelledImage], settings: Be
     ref = reference_artifact(bundle)
     started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     load_before = load_average()
+    load_start = machine_load()
     paths = [im.path for im in images]
     files = [str(p) for p in paths]
     labels = {str(im.path): im.malignant for im in images}
@@ -220,9 +223,9 @@ def run_bench(bundle_path: str | Path, images: list[LabelledImage], settings: Be
         "data": describe(images), "rows": rows, "skipped": skipped, "profile": None,
     }
     if write_profile:
-        ranking = profile_ranking(rows)
+        ranking = profile_ranking(rows, bundle)
         if ranking:
-            path = save_profile(bundle.model_id, ranking, source="bench")
+            path = save_profile(bundle, ranking, source="bench", load=load_start)
             report["profile"] = {"path": str(path), "ranking": ranking}
             _log(echo, f"machine profile: {path} (auto -> {ranking[0]['backend']}/{ranking[0]['artifact']})")
     return report
@@ -253,9 +256,15 @@ def _score(rows: list[dict[str, Any]], labels: dict[str, int], min_agreement: fl
                              and row.get("agreement") is not None and row["agreement"] >= min_agreement)
 
 
-def profile_ranking(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Fastest first by end-to-end images/s, only artifacts that passed; what ``--backend auto`` reads."""
+def profile_ranking(rows: list[dict[str, Any]], bundle: Bundle | None = None) -> list[dict[str, Any]]:
+    """Fastest first by end-to-end images/s, only artifacts that passed; what ``--backend auto`` reads.
+
+    With ``bundle``, only each artifact on the backend its parity gate ran it on (what ``auto`` may run).
+    """
     passed = [r for r in rows if r.get("passed") and r["backend"] != "torch" and r.get("e2e_images_per_s")]
+    if bundle is not None:
+        gate = {a.name: a.backend for a in bundle.artifacts}
+        passed = [r for r in passed if gate.get(r["artifact"]) == r["backend"]]
     passed.sort(key=lambda r: -r["e2e_images_per_s"])
     return [{"backend": r["backend"], "artifact": r["artifact"], "precision": r["precision"],
              "images_per_s": round(r["e2e_images_per_s"], 2), "agreement": round(r["agreement"], 4)} for r in passed]

@@ -165,6 +165,12 @@ def write_decisions(report: dict[str, Any], path: Path) -> None:
 
 def plot(report: dict[str, Any], path: Path) -> None:
     """Sensitivity (Wilson CI) against model-only and end-to-end cost; one colour per row, legend below."""
+    import os
+
+    from dermsort.runtime.probe import cache_dir
+
+    # matplotlib's font cache goes into dermsort's cache folder, not ~/.cache/matplotlib (unless the user chose)
+    os.environ.setdefault("MPLCONFIGDIR", str(cache_dir() / "matplotlib"))
     import matplotlib
 
     matplotlib.use("Agg")

@@ -58,8 +58,10 @@ def _artifact(root: Path, row: formats.Target, threshold: float, **kw: Any) -> A
                          threshold=threshold, extra_files=list(row.extra_files), **kw)
 
 
-def _remove_files(root: Path, art: Artifact) -> None:
+def _remove_files(root: Path, art: Artifact, keep: set[str] | frozenset[str] = frozenset()) -> None:
     for rel in [art.path, *art.extra_files]:
+        if rel in keep:
+            continue
         with contextlib.suppress(FileNotFoundError):
             (root / rel).unlink()
 
@@ -105,6 +107,7 @@ def _decide(bundle_root: Path, artifacts: list[Artifact], results: dict[str, par
             allow_parity_failure: bool, unverified_reason: str, say: Say) -> tuple[list[Artifact], list[dict[str, Any]]]:
     """Apply verdicts: thresholds and parity onto artifacts; rejected ones leave the bundle."""
     kept, rejected = [], []
+    remove: list[Artifact] = []
     for art in artifacts:
         if results is None:
             if art.name == formats.REFERENCE:
@@ -129,10 +132,14 @@ def _decide(bundle_root: Path, artifacts: list[Artifact], results: dict[str, par
             say(f"WARNING: keeping {art.name} despite failing the parity gate (--allow-parity-failure)")
             kept.append(art)
         else:
-            _remove_files(bundle_root, art)
+            remove.append(art)
             rejected.append({"name": art.name, "path": art.path, "precision": art.precision, "backend": art.backend,
                              "size_bytes": art.size_bytes, "sha256": art.sha256, "reason": result.message,
                              "parity": art.parity})
+    # a rejected artifact's files go, unless a kept one uses them too (openvino-bf16 runs the FP16 IR)
+    in_use = {rel for art in kept for rel in (art.path, *art.extra_files)}
+    for art in remove:
+        _remove_files(bundle_root, art, keep=in_use)
     return kept, rejected
 
 
@@ -251,8 +258,19 @@ def _build(ckpt: Any, metadata: Any, targets: list[formats.Target], work: Path, 
                 onnx_export.convert_fp16(ref_path, work / row.path, metadata)
             elif row.name == "onnx-int8":
                 quantization[row.name] = onnx_export.quantize_int8(ref_path, work / row.path, metadata, calib_tensors)
+            elif row.name == "onnx-int8-u8s8":
+                quantization[row.name] = onnx_export.quantize_int8(ref_path, work / row.path, metadata, calib_tensors,
+                                                                   form="u8s8")
             elif row.name == "openvino-fp16":
                 openvino_export.export_fp16(ref_path, work / row.path, metadata)
+            elif row.name == "openvino-bf16":
+                ok, why = openvino_export.bf16_status()
+                if not ok:
+                    skipped[row.name] = f"skipped: {why}"
+                    say(f"{row.name}: {skipped[row.name]}")
+                    continue
+                if not (work / row.path).is_file():  # bf16 runs the FP16 IR; build it when fp16 was not asked for
+                    openvino_export.export_fp16(ref_path, work / row.path, metadata)
             elif row.name == "openvino-int8":
                 quantization[row.name] = openvino_export.export_int8(
                     ref_path, work / row.path, metadata, calib_tensors, labelled_pair, accuracy_control, say,
@@ -273,7 +291,10 @@ def _build(ckpt: Any, metadata: Any, targets: list[formats.Target], work: Path, 
             log.debug("export of %s failed", row.name, exc_info=True)
             failed[row.name] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
             say(f"{row.name}: export FAILED: {failed[row.name]}")
+            shared = {rel for art in artifacts for rel in (art.path, *art.extra_files)}
             for rel in (row.path, *row.extra_files):
+                if rel in shared:  # openvino-bf16 shares the FP16 IR's files
+                    continue
                 with contextlib.suppress(FileNotFoundError):
                     (work / rel).unlink()
 
@@ -297,7 +318,7 @@ def _build(ckpt: Any, metadata: Any, targets: list[formats.Target], work: Path, 
             latency[art.name] = {"error": str(exc)}
     # TensorRT readiness of every INT8 ONNX graph (export-engines builds the INT8 engine from it)
     trt_checks = {art.name: trt_compat.check_file(work / art.path) for art in artifacts
-                  if art.format == "onnx" and art.precision == "int8"}
+                  if work / art.path == tensorrt_export.engine_source(work, "int8")}
     for name, result in trt_checks.items():
         say(f"{name}: TensorRT graph check " + ("passed" if result["passed"] else
                                                  "FAILED: " + "; ".join(result["problems"])))

@@ -56,7 +56,7 @@ def _tolerances(max_sensitivity_drop: float, max_specificity_drop: float, max_fl
               help="Bundle folder to write (an existing bundle there is replaced atomically).")
 @click.option("--to", "to", default="onnx,openvino,tensorrt", show_default=True,
               help=f"Comma-separated targets: {', '.join(formats.TOOLKITS)}.")
-@click.option("--precision", "precision", default="fp32,fp16,int8", show_default=True,
+@click.option("--precision", "precision", default="fp32,fp16,bf16,int8", show_default=True,
               help=f"Comma-separated precisions: {', '.join(formats.PRECISIONS)} (FP32 ONNX is always written).")
 @click.option("--calib", "calib", multiple=True, required=True,
               help="Folder of real images or labels.csv (its train split) for INT8 calibration; repeatable. "

@@ -34,6 +34,20 @@ def export_fp16(onnx_path: Path, xml_path: Path, metadata: ModelMetadata) -> Non
     ov.save_model(_convert(onnx_path, metadata), os.fspath(xml_path), compress_to_fp16=True)
 
 
+def bf16_status() -> tuple[bool, str]:
+    """(True, "") when OpenVINO's CPU plugin executes bf16 here (AVX512-BF16 / AMX), else (False, why).
+
+    Elsewhere it would silently run f32: an ``openvino-bf16`` artifact gated there would be the FP16 IR's
+    numbers under another name, so it is not built (and the runtime refuses to run one, see backends/ov.py).
+    """
+    import openvino as ov
+
+    caps = ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    if "BF16" not in caps:
+        return False, f"this CPU has no bf16 execution in OpenVINO (capabilities: {', '.join(caps)})"
+    return True, ""
+
+
 def export_int8(onnx_path: Path, xml_path: Path, metadata: ModelMetadata, calib_tensors: np.ndarray,
                 labelled: tuple[np.ndarray, np.ndarray] | None = None, accuracy_control: str = "auto",
                 say: Callable[[str], None] = log.info, tolerances: Any = None,

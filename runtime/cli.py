@@ -12,15 +12,16 @@ from typing import Any
 
 import click
 
-from .backends.base import backend_status, list_backends
+from .backends.base import backend_installed, backend_status, get_backend_class, list_backends
 from .bundle import DEFAULT_BUNDLE, load_bundle
 from .diagnosis import diagnosis_name, head_summary, is_diagnosis_head, validation_lines
-from .engine import load_profile, open_backend, profile_path
+from .engine import load_profile, open_backend, profile_path, stale_reason
 from .errors import DermsortError, OutputError
 from .scan import Candidate, ScanNotes, default_out, scan
 from .sorter import SortOptions, Sorter
 
-BACKENDS = ["auto", "onnxruntime", "openvino", "tensorrt", "torch"]
+#: what sort/watch can run; the torch backend is a reference for bench/evaluate (never imported here)
+BACKENDS = ["auto", "onnxruntime", "openvino", "tensorrt"]
 
 
 class FilesLeftInPlace(DermsortError):
@@ -48,7 +49,7 @@ def _model_options(fn):
                           "clashes get __N; the sub-path is always in results.csv's relpath)."),
         click.option("--backend", default="auto", show_default=True,
                      help=f"Inference backend: {'|'.join(BACKENDS)}."),
-        click.option("--precision", default="auto", show_default=True, help="auto|fp32|fp16|int8 (artifacts in the bundle)."),
+        click.option("--precision", default="auto", show_default=True, help="auto|fp32|fp16|bf16|int8 (artifacts in the bundle)."),
         click.option("--model", "model", type=click.Path(path_type=Path), default=None,
                      help="Model bundle folder, its manifest.json or one artifact in it. Default: the bundled model."),
         click.option("--threshold", type=float, default=None,
@@ -70,6 +71,7 @@ def _model_options(fn):
 def _prepare(folder: Path, out: Path | None, backend: str, precision: str, model: Path | None,
              threshold: float | None, move: bool, recursive: bool, dry_run: bool, batch_size: int,
              workers: int | None, threads: int | None, allow_rejected: bool = False, keep_tree: bool = False):
+    # a registered backend that does not sort (the torch reference): open_backend says why
     if backend not in list_backends() and backend != "auto":
         raise DermsortError(f"unknown backend {backend!r}; choose one of: {', '.join(BACKENDS)}")
     if not folder.exists():
@@ -309,7 +311,16 @@ def info(model: Path | None, as_json: bool) -> None:
     """Show the model's metadata and which backends can run here (and why others cannot)."""
     bundle, _ = load_bundle(model)
     meta = bundle.metadata
-    backends = {name: dict(zip(("available", "detail"), backend_status(name))) for name in list_backends()}
+    backends = {}
+    for name in list_backends():
+        cls = get_backend_class(name)
+        if cls is not None and not cls.spec.sorts:
+            # never imported by info/sort/watch (torch takes seconds): metadata says whether it is installed
+            ok, detail = backend_installed(name)
+            detail += "; reference for `dermsort bench` / `evaluate`, not used by sort"
+        else:
+            ok, detail = backend_status(name)
+        backends[name] = {"available": ok, "detail": detail}
     checks = {}
     for art in bundle.artifacts:
         try:
@@ -318,13 +329,14 @@ def info(model: Path | None, as_json: bool) -> None:
         except DermsortError as exc:
             checks[art.name] = f"FAILED: {exc}"
     profile = load_profile().get("models", {}).get(bundle.model_id)
+    stale = stale_reason(profile, bundle) if isinstance(profile, dict) else ""
     data = {"bundle": str(bundle.root), "default_bundle": bundle.root == DEFAULT_BUNDLE.resolve(),
             "metadata": meta.to_dict(), "artifacts": [
                 {"name": a.name, "backend": a.backend, "precision": a.precision, "threshold": a.threshold,
                  "size_bytes": a.size_bytes, "sha256": a.sha256, "accepted": a.accepted, "override": a.override,
                  "checksum": checks[a.name]} for a in bundle.artifacts],
             "head": head_summary(meta.classes, meta.malignant_classes), "classes": list(meta.classes),
-            "backends": backends, "machine_profile": {"path": str(profile_path()), "entry": profile}}
+            "backends": backends, "machine_profile": {"path": str(profile_path()), "entry": profile, "stale": stale}}
     if as_json:
         click.echo(json.dumps(data, indent=2))
         return
@@ -374,6 +386,10 @@ def info(model: Path | None, as_json: bool) -> None:
         click.echo(f"  {name:12s} {'yes' if st['available'] else 'no ':3s}  {st['detail']}")
     if profile:
         best = profile["ranking"][0] if profile.get("ranking") else {}
-        click.echo(f"auto         {best.get('backend')}/{best.get('artifact')} ({profile.get('source')}, {profile_path()})")
+        load = (profile.get("load") or {}).get("loadavg")
+        click.echo(f"auto         {best.get('backend')}/{best.get('artifact')} ({profile.get('source')} {profile.get('time', '')}"
+                   f"{f', load {load}' if load else ''}, {profile_path()})")
+        if stale:
+            click.echo(f"             stale ({stale}): the next sort probes again")
     else:
         click.echo("auto         no machine profile yet: the first sort probes the backends (or run `dermsort bench`)")

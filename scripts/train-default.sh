@@ -28,7 +28,7 @@ CSVS=()
 for csv in "$DATA"/*/labels.csv; do CSVS+=(--calib "$csv"); done
 if [ ! -f "$WORK/bundle/manifest.json" ]; then
     # exit 3 = bundle written but some requested artifact was rejected by the gate: that is an outcome, not an error
-    dermsort export "$WORK/train/checkpoint.pt" --out "$WORK/bundle" --to onnx,openvino --precision fp32,fp16,int8 \
+    dermsort export "$WORK/train/checkpoint.pt" --out "$WORK/bundle" --to onnx,openvino --precision fp32,fp16,bf16,int8 \
         "${CSVS[@]}" --calib-count 512 || [ $? -eq 3 ]
 fi
 

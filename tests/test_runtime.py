@@ -193,8 +193,8 @@ def test_auto_probes_once_then_uses_cached_profile(tiny_bundle):
     # a bench-written profile wins over probing, and is never replaced by a probe
     ranking = [{"backend": "openvino", "artifact": "openvino-fp16", "images_per_s": 1.0},
                {"backend": "onnxruntime", "artifact": "onnx-fp32", "images_per_s": 0.5}]
-    engine.save_profile(bundle.model_id, ranking, source="bench")
-    engine.save_profile(bundle.model_id, list(reversed(ranking)), source="probe")
+    engine.save_profile(bundle, ranking, source="bench")
+    engine.save_profile(bundle, list(reversed(ranking)), source="probe")
     chosen = engine.open_backend(bundle, "auto")
     assert (chosen.spec.name, chosen.artifact.name) == ("openvino", "openvino-fp16")
 

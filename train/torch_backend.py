@@ -13,7 +13,8 @@ from dermsort.runtime.bundle import Bundle, make_artifact, write_manifest
 
 
 class TorchBackend(Backend):
-    spec = BackendSpec("torch", ("torch",), "train", "PyTorch eager reference (CPU/CUDA)")
+    spec = BackendSpec("torch", ("torch",), "train", "PyTorch eager reference (CPU/CUDA)",
+                       library="torch", sorts=False)
 
     @classmethod
     def available(cls) -> tuple[bool, str]:

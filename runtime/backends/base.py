@@ -7,6 +7,7 @@ finds the torch reference backend without importing train/ or torch itself.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import json
 import logging
 from abc import ABC, abstractmethod
@@ -37,6 +38,11 @@ class BackendSpec:
     formats: tuple[str, ...]
     extra: str
     description: str
+    #: the import name of the library it runs on: whether it is installed is read from the package
+    #: metadata (``find_spec`` / ``importlib.metadata``) without importing it
+    library: str = ""
+    #: may ``sort`` / ``watch`` / ``auto`` run it (False: a reference for bench/evaluate only)
+    sorts: bool = True
 
 
 #: metadata fields that change a decision: the manifest must agree with the model file on each
@@ -156,13 +162,51 @@ def get_backend_class(name: str) -> type[Backend] | None:
         return None
 
 
-def backend_status(name: str) -> tuple[bool, str]:
-    """(available, reason) for a registered backend, without loading any model."""
-    hint = {"onnxruntime": "pip install dermsort", "openvino": 'pip install "dermsort[openvino]"',
-            "tensorrt": 'pip install "dermsort[tensorrt]" (needs an NVIDIA GPU)', "torch": 'pip install "dermsort[train]"'}
+HINTS = {"onnxruntime": "pip install dermsort", "openvino": 'pip install "dermsort[openvino]"',
+         "tensorrt": 'pip install "dermsort[tensorrt]" (needs an NVIDIA GPU)', "torch": 'pip install "dermsort[train]"'}
+
+
+def library_version(library: str) -> str | None:
+    """The installed version of ``library`` (an import name) from package metadata, or None; imports nothing."""
+    try:
+        if importlib.util.find_spec(library) is None:
+            return None
+    except (ImportError, ValueError):
+        return None
+    try:
+        return importlib_metadata.version(library)
+    except importlib_metadata.PackageNotFoundError:
+        # e.g. onnxruntime-gpu provides the import name onnxruntime
+        for dist in importlib_metadata.packages_distributions().get(library, []):
+            try:
+                return importlib_metadata.version(dist)
+            except importlib_metadata.PackageNotFoundError:
+                continue
+    return "unknown"
+
+
+def backend_installed(name: str) -> tuple[bool, str]:
+    """(installed, detail) for a registered backend from package metadata alone: its library is not imported,
+    so ``auto`` and ``info`` pay only for the backend that will run."""
     cls = get_backend_class(name)
     if cls is None:
-        return False, f"not installed: {hint.get(name, 'unknown backend')}"
+        return False, f"not installed: {HINTS.get(name, 'unknown backend')}"
+    if not cls.spec.library:
+        return True, "built in"
+    version = library_version(cls.spec.library)
+    if version is None:
+        return False, f"not installed: {HINTS.get(name, 'unknown backend')}"
+    return True, f"{cls.spec.library} {version} installed"
+
+
+def backend_status(name: str) -> tuple[bool, str]:
+    """(available, reason) for a registered backend, without loading any model: imports its library
+    and asks it (devices, GPU); use ``backend_installed`` where an import is not wanted."""
+    ok, why = backend_installed(name)
+    if not ok:
+        return ok, why
+    cls = get_backend_class(name)
+    assert cls is not None
     try:
         return cls.available()
     except Exception as exc:  # an optional library that imports but cannot start
@@ -173,7 +217,8 @@ def create_backend(name: str, bundle: Bundle, artifact: Artifact, **kw: Any) -> 
     names = list_backends()
     if name not in names:
         raise DermsortError(f"unknown backend {name!r}; choose one of: auto, {', '.join(sorted(names))}")
-    ok, why = backend_status(name)
+    # metadata only: a backend that is installed but cannot start fails in load(), which says why
+    ok, why = backend_installed(name)
     if not ok:
         raise BackendUnavailable(f"backend {name} is not available here: {why}")
     cls = get_backend_class(name)

@@ -15,7 +15,8 @@ log = logging.getLogger(__name__)
 
 
 class OnnxRuntimeBackend(Backend):
-    spec = BackendSpec("onnxruntime", ("onnx",), "", "ONNX Runtime, CPU or CUDA (onnxruntime-gpu)")
+    spec = BackendSpec("onnxruntime", ("onnx",), "", "ONNX Runtime, CPU or CUDA (onnxruntime-gpu)",
+                       library="onnxruntime")
 
     @classmethod
     def available(cls) -> tuple[bool, str]:

@@ -12,7 +12,8 @@ from .base import Backend, BackendSpec
 
 
 class OpenVinoBackend(Backend):
-    spec = BackendSpec("openvino", ("openvino-ir", "onnx"), "openvino", "Intel OpenVINO (CPU, iGPU, NPU)")
+    spec = BackendSpec("openvino", ("openvino-ir", "onnx"), "openvino", "Intel OpenVINO (CPU, iGPU, NPU)",
+                       library="openvino")
 
     @classmethod
     def available(cls) -> tuple[bool, str]:
@@ -38,13 +39,23 @@ class OpenVinoBackend(Backend):
         config = {"PERFORMANCE_HINT": "LATENCY"}
         if device == "CPU":
             # OpenVINO silently runs bf16 on CPUs with AVX512-BF16/AMX; the artifact's precision (and the
-            # parity gate that accepted it) must not depend on which CPU it lands on.
-            config["INFERENCE_PRECISION_HINT"] = "f32"
+            # parity gate that accepted it) must not depend on which CPU it lands on. bf16 execution is an
+            # artifact of its own (precision "bf16", gated like any other), never a silent default.
+            config["INFERENCE_PRECISION_HINT"] = "bf16" if self.artifact.precision == "bf16" else "f32"
         if self.threads:
             config["INFERENCE_NUM_THREADS"] = int(self.threads)
         self.compiled = core.compile_model(model, device, config)
         self.request = self.compiled.create_infer_request()
         self.device_name = device
+        try:  # what really runs: a CPU without bf16 support executes a bf16 request in f32
+            hint = self.compiled.get_property("INFERENCE_PRECISION_HINT")
+            self.execution_precision = hint.get_type_name() if hasattr(hint, "get_type_name") else str(hint)
+        except Exception:  # a device plugin without the property
+            self.execution_precision = ""
+        if self.artifact.precision == "bf16" and self.execution_precision != "bf16":
+            # its threshold and gate verdict are for bf16 numerics; f32 here would be another model
+            raise RuntimeError(f"{self.artifact.name} needs bf16 execution, which OpenVINO does not offer on this "
+                               f"{device} (it would run {self.execution_precision or 'f32'})")
 
     def _predict_impl(self, batch: np.ndarray) -> np.ndarray:
         result = self.request.infer({0: batch})
@@ -53,4 +64,6 @@ class OpenVinoBackend(Backend):
     def describe(self) -> dict[str, Any]:
         info = super().describe()
         info["device"] = getattr(self, "device_name", (self.device or "CPU").upper())
+        if getattr(self, "execution_precision", ""):
+            info["execution_precision"] = self.execution_precision
         return info

@@ -56,7 +56,8 @@ def built_for_mismatch(built_for: dict[str, Any], here: dict[str, Any]) -> str:
 
 
 class TensorRTBackend(Backend):
-    spec = BackendSpec("tensorrt", ("tensorrt-engine",), "tensorrt", "NVIDIA TensorRT engine (GPU)")
+    spec = BackendSpec("tensorrt", ("tensorrt-engine",), "tensorrt", "NVIDIA TensorRT engine (GPU)",
+                       library="tensorrt")
 
     @classmethod
     def available(cls) -> tuple[bool, str]:

@@ -1,0 +1,220 @@
+"""`auto`: the probe ranks real backends fastest first, records the load it ran under, is re-taken when the
+model or a library version changes or when a noisy probe can be replaced by a quiet one; a valid profile
+means only the chosen backend is imported; the torch reference is not offered to sort.
+
+The bundle here holds two real ONNX artifacts of one contract (same input, same classes): the tiny CNN
+and a much heavier CNN (~100x the work), so which is faster is not in doubt, even on a loaded machine.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import labelled
+from dermsort.runtime import engine, probe
+from dermsort.runtime.bundle import load_bundle, make_artifact, write_manifest
+
+torch = pytest.importorskip("torch", reason='building the test models needs torch: pip install "dermsort[train]"')
+
+
+def _heavy_model():
+    from torch import nn
+
+    torch.manual_seed(1)
+    layers = [nn.Conv2d(3, 64, 3, stride=2, padding=1), nn.ReLU()]
+    for _ in range(6):
+        layers += [nn.Conv2d(64, 64, 3, padding=1), nn.ReLU()]
+    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 2), nn.Softmax(dim=1)]
+    return nn.Sequential(*layers).eval()
+
+
+@pytest.fixture(scope="module")
+def two_speed_bundle(tmp_path_factory) -> Path:
+    from model_factory import make_tiny_bundle
+
+    root = make_tiny_bundle(tmp_path_factory.mktemp("two-speed"), openvino=False, model_id="probe-test")
+    torch.onnx.export(_heavy_model(), torch.zeros(1, 3, 64, 64), str(root / "model.heavy.onnx"), input_names=["input"],
+                      output_names=["probabilities"], opset_version=17, dynamo=False,
+                      dynamic_axes={"input": {0: "batch"}, "probabilities": {0: "batch"}})
+    bundle, _ = load_bundle(root)
+    bundle.artifacts.append(make_artifact(root, "model.heavy.onnx", name="onnx-heavy", backend="onnxruntime",
+                                          precision="fp32", threshold=bundle.metadata.threshold))
+    write_manifest(bundle)
+    return root
+
+
+def _entry(bundle):
+    return engine.load_profile()["models"][bundle.model_id]
+
+
+def _pairs(entry):
+    return [(r["backend"], r["artifact"]) for r in entry["ranking"]]
+
+
+FAST, SLOW = ("onnxruntime", "onnx-fp32"), ("onnxruntime", "onnx-heavy")
+
+
+def test_probe_ranks_the_faster_artifact_first_and_records_how(two_speed_bundle):
+    bundle, _ = load_bundle(two_speed_bundle)
+    chosen = engine.open_backend(bundle, "auto")
+    chosen.close()
+    entry = _entry(bundle)
+    assert entry["source"] == "probe"
+    assert _pairs(entry) == [FAST, SLOW]
+    assert (chosen.spec.name, chosen.artifact.name) == FAST
+    fast, slow = entry["ranking"]
+    assert fast["median_call_ms"] < slow["median_call_ms"]
+    # the heavy one (~100x slower) cannot win: screened out after one timed call; load and validity recorded
+    how = entry["probe"]
+    assert how["screened_out"] == 1 and how["rounds"] == 0 and how["batch"] == probe.PROBE_BATCH
+    assert len(entry["load"]["loadavg"]) == 3 and entry["load"]["cpus"] >= 1 and isinstance(entry["load"]["noisy"], bool)
+    assert entry["valid_for"]["model"] == probe.model_fingerprint(bundle)
+    assert entry["valid_for"]["versions"]["onnxruntime"] == probe.library_version("onnxruntime")
+
+
+def test_probe_rounds_interleave_and_are_bounded(tiny_bundle, monkeypatch):
+    from dermsort.runtime.backends.base import create_backend
+
+    monkeypatch.setattr(probe, "SCREEN_RATIO", 1e9)  # the tiny model's two backends differ by fixed overheads
+
+    pytest.importorskip("openvino", reason='needs OpenVINO installed: pip install "dermsort[openvino]"')
+    bundle, _ = load_bundle(tiny_bundle)
+    backends = [create_backend(b, bundle, bundle.get(a)).load()
+                for b, a in (("onnxruntime", "onnx-fp32"), ("openvino", "openvino-fp16"))]
+    try:
+        size = bundle.metadata.preprocess.input_size
+        seconds, how = probe.probe(backends, size, budget_s=0.0)  # two real candidates, both measured
+        assert how["screened_out"] == 0 and how["rounds"] == probe.PROBE_MIN_ROUNDS and all(s > 0 for s in seconds)
+        _, how = probe.probe(backends, size, budget_s=0.05)
+        assert how["rounds"] >= probe.PROBE_MIN_ROUNDS
+        # a busy machine: the cap ends the rounds (at least one) whatever the budget
+        _, how = probe.probe(backends, size, budget_s=60.0, cap_s=0.05)
+        assert 1 <= how["rounds"] < probe.PROBE_MAX_ROUNDS and how["seconds"] < 30
+    finally:
+        for b in backends:
+            b.close()
+
+
+def _store(bundle, ranking_pairs, source, noisy=False, **change):
+    ranking = [{"backend": b, "artifact": a, "images_per_s": 1.0} for b, a in ranking_pairs]
+    load = {"loadavg": [9.0, 9.0, 9.0] if noisy else [0.0, 0.0, 0.0], "cpus": 2, "per_cpu": 4.5 if noisy else 0.0,
+            "noisy": noisy}
+    engine.save_profile(bundle, ranking, source=source, load=load)
+    if change:
+        path = engine.profile_path()
+        data = json.loads(path.read_text())
+        data["models"][bundle.model_id]["valid_for"].update(change)
+        path.write_text(json.dumps(data))
+
+
+def _auto(bundle):
+    backend = engine.open_backend(bundle, "auto")
+    backend.close()
+    return backend.spec.name, backend.artifact.name
+
+
+def test_a_valid_profile_is_used_as_is(two_speed_bundle):
+    bundle, _ = load_bundle(two_speed_bundle)
+    _store(bundle, [SLOW, FAST], "bench")  # a bench that (say) found the heavy one faster: believed while valid
+    assert _auto(bundle) == SLOW
+    assert _entry(bundle)["source"] == "bench"
+
+
+@pytest.mark.parametrize("change", [{"versions": {"onnxruntime": "1.0.0"}}, {"model": "0123456789abcdef"}, None])
+def test_library_or_model_change_makes_the_profile_stale(two_speed_bundle, change):
+    bundle, _ = load_bundle(two_speed_bundle)
+    if change is None:  # an entry from an older dermsort: nothing says what it is valid for
+        engine.save_profile(bundle, [{"backend": b, "artifact": a, "images_per_s": 1.0} for b, a in (SLOW, FAST)],
+                            source="bench")
+        path = engine.profile_path()
+        data = json.loads(path.read_text())
+        del data["models"][bundle.model_id]["valid_for"]
+        path.write_text(json.dumps(data))
+    else:
+        _store(bundle, [SLOW, FAST], "bench", **change)
+    assert probe.stale_reason(_entry(bundle), bundle)
+    assert _auto(bundle) == FAST  # re-probed
+    entry = _entry(bundle)
+    assert entry["source"] == "probe" and _pairs(entry) == [FAST, SLOW] and not probe.stale_reason(entry, bundle)
+
+
+def test_a_re_export_changes_the_fingerprint(two_speed_bundle, tmp_path):
+    import shutil
+
+    copy = tmp_path / "b"
+    shutil.copytree(two_speed_bundle, copy)
+    bundle, _ = load_bundle(copy)
+    before = probe.model_fingerprint(bundle)
+    bundle.artifacts[0].threshold += 0.01  # a re-export recalibrated a threshold
+    write_manifest(bundle)
+    assert probe.model_fingerprint(load_bundle(copy)[0]) != before
+
+
+def test_a_noisy_probe_is_replaced_only_by_a_quiet_one(two_speed_bundle, monkeypatch):
+    bundle, _ = load_bundle(two_speed_bundle)
+    # the machine is busy now (whatever its real load): the noisy probe stays, no re-probe each run
+    monkeypatch.setattr(probe, "NOISY_LOAD_PER_CPU", -1.0)
+    _store(bundle, [SLOW, FAST], "probe", noisy=True)
+    assert _auto(bundle) == SLOW and _entry(bundle)["load"]["noisy"]
+    # quiet now: a new probe replaces it
+    monkeypatch.setattr(probe, "NOISY_LOAD_PER_CPU", 1e9)
+    assert _auto(bundle) == FAST
+    entry = _entry(bundle)
+    assert entry["source"] == "probe" and not entry["load"]["noisy"] and _pairs(entry) == [FAST, SLOW]
+    # a quiet probe is kept, even when it is (artificially) wrong: no re-probe on every run
+    _store(bundle, [SLOW, FAST], "probe", noisy=False)
+    assert _auto(bundle) == SLOW
+
+
+def _modules_after_sort(tmp_path: Path, bundle_root: Path, backend: str) -> tuple[dict, list[str]]:
+    inp = tmp_path / "in"
+    inp.mkdir(exist_ok=True)
+    row = labelled("ph2", "test", 1)[0]
+    (inp / Path(row["path"]).name).write_bytes(Path(row["path"]).read_bytes())
+    code = ("import json, sys, io, contextlib\n"
+            "from dermsort.cli import main\n"
+            "buf = io.StringIO()\n"
+            "with contextlib.redirect_stdout(buf):\n"
+            f"    rc = main(['sort', {str(inp)!r}, '--out', {str(tmp_path / 'out')!r}, '--model', {str(bundle_root)!r},"
+            f" '--backend', {backend!r}, '--json'])\n"
+            "mods = sorted({m.split('.')[0] for m in sys.modules} & {'openvino', 'onnxruntime', 'torch', 'nncf'})\n"
+            "print(json.dumps({'rc': rc, 'summary': json.loads(buf.getvalue()), 'modules': mods}))\n")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    assert out["rc"] == 0
+    return out["summary"], out["modules"]
+
+
+def test_auto_with_a_profile_imports_only_the_backend_it_runs(tiny_bundle, tmp_path, monkeypatch):
+    pytest.importorskip("openvino", reason='needs OpenVINO installed: pip install "dermsort[openvino]"')
+    monkeypatch.setenv("DERMSORT_CACHE_DIR", str(tmp_path / "cache"))
+    bundle, _ = load_bundle(tiny_bundle)
+    for first, absent in ((("onnxruntime", "onnx-fp32"), "openvino"), (("openvino", "openvino-fp16"), "onnxruntime")):
+        others = [p for p in (("onnxruntime", "onnx-fp32"), ("openvino", "openvino-fp16")) if p != first]
+        _store(bundle, [first, *others], "bench")
+        summary, modules = _modules_after_sort(tmp_path, tiny_bundle, "auto")
+        assert (summary["backend"]["backend"], summary["backend"]["artifact"]) == first
+        assert absent not in modules and "torch" not in modules, modules
+
+
+def test_torch_reference_is_not_offered_to_sort(tiny_bundle, tmp_path):
+    from click.testing import CliRunner
+
+    from dermsort.cli import cli, main
+
+    help_text = CliRunner().invoke(cli, ["sort", "--help"]).output
+    assert "auto|onnxruntime|openvino|tensorrt" in help_text and "torch" not in help_text
+    inp = tmp_path / "in"
+    inp.mkdir()
+    res = subprocess.run([sys.executable, "-m", "dermsort.cli", "sort", str(inp), "--model", str(tiny_bundle),
+                          "--backend", "torch"], capture_output=True, text=True, timeout=60)
+    lines = res.stderr.strip().splitlines()
+    assert res.returncode == 2 and len(lines) == 1, res.stderr
+    assert "reference for `dermsort bench`" in lines[0] and "dermsort export" in lines[0]
+    assert main(["info", "--model", str(tiny_bundle)]) == 0

@@ -59,8 +59,8 @@ MUTATIONS = [
      "            lost.append(rel)\n", "            pass\n",
      "tests/test_fault_harness_self.py"),
     ("probe: slowest first", "runtime/engine.py",
-     'ranking.sort(key=lambda r: -r["images_per_s"])', 'ranking.sort(key=lambda r: r["images_per_s"])',
-     "tests -k probe_ranks_fastest_first"),
+     'ranking.sort(key=lambda r: r["median_call_ms"])', 'ranking.sort(key=lambda r: -r["median_call_ms"])',
+     "tests/test_probe.py::test_probe_ranks_the_faster_artifact_first_and_records_how"),
 ]
 
 

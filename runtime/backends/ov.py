@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from typing import Any
 
@@ -11,19 +12,26 @@ from ..engine import compiled_cache_dir
 from .base import Backend, BackendSpec
 
 
+@functools.lru_cache(maxsize=1)
+def _status() -> tuple[bool, str]:
+    """Once per process: a new ov.Core() plus device discovery costs ~15-40 ms, and one `dermsort sort`
+    asked ~5 times (issue 15)."""
+    try:
+        import openvino as ov
+    except ImportError:
+        return False, 'openvino is not installed: pip install "dermsort[openvino]"'
+    devices = ov.Core().available_devices
+    if not devices:
+        return False, "openvino is installed but sees no device"
+    return True, f"openvino {ov.get_version()}, devices {', '.join(devices)}"
+
+
 class OpenVinoBackend(Backend):
     spec = BackendSpec("openvino", ("openvino-ir", "onnx"), "openvino", "Intel OpenVINO (CPU, iGPU, NPU)")
 
     @classmethod
     def available(cls) -> tuple[bool, str]:
-        try:
-            import openvino as ov
-        except ImportError:
-            return False, 'openvino is not installed: pip install "dermsort[openvino]"'
-        devices = ov.Core().available_devices
-        if not devices:
-            return False, "openvino is installed but sees no device"
-        return True, f"openvino {ov.get_version()}, devices {', '.join(devices)}"
+        return _status()
 
     def _load_impl(self) -> None:
         import openvino as ov

@@ -118,3 +118,15 @@ def test_cache_lives_under_the_dermsort_cache_dir(tmp_path, monkeypatch):
     assert Path(tmp_path / "c" / "compiled" / "onnxruntime").is_dir()
     monkeypatch.setenv("DERMSORT_COMPILED_CACHE", "off")
     assert compiled_cache_dir("openvino") is None
+
+
+def test_sessions_cached_or_not_run_without_spin_waiting(bundle):
+    # sort decodes on the same cores: ORT's spinning threads would steal their CPU (docs/BENCHMARKS.md A/B)
+    states = []
+    for _ in range(2):  # first run writes the optimised graph, the second loads it: same session options
+        with create_backend("onnxruntime", bundle, bundle.get("onnx-fp32"), threads=2) as b:
+            opts = b.session.get_session_options()
+            assert opts.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+            assert opts.intra_op_num_threads == 2
+            states.append(b.cache_state)
+    assert states == ["written", "hit"]

@@ -16,8 +16,10 @@ from .base import Backend, BackendSpec
 log = logging.getLogger(__name__)
 
 #: ONNX Runtime's intra-op threads spin-wait for work by default; in `dermsort sort` they share the cores
-#: with the decode threads, and spinning burns the CPU those need (A/B figures: docs/BENCHMARKS.md).
-ALLOW_SPINNING = True
+#: with the decode threads, and spinning burns the CPU those need. Off: +7-15 % end to end on 2 cores in
+#: paired A/Bs (issue 2), faster in 4/4 alternating whole-sort rounds on 300 images (issue 15; figures in
+#: docs/BENCHMARKS.md); costs ~0.8 ms of isolated batch-1 latency.
+ALLOW_SPINNING = False
 
 
 def optimized_model_name(sha256: str, ort_version: str) -> str:

@@ -57,6 +57,12 @@ def test_bench_writes_four_reports_with_sane_values_and_auto_uses_its_profile(ti
     base = next(r for r in report["rows"] if r["kind"] == "baseline")
     assert "naive" in base["label"] and base["e2e_images_per_s"] > 0 and not base["passed"]
     assert all(r["speedup_e2e_vs_naive"] > 0 for r in rows)
+    # issue 15: the DermoSort-style pipeline (EfficientNet-B4 @ 256, torch eager) timed in the same run
+    ds = report["dermosort_style"]
+    assert "EfficientNet-B4" in ds["label"] and len(ds["e2e_seconds"]) == 1 and ds["e2e_images_per_s"] > 0
+    assert all(r["speedup_e2e_vs_dermosort"] == pytest.approx(r["e2e_images_per_s"] / ds["e2e_images_per_s"])
+               for r in rows)
+    assert "vs DermoSort-style" in (out / "report.md").read_text()
 
     with open(out / "report.csv", newline="") as fh:
         table = list(csv.DictReader(fh))
@@ -101,9 +107,10 @@ def test_artificial_ranking_favouring_openvino_is_what_auto_picks(tiny_bundle):
 def test_backend_filter_and_no_profile(tiny_bundle, tmp_path):
     out = tmp_path / "r"
     res = _bench([str(tiny_bundle), "--data", str(DATA / "ph2"), "--max-images", "4", "--backends", "onnxruntime",
-                  "--no-profile", "--out", str(out), *FAST])
+                  "--no-profile", "--no-dermosort", "--out", str(out), *FAST])
     assert res.exit_code == 0, res.output
     report = json.loads((out / "report.json").read_text())
+    assert report["dermosort_style"] is None
     assert {r["backend"] for r in report["rows"] if r["kind"] == "artifact"} == {"onnxruntime"}
     assert report["profile"] is None and engine.load_profile() == {}
 

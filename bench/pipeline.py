@@ -173,6 +173,14 @@ def measure_set(name: str, paths: list[Path], bundle: Bundle, artifacts: list[st
     result["decode_alone_s"] = decode_s
     result["decode_alone_images_per_s"] = n / median(decode_s)
     echo(f"  {name}: decode alone {result['decode_alone_images_per_s']:.1f} img/s")
+    try:  # issue 15: the DermoSort-style pipeline (EfficientNet-B4 @ 256, torch eager, batch 1) on the same images
+        from .dermosort import run_in_process
+
+        result["dermosort_s"] = run_in_process(paths, knobs.naive_reps)
+        result["dermosort_images_per_s"] = n / median(result["dermosort_s"])
+        echo(f"  {name}: DermoSort-style {result['dermosort_images_per_s']:.2f} img/s")
+    except ImportError as exc:
+        echo(f"  {name}: DermoSort-style not measured: {exc}")
     for art_name in artifacts:
         art = bundle.get(art_name)
         bundle.verify(art)
@@ -188,6 +196,8 @@ def measure_set(name: str, paths: list[Path], bundle: Bundle, artifacts: list[st
                "pipeline_images_per_s": n / median(pipe_s), "naive_images_per_s": n / median(naive_s)}
         row["speedup_vs_naive"] = row["pipeline_images_per_s"] / row["naive_images_per_s"]
         row["ratio_to_decode_alone"] = median(pipe_s) / median(decode_s)
+        if result.get("dermosort_images_per_s"):
+            row["speedup_vs_dermosort"] = row["pipeline_images_per_s"] / result["dermosort_images_per_s"]
         result["artifacts"][art_name] = row
         echo(f"  {name} {backend_name}/{art_name}: pipeline {row['pipeline_images_per_s']:.1f} img/s, naive "
              f"{row['naive_images_per_s']:.1f} img/s ({row['speedup_vs_naive']:.2f}x), "
@@ -252,14 +262,15 @@ def render_markdown(report: dict[str, Any]) -> str:
              + (f" with grain σ={report['grain']}" if report.get("grain") else "")
              + " — smoother than camera files, so their decode is, if anything, faster than real 12–24 MP photos.", "",
              "## Throughput (images/s)", "",
-             "| set | images | mean file MB | artifact | pipeline | naive | speed-up | decode alone (pool) | "
-             "pipeline / decode-alone time | draft decode 1 core ms | full decode 1 core ms |",
-             "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
+             "| set | images | mean file MB | artifact | pipeline | naive | speed-up | DermoSort-style | speed-up | "
+             "decode alone (pool) | pipeline / decode-alone time | draft decode 1 core ms | full decode 1 core ms |",
+             "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for s in report["sets"]:
         for art, r in s["artifacts"].items():
             lines.append(f"| {s['set']} ({', '.join(s['sizes'][:3])}{'…' if len(s['sizes']) > 3 else ''}) | "
                          f"{s['n_images']} | {s['mean_file_mb']:.2f} | {art} | {r['pipeline_images_per_s']:.1f} | "
                          f"{r['naive_images_per_s']:.1f} | {r['speedup_vs_naive']:.2f}× | "
+                         f"{s.get('dermosort_images_per_s', float('nan')):.2f} | {r.get('speedup_vs_dermosort', float('nan')):.1f}× | "
                          f"{s['decode_alone_images_per_s']:.1f} | {r['ratio_to_decode_alone']:.2f}× | "
                          f"{s['draft_decode_ms_one_core']:.1f} | {s['full_decode_ms_one_core']:.1f} |")
     lines += ["", "## Fresh processes (onnxruntime)", "",

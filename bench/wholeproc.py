@@ -97,7 +97,8 @@ def floor(folder: Path, model: Path | None) -> float:
     return time.perf_counter() - start
 
 
-def arms(folder: Path, scratch: Path, model: Path | None, warm_cache: Path, one_image: bool) -> dict[str, Any]:
+def arms(folder: Path, scratch: Path, model: Path | None, warm_cache: Path, one_image: bool,
+         variants: list[str] = ()) -> dict[str, Any]:
     """name -> function(round) -> (cmd, env); each call gets a new output folder (and cold cache)."""
     py = sys.executable
     bundle = ["--model", str(model)] if model else []
@@ -117,6 +118,8 @@ def arms(folder: Path, scratch: Path, model: Path | None, warm_cache: Path, one_
         return [*dermsort_exe(), "sort", str(folder), "--out", out(), "--json", *bundle], env(cache)
 
     result = {"dermsort sort": sort_warm}
+    for extra in variants:  # e.g. "--batch-size 4": the same warm sort with other options
+        result[f"dermsort sort {extra}"] = (lambda extra=extra: (sort_warm()[0] + extra.split(), env(warm_cache)))
     if one_image:
         result["dermsort sort, cold (new cache dir)"] = sort_cold
     result["DermoSort-style"] = lambda: ([py, "-m", "dermsort.bench.dermosort", str(folder), "--out", out()],
@@ -129,13 +132,13 @@ def arms(folder: Path, scratch: Path, model: Path | None, warm_cache: Path, one_
 
 
 def run_set(name: str, folder: Path, scratch: Path, model: Path | None, warm_cache: Path, reps: int,
-            echo) -> dict[str, Any]:
+            echo, variants: list[str] = ()) -> dict[str, Any]:
     from .machine import load_average
     from .measure import median, warm_page_cache
 
     paths = sorted(p for p in folder.iterdir() if p.is_file())
     warm_page_cache(paths)
-    table = arms(folder, scratch, model, warm_cache, one_image=len(paths) == 1)
+    table = arms(folder, scratch, model, warm_cache, one_image=len(paths) == 1, variants=variants)
     names = list(table)
     runs: dict[str, list[dict[str, Any]]] = {n: [] for n in names}
     load_before = load_average()
@@ -173,7 +176,7 @@ def run_set(name: str, folder: Path, scratch: Path, model: Path | None, warm_cac
             "rows": rows, "paired_ratios": ratios, "load_before": load_before, "load_after": load_average()}
 
 
-def prepare_sets(tmp: Path, n_real: int, n_large: int, large: list[tuple[int, int]]) -> dict[str, Path]:
+def prepare_sets(tmp: Path, n_real: int, n_large: int, large: list[tuple[int, int]], grain: float) -> dict[str, Path]:
     from .pipeline import make_large, real_images
 
     sets = {}
@@ -183,7 +186,7 @@ def prepare_sets(tmp: Path, n_real: int, n_large: int, large: list[tuple[int, in
         shutil.copy(p, real / f"{p.parent.parent.name if p.parent.name == 'images' else p.parent.name}_{p.name}")
     sets[f"{n_real} dataset images"] = real
     for w, h in large:
-        sets[f"{w * h / 1e6:.0f} MP JPEGs"] = make_large(tmp / f"{w}x{h}", (w, h), n_large)[0].parent
+        sets[f"{w * h / 1e6:.0f} MP JPEGs"] = make_large(tmp / f"{w}x{h}", (w, h), n_large, 92, grain)[0].parent
     one = tmp / "one"
     one.mkdir()
     shutil.copy(sorted(real.iterdir())[0], one)
@@ -250,6 +253,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--real", type=int, default=300, help="dataset images")
     parser.add_argument("--n-large", type=int, default=12, help="JPEGs per large size")
     parser.add_argument("--large", default="4000x3000,6000x4000")
+    parser.add_argument("--grain", type=float, default=4.0,
+                        help="sensor-like grain (sigma, 8-bit levels) on the large JPEGs: plain upscales are smoother, "
+                             "smaller and faster to decode than camera files (sigma 4: ~5.7 MB per 24 MP file)")
+    parser.add_argument("--variant", action="append", default=[],
+                        help="extra `dermsort sort` arm with these options, e.g. \"--batch-size 4\" (repeatable)")
     parser.add_argument("--reps", type=int, default=3, help="rounds (fresh processes per arm and set)")
     parser.add_argument("--sets", default="", help="comma-separated subset of set names (default: all)")
     parser.add_argument("--out", type=Path, default=None, help="write whole-process.json/.md here")
@@ -265,21 +273,23 @@ def main(argv: list[str] | None = None) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="dermsort-wholeproc-"))
     try:
         echo("preparing image sets ...")
-        sets = prepare_sets(tmp, args.real, args.n_large, large)
+        sets = prepare_sets(tmp, args.real, args.n_large, large, args.grain)
         if args.sets:
             wanted = {s.strip() for s in args.sets.split(",")}
             sets = {k: v for k, v in sets.items() if k in wanted}
         warm = tmp / "warm-cache"
         echo("priming the warm cache (profile, compiled models) ...")
-        measure([*dermsort_exe(), "sort", str(sets.get("1 image", next(iter(sets.values())))), "--out",
-                 str(tmp / "prime-out"), *(["--model", str(args.model)] if args.model else [])],
-                dict(os.environ, DERMSORT_CACHE_DIR=str(warm)))
+        for i, extra in enumerate(["", *args.variant]):  # every arm's compiled model is cached, as after a first run
+            measure([*dermsort_exe(), "sort", str(sets.get("1 image", next(iter(sets.values())))), "--out",
+                     str(tmp / f"prime-out-{i}"), *(["--model", str(args.model)] if args.model else []), *extra.split()],
+                    dict(os.environ, DERMSORT_CACHE_DIR=str(warm)))
         report: dict[str, Any] = {"schema": "dermsort-wholeproc-bench/1", "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                                   "command": command_line(), "machine": machine_info(), "reps": args.reps,
-                                  "targets": TARGETS, "sets": []}
+                                  "targets": TARGETS, "grain": args.grain,
+                                  "variants": args.variant, "sets": []}
         for name, folder in sets.items():
             echo(f"measuring {name} ...")
-            report["sets"].append(run_set(name, folder, tmp, args.model, warm, args.reps, echo))
+            report["sets"].append(run_set(name, folder, tmp, args.model, warm, args.reps, echo, args.variant))
         report["verdicts"] = verdicts(report)
         report["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     finally:

@@ -39,9 +39,9 @@ from typing import Any
 
 LAUNCHER = r"""
 import json, resource, subprocess, sys, time
-cmd, env, result = json.loads(sys.argv[1]), json.loads(sys.argv[2]), sys.argv[3]
+cmd, result = json.loads(sys.argv[1]), sys.argv[2]
 start = time.perf_counter()
-proc = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 wall = time.perf_counter() - start
 ru = resource.getrusage(resource.RUSAGE_CHILDREN)
 scale = 1 if sys.platform == "darwin" else 1024
@@ -61,8 +61,8 @@ def measure(cmd: list[str], env: dict[str, str] | None = None) -> dict[str, Any]
     fd, result = tempfile.mkstemp(suffix=".json", prefix="dermsort-wholeproc-")
     os.close(fd)
     try:
-        subprocess.run([sys.executable, "-S", "-c", LAUNCHER, json.dumps(cmd), json.dumps(env or dict(os.environ)),
-                        result], check=True)
+        # the environment travels as the launcher's own (not on a command line that `ps` shows)
+        subprocess.run([sys.executable, "-S", "-c", LAUNCHER, json.dumps(cmd), result], env=env, check=True)
         out = json.loads(Path(result).read_text())
     finally:
         os.unlink(result)

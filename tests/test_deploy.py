@@ -168,7 +168,7 @@ SCRIPTS = sorted(DEPLOY.rglob("*.sh"))
 def test_the_expected_scripts_exist() -> None:
     names = {str(p.relative_to(DEPLOY)) for p in SCRIPTS}
     assert names == {"common.sh", "dermsort-service.sh", "jetson/install.sh", "jetson/uninstall.sh",
-                     "raspi/install.sh", "raspi/uninstall.sh"}
+                     "raspi/install.sh", "raspi/uninstall.sh", "raspi/check-arm64.sh"}
     for path in SCRIPTS:
         if path.name != "common.sh":
             assert os.access(path, os.X_OK), f"{path} is not executable"
@@ -234,11 +234,14 @@ def test_jetson_dry_run_plan(tmp_path: Path) -> None:
         f"[dry-run] write: {root}/etc/dermsort/dermsort.conf (mode 0644)",
         'DERMSORT_INPUT="/srv/camera"',
         f"[dry-run] run: {sys.executable} -m venv --system-site-packages {venv}\n",
-        f"[dry-run] run: {venv}/bin/python -m pip install --disable-pip-version-check '{REPO}[tensorrt,bench]'\n",
+        # exactly one ONNX Runtime: the Jetson wheel is fetched first, then dermsort[gpu] is installed
+        # with that wheel named (never the CPU build, never an uninstall/swap), then checked
         f"-m pip download --disable-pip-version-check --no-deps --only-binary=:all: --index-url {JP6_INDEX} "
         f"--dest {venv}/ort-gpu-wheel onnxruntime-gpu\n",
-        f"[dry-run] run: {venv}/bin/python -m pip uninstall --disable-pip-version-check -y onnxruntime\n",
-        f"-m pip install --disable-pip-version-check '{venv}/ort-gpu-wheel/onnxruntime_gpu-<version>-linux_aarch64.whl'",
+        f"[dry-run] run: {venv}/bin/python -m pip install --disable-pip-version-check '{REPO}[tensorrt,gpu,bench]' "
+        f"'{venv}/ort-gpu-wheel/onnxruntime_gpu-<version>-linux_aarch64.whl'\n",
+        f"[dry-run] run: rm -rf -- {venv}/ort-gpu-wheel\n",
+        f"[dry-run] run: {venv}/bin/python -m pip check --disable-pip-version-check\n",
         "import tensorrt",
         f"[dry-run] run: {venv}/bin/dermsort export-engines '<default bundle inside {venv}>' --precision fp16,int8\n",
         f"{venv}/bin/dermsort bench '<default bundle inside {venv}>' --data {root}/srv/labelled "
@@ -251,6 +254,7 @@ def test_jetson_dry_run_plan(tmp_path: Path) -> None:
     )
     # the system user is only created on the real root; a dry run against a fake one says so
     assert "skip (--root is not /" in result.stdout and "useradd --system" in result.stdout
+    assert "pip uninstall" not in result.stdout and "[tensorrt,cpu" not in result.stdout
     for line in result.stdout.splitlines():
         if line.startswith(("[dry-run] write: ", "[dry-run] mkdir: ")):
             assert line.split(": ", 1)[1].startswith(f"{root}/"), line
@@ -266,7 +270,7 @@ def test_jetson_model_bundle_gets_the_engines(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert f"/bin/dermsort export-engines {root}/models/lesion --precision fp16\n" in result.stdout
     assert 'DERMSORT_MODEL="/models/lesion"' in result.stdout
-    assert f"'{REPO}[tensorrt]'" in result.stdout  # no --bench-data: no bench extra
+    assert f"'{REPO}[tensorrt,gpu]'" in result.stdout  # no --bench-data: no bench extra
 
 
 @pytest.mark.parametrize("args, env, index", [
@@ -282,8 +286,9 @@ def test_jetson_onnxruntime_gpu_index_can_be_overridden(tmp_path: Path, args: li
                  env=script_env(**env))
     assert result.returncode == 0, result.stderr
     if index is None:
-        assert "onnxruntime-gpu" not in result.stdout and "pip uninstall" not in result.stdout
-        assert "keeping the CPU onnxruntime" in result.stderr
+        assert "pip download" not in result.stdout and "pip uninstall" not in result.stdout
+        assert f"'{REPO}[tensorrt,cpu]'" in result.stdout and "onnxruntime_gpu-" not in result.stdout
+        assert "installing the CPU onnxruntime" in result.stderr
     else:
         assert f"--index-url {index} " in result.stdout and JP6_INDEX not in result.stdout
 
@@ -331,13 +336,14 @@ def test_raspi_dry_run_plan(tmp_path: Path, openvino: bool) -> None:
                  "--bench-data", "/srv/labelled", *extra)
     assert result.returncode == 0, result.stdout + result.stderr
     venv = f"{root}/opt/dermsort/venv"
-    extras = "openvino,bench" if openvino else "bench"
+    extras = "cpu,openvino,bench" if openvino else "cpu,bench"
     assert_in_order(
         result.stdout,
         "Raspberry Pi 5 Model B Rev 1.0, Debian GNU/Linux 12 (bookworm)",
         'DERMSORT_MODE="move"',
         f"[dry-run] run: {sys.executable} -m venv {venv}\n",
         f"[dry-run] run: {venv}/bin/python -m pip install --disable-pip-version-check '{REPO}[{extras}]'\n",
+        f"[dry-run] run: {venv}/bin/python -m pip check --disable-pip-version-check\n",
         f"{venv}/bin/dermsort bench '<default bundle inside {venv}>' --data {root}/srv/labelled",
         f"[dry-run] write: {root}/etc/systemd/system/dermsort.service (mode 0644)",
         "PrivateDevices=yes",
@@ -346,7 +352,8 @@ def test_raspi_dry_run_plan(tmp_path: Path, openvino: bool) -> None:
         f"[dry-run] run: systemctl --root={root} enable dermsort.service\n",
     )
     assert "--system-site-packages" not in result.stdout
-    assert "export-engines" not in result.stdout and "onnxruntime-gpu" not in result.stdout
+    assert "export-engines" not in result.stdout and "onnxruntime_gpu" not in result.stdout
+    assert "pip download" not in result.stdout and "[gpu" not in result.stdout
     assert snapshot(root) == before, "a dry run changed the fake root"
     assert host_state() == host_before
 

@@ -134,7 +134,7 @@ def get_backend_class(name: str) -> type[Backend] | None:
 
 def backend_status(name: str) -> tuple[bool, str]:
     """(available, reason) for a registered backend, without loading any model."""
-    hint = {"onnxruntime": "pip install dermsort", "openvino": 'pip install "dermsort[openvino]"',
+    hint = {"onnxruntime": 'pip install "dermsort[cpu]" (or "dermsort[gpu]")', "openvino": 'pip install "dermsort[openvino]"',
             "tensorrt": 'pip install "dermsort[tensorrt]" (needs an NVIDIA GPU)', "torch": 'pip install "dermsort[train]"'}
     cls = get_backend_class(name)
     if cls is None:

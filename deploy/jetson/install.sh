@@ -22,6 +22,7 @@ DS_PROG=dermsort-jetson-install
 JETSON_ORT_INDEX_JP6=https://pypi.jetson-ai-lab.io/jp6/cu126
 JETSON_PRECISION=fp16,int8
 JETSON_BUILD_ENGINES=1
+JETSON_VENV_ONLY=0
 JETSON_UNIT_LINES=$'# Jetson GPU device nodes (/dev/nvhost-*, /dev/nvmap) belong to group video.\nSupplementaryGroups=video'
 
 jetson_usage() {
@@ -30,6 +31,8 @@ jetson_usage() {
                         or set DERMSORT_ORT_GPU_INDEX)
   --precision LIST      engine precisions to build (default $JETSON_PRECISION)
   --skip-engines        do not build TensorRT engines now
+  --venv-only           only make the venv (with the bench extra), as the full install makes it:
+                        for images (deploy/jetson/Dockerfile); no config, service or engines
 "
 }
 
@@ -157,6 +160,40 @@ jetson_build_engines() {
     esac
 }
 
+# The venv, the same for a full install and for --venv-only (the Docker image): JetPack's Python with
+# --system-site-packages (TensorRT comes from JetPack's apt packages, not from PyPI), dermsort[tensorrt]
+# with exactly one ONNX Runtime, pip check.
+jetson_make_venv() { # MORE_EXTRAS (e.g. ,bench)
+    ds_check_source
+    ds_require_python
+    ds_create_venv 1
+    jetson_fetch_ort_gpu
+    jetson_install_dermsort "$1"
+}
+
+# --venv-only: only the venv, for an image (deploy/jetson/Dockerfile): no config, user, service or
+# engines, and no GPU needed. L4T container base images carry JetPack's packages (TensorRT) but not
+# always the board's /etc/nv_tegra_release: without it the release is not checked.
+jetson_venv_only() {
+    if [[ -r $(ds_rp /etc/nv_tegra_release) || -n $(ds_dpkg_version nvidia-l4t-core) ]]; then
+        jetson_check_platform
+    else
+        [[ $(ds_uname_m) == aarch64 ]] ||
+            ds_die "this machine is $(ds_uname_m): the Jetson venv is built on aarch64 (on the Jetson, or an L4T base image)"
+        JETSON_L4T="unknown (no /etc/nv_tegra_release in this image)"
+        JETSON_TRT=$(ds_dpkg_version python3-libnvinfer)
+        [[ -n $JETSON_TRT ]] ||
+            ds_die "TensorRT's Python bindings are not installed (package python3-libnvinfer): build on an l4t-jetpack base image"
+        [[ -n ${JETSON_ORT_INDEX+set} ]] || JETSON_ORT_INDEX=$JETSON_ORT_INDEX_JP6
+    fi
+    ds_require_privileges
+    ds_log "venv only: $DS_VENV (L4T $JETSON_L4T, TensorRT $JETSON_TRT)$( ((DS_DRY_RUN)) && printf ' [dry run]')"
+    jetson_make_venv ,bench
+    if ! ds_run dermsort "$(ds_venv_python)" -c 'import tensorrt; print("TensorRT", tensorrt.__version__)'; then
+        ds_warn "TensorRT does not import now (no GPU while an image is built?); check it at run time: docker run --runtime nvidia ..."
+    fi
+}
+
 jetson_check_tensorrt_import() {
     if ! ds_run dermsort "$(ds_venv_python)" -c 'import tensorrt; print("TensorRT", tensorrt.__version__)'; then
         ds_die "the venv cannot import JetPack's TensorRT; it must be made by /usr/bin/python3 with --system-site-packages (remove $DS_VENV and install again)"
@@ -171,12 +208,17 @@ main() {
             --ort-index) ds_need_arg "$@"; JETSON_ORT_INDEX=$2; shift 2 ;;
             --precision) ds_need_arg "$@"; JETSON_PRECISION=$2; shift 2 ;;
             --skip-engines) JETSON_BUILD_ENGINES=0; shift ;;
+            --venv-only) JETSON_VENV_ONLY=1; shift ;;
             -h | --help) jetson_usage; exit 0 ;;
             *) ds_die "unknown option $1 (see --help)" ;;
         esac
     done
     if [[ -n ${DERMSORT_ORT_GPU_INDEX+set} && -z ${JETSON_ORT_INDEX+set} ]]; then
         JETSON_ORT_INDEX=$DERMSORT_ORT_GPU_INDEX
+    fi
+    if ((JETSON_VENV_ONLY)); then
+        jetson_venv_only
+        return 0
     fi
     jetson_check_platform
     ds_require_privileges
@@ -185,12 +227,9 @@ main() {
     ds_create_user
     ds_prepare_folders
     if ((!DS_RECONFIGURE)); then
-        ds_check_source
-        ds_require_python
-        # --system-site-packages: TensorRT comes from JetPack (apt), not from PyPI.
-        ds_create_venv 1
-        jetson_fetch_ort_gpu
-        jetson_install_dermsort "$([[ -n $DS_BENCH_DATA ]] && printf ',bench')"
+        local bench=""
+        [[ -n $DS_BENCH_DATA ]] && bench=,bench
+        jetson_make_venv "$bench"
         jetson_check_tensorrt_import
         ds_resolve_bundle
         if ((JETSON_BUILD_ENGINES)); then

@@ -40,6 +40,9 @@ REPORT=""
 X86_DERMSORT=""
 WITH_OPENVINO=0
 WATCH_LIMIT_S=3600
+# the CPU qemu emulates: Raspberry Pi 4's core (ARMv8.0-A, NEON, no SVE; Pi 5's Cortex-A76 adds
+# dotprod and FP16). qemu's default "max" CPU has SVE, which no Pi has.
+QEMU_CPU=${DERMSORT_QEMU_CPU:-cortex-a72}
 SUITE=bookworm
 
 usage() {
@@ -99,7 +102,8 @@ check_emulation() {
     fi
     grep -qsx enabled "$BINFMT_DIR/qemu-aarch64" ||
         skip "qemu-aarch64 is not registered in $BINFMT_DIR (apt-get install qemu-user-static binfmt-support; update-binfmts --enable qemu-aarch64)"
-    EMULATED="yes: $(qemu-aarch64-static --version 2>/dev/null | head -n 1 || echo qemu-aarch64)"
+    EMULATED="yes: $(qemu-aarch64-static --version 2>/dev/null | head -n 1 || echo qemu-aarch64), CPU model $QEMU_CPU"
+    export QEMU_CPU
 }
 
 # The first Debian mirror in this machine's apt sources (deb822 .sources or one-line .list).
@@ -147,6 +151,9 @@ fresh_run_root() {
     cp -a -- "$BASE" "$RUN"
     mkdir -p "$RUN/proc" "$RUN/dev" "$CACHE/pip-cache" "$RUN/var/cache/pip-host"
     mount -t proc proc "$RUN/proc"
+    # read-only /sys: ONNX Runtime's cpuinfo reads the CPU lists there, as on a Pi
+    mkdir -p "$RUN/sys"
+    mount --bind -o ro /sys "$RUN/sys" 2>/dev/null || mount --bind /sys "$RUN/sys"
     mount --bind /dev "$RUN/dev"
     if [[ -d /dev/pts ]]; then mount --bind /dev/pts "$RUN/dev/pts"; fi
     # pip's downloads survive between checks (the root itself is fresh each time)
@@ -169,6 +176,8 @@ root_env() {
     local name
     ROOT_ENV=(PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root LANG=C.UTF-8
         PIP_CACHE_DIR=/var/cache/pip-host DEBIAN_FRONTEND=noninteractive)
+    # every arm64 exec starts a new qemu, which reads QEMU_CPU from that process's environment
+    [[ $EMULATED == yes* ]] && ROOT_ENV+=("QEMU_CPU=$QEMU_CPU")
     while IFS= read -r name; do
         case $name in
             PIP_FIND_LINKS | PIP_CACHE_DIR) ;; # host-only paths
@@ -315,6 +324,7 @@ for name in ("dermsort", "numpy", "pillow", "click", "onnxruntime", "openvino"):
     user=$(sed -n 's/^User=//p' "$unit")
     while IFS= read -r line; do envs+=("${line#Environment=}"); done < <(grep '^Environment=' "$unit")
     while IFS= read -r line; do envs+=("$line"); done < <(ds_parse_env_file "$RUN/etc/dermsort/dermsort.conf")
+    [[ $EMULATED == yes* ]] && envs+=("QEMU_CPU=$QEMU_CPU")
     t0=$SECONDS
     # nice, chroot, env and setpriv exec in turn: $! ends up as timeout, which passes SIGTERM on to
     # the wrapper, which execs dermsort watch
@@ -323,7 +333,10 @@ for name in ("dermsort", "numpy", "pillow", "click", "onnxruntime", "openvino"):
         >"$WORK/watch.log" 2>&1 &
     local watch_pid=$! done_rows=0
     while kill -0 "$watch_pid" 2>/dev/null; do
-        done_rows=$(($(wc -l <"$RUN/srv/dermsort/sorted/results.csv" 2>/dev/null || echo 1) - 1))
+        done_rows=0
+        if [[ -f $RUN/srv/dermsort/sorted/results.csv ]]; then
+            done_rows=$(($(wc -l <"$RUN/srv/dermsort/sorted/results.csv") - 1))
+        fi
         ((done_rows >= ${#IMAGE_PATHS[@]})) && break
         sleep 5
     done

@@ -35,13 +35,14 @@ def export_engines(bundle_dir: str | os.PathLike, precisions: str | Iterable[str
                    labelled: str | os.PathLike | Iterable[str | os.PathLike] = (),
                    labelled_split: str = calibration.GATE_SPLIT, allow_parity_failure: bool = False,
                    max_batch: int = 32, tolerances: parity.Tolerances = parity.Tolerances(),
-                   say: Say | None = None) -> Bundle:
+                   say: Say | None = None, verify_images: Iterable[str | os.PathLike] = ()) -> Bundle:
     """Build TensorRT engines into an existing bundle, on the GPU that will run them.
 
     Each engine records ``built_for`` (GPU, compute capability, TensorRT version). With a labelled
     set the engines pass the same parity gate as every other artifact; without one they must agree
     with the reference on the bundle's verification set (``verify_set``: decisions and p, no labels),
-    and engines that disagree are refused; a bundle without either leaves them unverified.
+    or on ``verify_images`` (the reference's decisions made here), and engines that disagree are
+    refused; without any of these they are unverified.
     """
     from . import tensorrt_export
 
@@ -56,6 +57,7 @@ def export_engines(bundle_dir: str | os.PathLike, precisions: str | Iterable[str
     reference = bundle.get(formats.REFERENCE)
     bundle.verify(reference)
     csvs = [labelled] if isinstance(labelled, (str, os.PathLike)) else list(labelled)
+    images = [verify_images] if isinstance(verify_images, (str, os.PathLike)) else list(verify_images)
     gate_rows, _ = calibration.gate_set(csvs, (), labelled_split)
     with _locked(root):
         recover(root, say)
@@ -103,10 +105,10 @@ def export_engines(bundle_dir: str | os.PathLike, precisions: str | Iterable[str
                              "per_dataset": calibration.per_dataset(gate_rows[i] for i in kept),
                              "target_sensitivity": _target_sensitivity(bundle.metadata),
                              "tolerances": asdict(tolerances), "rules": GATE_RULES}
-            elif (vset := verify_set.load(new)) is not None:
-                # no labels here: the engines must reproduce the reference's decisions on the bundled images
-                say(f"no --labelled set: verifying the engines against the bundle's verification set "
-                    f"({len(vset.files)} images, no labels needed)")
+            elif (vset := (verify_set.from_images(new, images) if images else verify_set.load(new))) is not None:
+                # no labels here: the engines must reproduce the reference's decisions on these images
+                say(f"no --labelled set: verifying the engines against the {vset.describe()['kind']}: "
+                    f"{len(vset.files)} images")
                 results = verify_set.check(new, built, vset, say=say)
                 tensors = vset.tensors(new)
                 gate_info = {"ran": True, **vset.describe()}

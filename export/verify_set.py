@@ -84,7 +84,9 @@ class VerificationSet:
         return np.stack([preprocess_file(bundle.root / rel, bundle.metadata.preprocess)[0] for rel in self.files])
 
     def describe(self) -> dict[str, Any]:
-        return {"kind": "verification set (no labels)", "file": REFERENCE_JSON, "n_images": len(self.files),
+        bundled = not any(Path(f).is_absolute() for f in self.files)
+        return {"kind": "verification set (no labels)" if bundled else "verification images given here (no labels)",
+                "file": REFERENCE_JSON if bundled else "", "n_images": len(self.files),
                 "n_review": int(self.review.sum()), "reference": self.reference, "margin_logit": self.margin}
 
 
@@ -197,6 +199,22 @@ def check(bundle: Bundle, artifacts: Iterable[Artifact], vset: VerificationSet |
 
 
 # ----------------------------------------------------------------------------- building a set
+
+def from_images(bundle: Bundle, sources: Iterable[str | os.PathLike], count: int = DEFAULT_COUNT,
+                margin: float = DEFAULT_MARGIN) -> VerificationSet:
+    """A set made here from the user's own images (no labels): the reference's decisions on this machine."""
+    reference = bundle.get(formats.REFERENCE)
+    bundle.verify(reference)
+    paths = _candidates(sources)
+    tensors, kept = calibration.load_tensors(paths, bundle.metadata.preprocess, skip_concerns=True)
+    paths = [paths[i] for i in kept]
+    p_ref, _ = parity.predict_p_malignant(bundle, reference, tensors)
+    picked = choose(p_ref, reference.threshold, count, margin)
+    p = np.asarray([p_ref[i] for i in picked], np.float64)
+    return VerificationSet(reference=reference.name, reference_sha256=reference.sha256,
+                           threshold=reference.threshold, files=[str(paths[i].resolve()) for i in picked],
+                           p_reference=p, review=p >= reference.threshold, margin=margin)
+
 
 def _candidates(sources: Iterable[str | os.PathLike]) -> list[Path]:
     found: list[Path] = []

@@ -202,3 +202,20 @@ def test_export_engines_without_labels_or_set_leaves_engines_unverified(bundle_c
     engine = bundle.get("tensorrt-fp16")
     assert not engine.accepted and engine.parity["status"] == "unverified"
     assert "no verification set" in engine.override
+
+
+def test_export_engines_verifies_on_the_users_own_images(bundle_copy: Path, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """--verify-images: the reference's decisions are made here on the user's images (no labels)."""
+    from conftest import DATA
+
+    manifest = json.loads((bundle_copy / "manifest.json").read_text())
+    del manifest[verify_set.MANIFEST_KEY]
+    (bundle_copy / "manifest.json").write_text(json.dumps(manifest))
+    _tensorrt_here_as_onnxruntime(monkeypatch, tmp_path, {"fp16": lambda src: src.read_bytes()})
+    bundle = engines.export_engines(bundle_copy, precisions="fp16",
+                                    verify_images=[DATA / "ph2" / "images"])
+    engine = bundle.get("tensorrt-fp16")
+    assert engine.accepted and engine.parity["status"] == "passed" and engine.parity["n_images"] == 24
+    gate = bundle.extra["engines"]["parity"]
+    assert gate["kind"] == "verification images given here (no labels)" and gate["n_images"] == 24

@@ -346,6 +346,14 @@ for name in ("dermsort", "numpy", "pillow", "click", "onnxruntime", "openvino"):
     wait "$watch_pid" || watch_rc=$?
     cp "$RUN/srv/dermsort/sorted/results.csv" "$WORK/arm64-results.csv" 2>/dev/null ||
         ds_die "the service's command wrote no results.csv; see $WORK/watch.log: $(tail -n 1 "$WORK/watch.log")"
+    # the bundled verification set (export/verify_set.py) on arm64: the FP32 reference must reproduce
+    # the decisions and p stored at export (x86), and the FP16 artifact must agree with them
+    local vset_rc=0 vset_cmd
+    # shellcheck disable=SC2016 # expanded by the bash in the arm64 root
+    vset_cmd='py=/opt/dermsort/venv/bin/python
+        bundle=$("$py" -c "from dermsort.runtime.bundle import DEFAULT_BUNDLE; print(DEFAULT_BUNDLE)")
+        "$py" -m dermsort.export.verify_set check "$bundle" "$@"'
+    in_root /bin/bash -c "$vset_cmd" vset --artifact onnx-fp16 >"$WORK/vset.log" 2>&1 || vset_rc=$?
     local ov_rc=0
     if ((WITH_OPENVINO)); then
         # OpenVINO's CPU plugin (hwloc) crashes without a /sys: give it the host's for this step only
@@ -354,11 +362,21 @@ for name in ("dermsort", "numpy", "pillow", "click", "onnxruntime", "openvino"):
         mount --bind /sys "$RUN/sys"
         in_root /opt/dermsort/venv/bin/dermsort sort /srv/dermatoscope --out /root/ov-out --backend openvino \
             --precision fp16 >"$WORK/ov.log" 2>&1 || ov_rc=$?
+        in_root /bin/bash -c "$vset_cmd" vset --artifact openvino-fp16 --artifact openvino-int8 \
+            >>"$WORK/vset.log" 2>&1 || vset_rc=$?
         umount "$RUN/sys"
         cp "$RUN/root/ov-out/results.csv" "$WORK/arm64-ov-results.csv" 2>/dev/null || true
     fi
 
-    write_report "$started" "$t_install" "$t_watch" "$verify_rc" "$pipcheck_rc" "$watch_rc" "$ov_rc"
+    write_report "$started" "$t_install" "$t_watch" "$verify_rc" "$pipcheck_rc" "$watch_rc" "$ov_rc" "$vset_rc"
+}
+
+# ONNX Runtime's cpuinfo cannot read the CPU under emulation (no /sys) and says so on every start;
+# the report keeps one count of those lines instead of the lines
+quiet() {
+    local noise='^(Error in cpuinfo|onnxruntime (cpuid_info )?warning: .*cpuinfo|.*Can.t open MIDR_EL1)'
+    grep -v -E "$noise" "$1" || true
+    printf '(%s line(s) of cpuinfo warnings under emulation omitted)\n' "$(grep -c -E "$noise" "$1" || true)"
 }
 
 # argv: x86 results.csv, arm64 results.csv, tolerance, what, expected count, how arm64 sorted.
@@ -398,7 +416,7 @@ EOF
 )
 
 write_report() {
-    local started=$1 t_install=$2 t_watch=$3 verify_rc=$4 pipcheck_rc=$5 watch_rc=$6 ov_rc=$7 status=0
+    local started=$1 t_install=$2 t_watch=$3 verify_rc=$4 pipcheck_rc=$5 watch_rc=$6 ov_rc=$7 vset_rc=$8 status=0
     local text=$WORK/report.txt
     {
         echo "dermsort arm64 check (deploy/raspi/check-arm64.sh), started $started, finished $(date -u +%Y-%m-%dT%H:%M:%SZ)"
@@ -419,10 +437,13 @@ write_report() {
         cat "$WORK/verify.log"
         echo
         echo "== dermsort info (arm64)"
-        cat "$WORK/info.log"
+        quiet "$WORK/info.log"
         echo
         echo "== the unit's ExecStart (dermsort watch) as user dermsort, stopped with SIGTERM: exit $watch_rc"
-        tail -n 5 "$WORK/watch.log"
+        quiet "$WORK/watch.log" | tail -n 6
+        echo
+        echo "== the bundled verification set on arm64 (python -m dermsort.export.verify_set check): exit $vset_rc"
+        quiet "$WORK/vset.log"
         echo
     } >"$text"
     python3 -c "$COMPARE_PY" "$WORK/x86-out/results.csv" "$WORK/arm64-results.csv" "$TOLERANCE" \
@@ -438,13 +459,13 @@ write_report() {
             status=1
         fi
     fi
-    ((verify_rc == 0 && pipcheck_rc == 0 && watch_rc == 0)) || status=1
+    ((verify_rc == 0 && pipcheck_rc == 0 && watch_rc == 0 && vset_rc == 0)) || status=1
     {
         echo
         echo "== timings (EMULATED: qemu user-mode on this x86 machine, niced; NOT Raspberry Pi timings)"
         echo "install.sh: ${t_install} s; the service's watch until ${N_IMAGES} images were sorted: ${t_watch} s"
         echo
-        echo "OVERALL: $( ((status == 0)) && echo PASS || echo FAIL) (pip check exit $pipcheck_rc, systemd-analyze verify exit $verify_rc, watch exit $watch_rc)"
+        echo "OVERALL: $( ((status == 0)) && echo PASS || echo FAIL) (pip check exit $pipcheck_rc, systemd-analyze verify exit $verify_rc, watch exit $watch_rc, verification set exit $vset_rc)"
     } >>"$text"
     cat "$text"
     if [[ -n $REPORT ]]; then

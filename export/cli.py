@@ -96,22 +96,28 @@ def export(checkpoint: str, out: str, to: str, precision: str, calib: tuple[str,
 @click.option("--precision", "precision", default="fp16,int8", show_default=True,
               help="Comma-separated engine precisions: fp16, int8.")
 @click.option("--labelled", "labelled", multiple=True,
-              help="labels.csv for the parity gate on this device (without it engines are unverified).")
+              help="labels.csv for the parity gate on this device. Without it the engines must agree with the "
+                   "FP32 reference on the bundle's verification set (or --verify-images); no labels needed.")
 @click.option("--labelled-split", default=calibration.GATE_SPLIT, show_default=True)
+@click.option("--verify-images", "verify_images", multiple=True,
+              help="Folder of your own images (no labels) to verify the engines on instead of the bundle's "
+                   "set: 24 of them, chosen away from the threshold on both sides; repeatable.")
 @click.option("--max-batch", default=32, show_default=True, type=click.IntRange(1, 1024),
               help="Largest batch of the engines' optimization profile (smallest is 1).")
 @click.option("--allow-parity-failure", is_flag=True, help="Keep engines that fail the parity gate (recorded).")
 @_gate_options
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest's artifact list as JSON on stdout.")
-def export_engines(bundle_dir: str, precision: str, labelled: tuple[str, ...], labelled_split: str, max_batch: int,
-                   allow_parity_failure: bool, max_sensitivity_drop: float, max_specificity_drop: float,
+def export_engines(bundle_dir: str, precision: str, labelled: tuple[str, ...], labelled_split: str,
+                   verify_images: tuple[str, ...], max_batch: int, allow_parity_failure: bool,
+                   max_sensitivity_drop: float, max_specificity_drop: float,
                    max_flip_rate: float, as_json: bool) -> None:
     """Build TensorRT engines into an existing bundle, on the target GPU (e.g. the Jetson)."""
     from .engines import export_engines as build
 
     bundle = build(bundle_dir, precisions=precision, labelled=_csv_list(labelled), labelled_split=labelled_split,
                    allow_parity_failure=allow_parity_failure, max_batch=max_batch,
-                   tolerances=_tolerances(max_sensitivity_drop, max_specificity_drop, max_flip_rate), say=_say)
+                   tolerances=_tolerances(max_sensitivity_drop, max_specificity_drop, max_flip_rate), say=_say,
+                   verify_images=list(verify_images))
     engines = bundle.extra.get("engines", {})
     # an engine that failed to build is a requested artifact missing: exit 3, as for a rejected one
     _finish(bundle, as_json, [r["name"] for r in engines.get("rejected", [])] + list(engines.get("failed", {})),

@@ -25,11 +25,11 @@ DEFAULT_BUNDLE = Path(__file__).resolve().parent / "models" / "default"
 
 
 def decision_digest(manifest: dict[str, Any]) -> str:
-    """sha256 over everything in a manifest that can change a decision: the metadata (classes, malignant
-    classes, preprocessing, output kind, threshold, ...) and every artifact entry (its threshold, gate
-    verdict, files and their checksums). Stored as ``integrity.sha256`` and checked on every load."""
-    covered = {"model_id": manifest.get("model_id"), "reference": manifest.get("reference"),
-               "metadata": manifest.get("metadata"), "artifacts": manifest.get("artifacts")}
+    """sha256 over the whole manifest but its integrity record: everything that can change a decision - the
+    metadata (classes, malignant classes, preprocessing, output kind, threshold, ...), every artifact entry
+    (its threshold, gate verdict, files and their checksums), the verification set the engines are checked
+    against. Stored as ``integrity.sha256`` and checked on every load."""
+    covered = {k: v for k, v in manifest.items() if k != "integrity"}
     text = json.dumps(covered, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
     return hashlib.sha256(text.encode("ascii")).hexdigest()
 
@@ -116,8 +116,8 @@ class Bundle:
             **{k: v for k, v in self.extra.items() if k != "integrity"},
         }
         data["integrity"] = {"sha256": decision_digest(data),
-                             "covers": "model_id, reference, metadata and every artifact entry (thresholds, gate "
-                                       "verdicts, files, checksums)"}
+                             "covers": "the whole manifest but this record: metadata, every artifact entry "
+                                       "(thresholds, gate verdicts, files, checksums), verification set"}
         return data
 
 

@@ -166,7 +166,7 @@ def get_backend_class(name: str) -> type[Backend] | None:
         return None
 
 
-HINTS = {"onnxruntime": "pip install dermsort", "openvino": 'pip install "dermsort[openvino]"',
+HINTS = {"onnxruntime": 'pip install "dermsort[cpu]" (or "dermsort[gpu]")', "openvino": 'pip install "dermsort[openvino]"',
          "tensorrt": 'pip install "dermsort[tensorrt]" (needs an NVIDIA GPU)', "torch": 'pip install "dermsort[train]"'}
 
 

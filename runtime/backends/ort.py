@@ -38,7 +38,8 @@ class OnnxRuntimeBackend(Backend):
         try:
             import onnxruntime as ort
         except ImportError:
-            return False, "onnxruntime is not installed: pip install dermsort (or dermsort[gpu] for CUDA)"
+            return False, ('no ONNX Runtime is installed: pip install "dermsort[cpu]" (or "dermsort[gpu]" for '
+                           'onnxruntime-gpu; never both)')
         return True, f"onnxruntime {ort.__version__}, providers {', '.join(ort.get_available_providers())}"
 
     def _options(self, ort: Any, level: Any) -> Any:

@@ -39,6 +39,7 @@ from .diagnosis import top_diagnoses
 from .errors import DermsortError, OutputError
 from .journal import Journal, JournalState, fault_point, write_results_csv
 from .preprocess import UnreadableImage, preprocess
+from .thumbs import save_thumbnail
 
 log = logging.getLogger(__name__)
 
@@ -394,11 +395,12 @@ class Sorter:
         workers = self.options.workers or max(1, min(8, (os.cpu_count() or 1)))
         ahead = max(2 * self.options.batch_size, 2 * workers)
         spec = self.metadata.preprocess
+        thumbs = None if self.options.dry_run else self.state_dir / "thumbs"  # the review page's thumbnails
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode") as pool:
             pending: deque = deque()
             it = iter(todo)
             for cand in it:
-                pending.append(pool.submit(_decode_one, cand, spec))
+                pending.append(pool.submit(_decode_one, cand, spec, thumbs))
                 if len(pending) >= ahead:
                     break
             try:
@@ -408,7 +410,7 @@ class Sorter:
                         return
                     nxt = next(it, None)
                     if nxt is not None:
-                        pending.append(pool.submit(_decode_one, nxt, spec))
+                        pending.append(pool.submit(_decode_one, nxt, spec, thumbs))
             finally:
                 for fut in pending:  # an error or a stop: do not decode what will not be placed
                     fut.cancel()
@@ -712,7 +714,7 @@ class Sorter:
         return OutputError(f"cannot write to {self.out} while {when}: {exc.strerror or exc} ({exc.filename})")
 
 
-def _decode_one(cand: Candidate, spec: Any) -> Decoded:
+def _decode_one(cand: Candidate, spec: Any, thumbs: Path | None = None) -> Decoded:
     """Read (never through a symlink, never blocking on a FIFO), hash and decode one file."""
     d = Decoded(cand)
     try:
@@ -752,13 +754,14 @@ def _decode_one(cand: Candidate, spec: Any) -> Decoded:
     cand.size, cand.mtime_ns = st.st_size, st.st_mtime_ns
     d.dev, d.atime_ns = st.st_dev, st.st_atime_ns
     d.sha256 = digest.hexdigest()
+    thumb = None if thumbs is None else (lambda img: save_thumbnail(img, thumbs, d.sha256))
     try:
         if chunks is not None:
             d.data = b"".join(chunks)
-            d.tensor, info = preprocess(d.data, spec, cand.path.name)
+            d.tensor, info = preprocess(d.data, spec, cand.path.name, on_image=thumb)
         else:
             with os.fdopen(os.open(cand.path, _OPEN_FLAGS), "rb") as fh:
-                d.tensor, info = preprocess(fh, spec, cand.path.name)
+                d.tensor, info = preprocess(fh, spec, cand.path.name, on_image=thumb)
         d.concerns = info.concerns
     except UnreadableImage as exc:
         d.error = str(exc)

@@ -116,7 +116,7 @@ def reduction_factor(width: int, height: int, shorter: int) -> int:
     """The power of two (1, 2, 4 or 8) an image is shrunk by before resizing: the factor Pillow's JPEG
     ``draft`` picks for a request of ``shorter`` x ``shorter`` (largest that keeps both sides >= it)."""
     scale = min(width // max(shorter, 1), height // max(shorter, 1))
-    return next(s for s in (8, 4, 2, 1) if scale >= s)
+    return next((s for s in (8, 4, 2) if scale >= s), 1)
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:

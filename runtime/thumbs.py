@@ -17,7 +17,7 @@ from PIL import Image
 
 log = logging.getLogger(__name__)
 
-#: longest side of a thumbnail in pixels (the page shows them at about 150 px)
+#: longest side of a thumbnail in pixels, roughly (the page shows them at about 150 px)
 THUMB_SIDE = 160
 #: JPEG quality; a 160x120 dermoscopy thumbnail is 4-7 KB at this quality (<= ~15 KB each)
 THUMB_QUALITY = 70
@@ -42,15 +42,10 @@ def save_thumbnail(img: Image.Image, thumbs_dir: Path, sha256: str) -> None:
         target = Path(thumbs_dir) / name
         if target.exists():
             return
-        w, h = img.size
-        scale = THUMB_SIDE / max(w, h, 1)
-        small = img
-        if scale < 1.0:
-            # box-reduce by an integer factor first (cheap), then one bilinear step to the final size
-            factor = int(1 / scale) // 2
-            if factor >= 2:
-                small = small.reduce(factor)
-            small = small.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.Resampling.BILINEAR)
+        # one box reduction by a whole factor (the cheapest resampling Pillow has: ~0.1 ms for a
+        # 400x300 image) to a longest side of about THUMB_SIDE (2/3 to 3/2 of it)
+        factor = max(1, round(max(img.size) / THUMB_SIDE))
+        small = img.reduce(factor) if factor > 1 else img
         if small.mode != "RGB":
             small = small.convert("RGB")
         buf = io.BytesIO()

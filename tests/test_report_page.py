@@ -138,7 +138,7 @@ def test_thumbnails_are_small_jpegs_of_every_decodable_image(sorted_out):
     for p in thumbs:
         assert p.stat().st_size <= 15_000
         with Image.open(p) as img:
-            assert img.format == "JPEG" and max(img.size) <= 160
+            assert img.format == "JPEG" and max(img.size) <= 240
 
 
 def test_thumbnails_come_from_the_sort_s_own_decode(sample_images, tmp_path, monkeypatch):

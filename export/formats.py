@@ -38,6 +38,8 @@ TARGETS: tuple[Target, ...] = (
     Target("onnx-fp32", "onnx", "fp32", "onnxruntime", "model.onnx", atol=1e-4),
     Target("onnx-fp16", "onnx", "fp16", "onnxruntime", "model.fp16.onnx", atol=1e-2),
     Target("onnx-int8", "onnx", "int8", "onnxruntime", "model.int8.onnx", atol=5e-2),
+    Target("openvino-fp32", "openvino", "fp32", "openvino", "openvino/model_fp32.xml",
+           ("openvino/model_fp32.bin",), atol=1e-4),
     Target("openvino-fp16", "openvino", "fp16", "openvino", "openvino/model_fp16.xml",
            ("openvino/model_fp16.bin",), atol=1e-2),
     Target("openvino-int8", "openvino", "int8", "openvino", "openvino/model_int8.xml",

@@ -30,7 +30,7 @@ def test_confusion_highlights_malignant_sent_to_benign(tmp_path):
     red = _red_pixels(path)
     h, w = red.shape
     ys, xs = np.nonzero(red)
-    assert len(ys) > 200  # a red frame, not a stray pixel
+    assert red.sum(axis=0).max() > h / 5  # a red frame (its vertical sides), not only red text
     # the frame is on the lower-left cell (truth malignant, decision benign/)
     assert np.median(ys) > h / 2 and np.median(xs) < w / 2
 

@@ -229,11 +229,11 @@ def plot_confusion(path: str, report: dict[str, Any], title: str = "Decisions") 
     ax.set_xticks([0, 1], ["benign/", "review/"])
     ax.set_yticks([0, 1], ["benign", "malignant"])
     ax.add_patch(Rectangle((-0.46, 0.54), 0.92, 0.92, fill=False, edgecolor="#d00000", linewidth=3))
-    ax.text(0, 1.36, "malignant sent to benign", ha="center", va="center", color="#d00000", fontsize=7,
+    ax.text(0, 1.27, "malignant\nsent to benign", ha="center", va="center", color="#d00000", fontsize=7,
             fontweight="bold")
     ax.set_xlabel("decision")
     ax.set_ylabel("truth")
-    full = f"{title} (threshold {report['threshold']:.3g})"
+    full = f"{title}\n(threshold {report['threshold']:.3g})"
     ax.set_title(full, fontsize=8)
     fig.tight_layout()
     fig.savefig(path, metadata={"Title": full})

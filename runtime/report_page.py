@@ -195,6 +195,8 @@ def build_report(out_dir: str | os.PathLike, bundle: Bundle | None = None,
         rows = read_rows(out)
     except (OSError, csv.Error) as exc:
         raise DermsortError(f"cannot read {out / 'results.csv'}: {exc}") from None
+    if not run.get("threshold_overridden"):
+        run["threshold_overridden"] = _journal_says_overridden(out)  # older runs: the journal records it
     model_id = rows[-1].model_id if rows else str(run.get("model_id", ""))
     found, missing = _find_bundle(model_id, bundle, run) if model_id else (bundle, "")
     _ensure_thumbs(out, rows, found.metadata.preprocess if found else PreprocessSpec())
@@ -202,6 +204,22 @@ def build_report(out_dir: str | os.PathLike, bundle: Bundle | None = None,
     target = out / REPORT
     _write_atomic(target, page.encode("utf-8"))
     return target
+
+
+def _journal_says_overridden(out: Path) -> bool:
+    """Whether any placement in OUT's journal was decided at a --threshold override."""
+    try:
+        with open(out / ".dermsort" / "journal.jsonl", encoding="utf-8", errors="replace") as fh:
+            for line in fh:
+                if '"threshold_overridden": true' in line:
+                    try:
+                        if json.loads(line).get("threshold_overridden") is True:
+                            return True
+                    except ValueError:
+                        continue
+    except OSError:
+        pass
+    return False
 
 
 def _write_atomic(target: Path, data: bytes) -> None:

@@ -19,7 +19,7 @@ from PIL import Image
 
 from conftest import labelled
 from dermsort.cli import cli
-from dermsort.runtime.report_page import REPORT, THUMBS, ReportRefresher, build_report, near_threshold
+from dermsort.runtime.report_page import REPORT, RUN_INFO, THUMBS, ReportRefresher, build_report, near_threshold
 from dermsort.runtime.thumbs import save_thumbnail
 
 #: a script in a file name; the page must show it as text and never as markup
@@ -188,12 +188,14 @@ def test_page_says_when_the_bundle_is_gone(tmp_path, sample_images):
     manifest = bundle / "manifest.json"
     manifest.write_text(manifest.read_text().replace('"model_id": "dermsort-', '"model_id": "moved-dermsort-'))
     out = tmp_path / "out"
-    _sort(sample_images, out, "--model", str(bundle))
+    _sort(sample_images, out, "--model", str(bundle), "--threshold", "0.3")
     assert "Sensitivity" in (out / REPORT).read_text()
     shutil.rmtree(bundle)
+    (out / RUN_INFO).unlink()  # as after a run from before the page existed
     build_report(out)
     text = (out / REPORT).read_text()
     assert 'id="nobundle"' in text and "was not found" in text and "Sensitivity" not in text
+    assert 'id="override"' in text  # the journal still says the threshold was overridden
 
 
 def test_dry_run_writes_no_page(sample_images, tmp_path):

@@ -148,20 +148,32 @@ def _find_bundle(model_id: str, bundle: Bundle | None, run: dict[str, Any]) -> t
                   "its validated figures cannot be shown")
 
 
-def _ensure_thumbs(out: Path, rows: list[Row], spec: PreprocessSpec) -> None:
-    """Make thumbnails a sort did not (runs before the review page existed) from the placed files."""
+def _existing_thumbs(out: Path) -> set[str]:
+    try:
+        return set(os.listdir(out / THUMBS))  # one call, not a stat per image
+    except OSError:
+        return set()
+
+
+def _ensure_thumbs(out: Path, rows: list[Row], spec: PreprocessSpec) -> set[str]:
+    """Make thumbnails a sort did not (runs before the review page existed) from the placed files;
+    returns the names of the thumbnails there are."""
     from .preprocess import UnreadableImage, open_image
 
+    have = _existing_thumbs(out)
+    made = False
     for row in rows:
         name = thumb_name(row.sha256)
-        if name is None or row.p is None or (out / THUMBS / name).exists() or _href(row.dest) is None:
+        if name is None or row.p is None or name in have or _href(row.dest) is None:
             continue  # p is None: the file could not be decoded when it was sorted either
         try:
             with open(out / row.dest, "rb") as fh:
                 img, _ = open_image(fh, spec, row.dest)
             save_thumbnail(img, out / THUMBS, row.sha256)
+            made = True
         except (OSError, UnreadableImage) as exc:
             log.debug("no thumbnail for %s: %s", row.dest, exc)
+    return _existing_thumbs(out) if made else have
 
 
 def build_report(out_dir: str | os.PathLike, bundle: Bundle | None = None,
@@ -199,8 +211,8 @@ def build_report(out_dir: str | os.PathLike, bundle: Bundle | None = None,
         run["threshold_overridden"] = _journal_says_overridden(out)  # older runs: the journal records it
     model_id = rows[-1].model_id if rows else str(run.get("model_id", ""))
     found, missing = _find_bundle(model_id, bundle, run) if model_id else (bundle, "")
-    _ensure_thumbs(out, rows, found.metadata.preprocess if found else PreprocessSpec())
-    page = render(out, rows, found, missing, run)
+    thumbs = _ensure_thumbs(out, rows, found.metadata.preprocess if found else PreprocessSpec())
+    page = render(out, rows, found, missing, run, thumbs)
     target = out / REPORT
     _write_atomic(target, page.encode("utf-8"))
     return target
@@ -287,11 +299,11 @@ def _model_block(rows: list[Row], bundle: Bundle | None, missing: str, run: dict
     return parts
 
 
-def _card(row: Row, folder: str, out: Path) -> str:
+def _card(row: Row, folder: str, thumbs: set[str]) -> str:
     near = near_threshold(row.p, row.threshold) and not row.problem
     href = _href(row.dest)
     thumb = thumb_name(row.sha256)
-    if thumb and (out / THUMBS / thumb).exists():
+    if thumb and thumb in thumbs:
         inner = f'<img src="{html.escape(quote((THUMBS / thumb).as_posix()))}" alt="" loading="lazy">'
     else:
         inner = '<span>no preview</span>'
@@ -312,14 +324,15 @@ def _card(row: Row, folder: str, out: Path) -> str:
     return "".join(lines) + "</li>"
 
 
-def _grid(section_id: str, title: str, note: str, rows: list[Row], folder: str, out: Path) -> str:
-    body = "".join(_card(r, folder, out) for r in rows)
+def _grid(section_id: str, title: str, note: str, rows: list[Row], folder: str, thumbs: set[str]) -> str:
+    body = "".join(_card(r, folder, thumbs) for r in rows)
     empty = '<p class="none">none</p>' if not rows else '<p class="none nomatch" hidden>none match the filter</p>'
     return (f'<section class="grid" id="{section_id}"><h2>{_text(title)} ({len(rows)})</h2>'
             f'<p class="hint">{_text(note)}</p><ul class="cards">{body}</ul>{empty}</section>')
 
 
-def render(out: Path, rows: list[Row], bundle: Bundle | None, missing: str, run: dict[str, Any]) -> str:
+def render(out: Path, rows: list[Row], bundle: Bundle | None, missing: str, run: dict[str, Any],
+           thumbs: set[str]) -> str:
     problems = [r for r in rows if r.problem]
     review = [r for r in rows if r.decision == "review" and not r.problem]
     benign = [r for r in rows if r.decision == "benign" and not r.problem]
@@ -356,16 +369,16 @@ def render(out: Path, rows: list[Row], bundle: Bundle | None, missing: str, run:
     parts.append("<main>")
     parts.append(_grid("problems", "Input problems (in review/)", "Could not be judged by the model: corrupt, too "
                        "small, not an image, unexpected colour mode... Always check these by hand.", problems,
-                       "problems", out))
+                       "problems", thumbs))
     if left or ignored:
         body = "".join(f"<tr><td>{_text(x.get('file', ''))}</td><td>{_text(x.get('reason', ''))}</td></tr>"
                        for x in left + ignored)
         parts.append(f'<section id="left"><h2>Left in place, not sorted ({len(left)}) and ignored ({len(ignored)})'
                      f'</h2><table class="left"><tr><th>file</th><th>reason</th></tr>{body}</table></section>')
     parts.append(_grid("review", "review/", "p(malignant) at or above the threshold: look at these.",
-                       review + other, "review", out))
+                       review + other, "review", thumbs))
     parts.append(_grid("benign", "benign/", "p(malignant) below the threshold. Highlighted: close to the threshold "
-                       "(odds within x1.65).", benign, "benign", out))
+                       "(odds within x1.65).", benign, "benign", thumbs))
     parts.append(f"</main><footer>Generated {_text(time.strftime('%Y-%m-%d %H:%M:%S'))} from results.csv by "
                  "dermsort. A triage aid, not a diagnosis.</footer>")
     parts.append(f"<script>{JS}</script></body></html>")

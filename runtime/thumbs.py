@@ -22,6 +22,8 @@ THUMB_SIDE = 160
 #: JPEG quality; a 160x120 dermoscopy thumbnail is 4-7 KB at this quality (<= ~15 KB each)
 THUMB_QUALITY = 70
 _SHA = re.compile(r"[0-9a-f]{64}")
+#: thumbnail folders already created by this process (one mkdir per folder, not per thumbnail)
+_MADE: set[Path] = set()
 
 
 def thumb_name(sha256: str) -> str | None:
@@ -50,14 +52,28 @@ def save_thumbnail(img: Image.Image, thumbs_dir: Path, sha256: str) -> None:
             small = small.convert("RGB")
         buf = io.BytesIO()
         small.save(buf, "JPEG", quality=THUMB_QUALITY)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{name}.{os.getpid()}.{threading.get_ident()}.tmp")
+        folder = Path(thumbs_dir)
+        if folder not in _MADE:
+            folder.mkdir(parents=True, exist_ok=True)
+            _MADE.add(folder)
+        # os-level calls: a thumbnail is a few KB, so the syscalls are most of its cost
+        tmp = folder / f".{name}.{os.getpid()}.{threading.get_ident()}.tmp"
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0)
         try:
-            with open(tmp, "wb") as fh:
-                fh.write(buf.getvalue())
-            os.replace(tmp, target)
+            fd = os.open(tmp, flags, 0o644)
+        except FileNotFoundError:  # the folder was removed since: make it again
+            folder.mkdir(parents=True, exist_ok=True)
+            fd = os.open(tmp, flags, 0o644)
+        try:
+            data = buf.getbuffer()
+            if os.write(fd, data) != len(data):
+                raise OSError("short write")
         finally:
-            if tmp.exists():
-                tmp.unlink(missing_ok=True)
+            os.close(fd)
+        try:
+            os.rename(tmp, target)
+        except OSError:
+            os.unlink(tmp)
+            raise
     except Exception as exc:  # noqa: BLE001 - never into the caller
         log.debug("thumbnail for %s not written: %s", sha256[:12] if isinstance(sha256, str) else sha256, exc)

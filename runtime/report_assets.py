@@ -103,6 +103,14 @@ JS = """
       e.preventDefault();
     }
   });
+  // report.html#q=TEXT&show=review|benign|problems|near&order=p-asc|name|seq: a saved view
+  location.hash.replace(/^#/, "").split("&").forEach(function (kv) {
+    var i = kv.indexOf("="), k = kv.slice(0, i), v = "";
+    try { v = i < 0 ? "" : decodeURIComponent(kv.slice(i + 1)); } catch (err) { return; }
+    if (k === "q") { q.value = v; }
+    if (k === "show" && folder.querySelector("option[value='" + v.replace(/[^a-z-]/g, "") + "']")) { folder.value = v; }
+    if (k === "order" && order.querySelector("option[value='" + v.replace(/[^a-z-]/g, "") + "']")) { order.value = v; }
+  });
   sortCards();
   apply();
   document.documentElement.dataset.ready = "1";

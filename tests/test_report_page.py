@@ -212,6 +212,21 @@ def test_watch_refreshes_the_page(sample_images, tmp_path):
     assert f'<li id="n-sorted"><b>{len(list(sample_images.iterdir()))}</b>' in text
 
 
+def test_left_in_place_files_are_listed_and_escaped(sorted_out, tmp_path):
+    out = tmp_path / "o"
+    shutil.copytree(sorted_out, out)
+    build_report(out, run={"left_in_place": [{"file": f"/in/{HOSTILE}", "reason": "unreadable: permission denied "
+                                                                                  "(cannot copy)"}]})
+    text = (out / REPORT).read_text()
+    dom = _parse(text)
+    left = text.split('id="left"')[1].split("</section>")[0]
+    assert "unreadable: permission denied" in left and "&lt;img src=x" in left
+    assert '<li id="n-left"><b>1</b>' in text
+    assert not [(t, a) for t, a in dom.elements for k in a if k.startswith("on")]
+    build_report(out)  # `dermsort report` later: the run's list is kept with the page
+    assert "unreadable: permission denied" in (out / REPORT).read_text()
+
+
 def test_refresher_is_rate_limited(sorted_out, tmp_path):
     out = tmp_path / "o"
     shutil.copytree(sorted_out, out)
@@ -267,6 +282,16 @@ def test_page_in_headless_chromium(sorted_out, tmp_path):
     review = res.stdout.split('id="review"')[1].split("</section>")[0]
     ps = [float(p) for p in re.findall(r'data-p="([0-9.]+)"', review)]
     assert ps == sorted(ps, reverse=True) and ps  # highest p first by default
+    # search, folder filter and order, as a saved view in the URL (what the keys and menus drive)
+    target = next(r for r in rows if r["decision"] == "benign")
+    stem = Path(target["dest"]).stem.lower()
+    res = subprocess.run([_chromium(), *CHROMIUM_FLAGS, "--dump-dom", f"{url}#q={stem}&show=benign&order=p-asc"],
+                         capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    view = _parse(res.stdout)
+    visible = [a for t, a in view.elements if t == "li" and "card" in a.get("class", "") and "hidden" not in a]
+    expected = [r for r in rows if r["decision"] == "benign" and stem in Path(r["dest"]).name.lower()]
+    assert len(visible) == len(expected) >= 1 and all(a["data-folder"] == "benign" for a in visible)
+    assert f"{len(expected)} of {len(rows)} images shown" in res.stdout
     shot = Path(os.environ.get("DERMSORT_REPORT_SCREENSHOT") or tmp_path / "report.png")
     res = subprocess.run([_chromium(), *CHROMIUM_FLAGS, "--window-size=1280,1500", f"--screenshot={shot}", url],
                          capture_output=True, text=True, timeout=120, cwd=tmp_path)

@@ -235,6 +235,13 @@ def _journal_says_overridden(out: Path) -> bool:
 
 
 def _write_atomic(target: Path, data: bytes) -> None:
+    """Temp file + rename; nothing is written when the file already has these bytes (a re-run that
+    sorted nothing new leaves OUT exactly as it was, time stamps included)."""
+    try:
+        if target.read_bytes() == data:
+            return
+    except OSError:
+        pass
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
     try:
@@ -379,8 +386,9 @@ def render(out: Path, rows: list[Row], bundle: Bundle | None, missing: str, run:
                        review + other, "review", thumbs))
     parts.append(_grid("benign", "benign/", "p(malignant) below the threshold. Highlighted: close to the threshold "
                        "(odds within x1.65).", benign, "benign", thumbs))
-    parts.append(f"</main><footer>Generated {_text(time.strftime('%Y-%m-%d %H:%M:%S'))} from results.csv by "
-                 "dermsort. A triage aid, not a diagnosis.</footer>")
+    last = max((r.time for r in rows), default="")
+    parts.append(f"</main><footer>Built from results.csv by dermsort{'; last image sorted ' + _text(last) if last else ''}"
+                 ". A triage aid, not a diagnosis.</footer>")
     parts.append(f"<script>{JS}</script></body></html>")
     return "\n".join(parts)
 

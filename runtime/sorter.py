@@ -39,7 +39,7 @@ from .diagnosis import top_diagnoses
 from .errors import DermsortError, OutputError
 from .journal import Journal, JournalState, fault_point, write_results_csv
 from .preprocess import UnreadableImage, preprocess
-from .thumbs import save_thumbnail
+from .thumbs import encode_thumbnail, write_thumbnail
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +91,8 @@ class Decoded:
     skip: str = ""
     dev: int | None = None
     atime_ns: int = 0
+    #: the review page's thumbnail (JPEG bytes) made from the decoded pixels; written after placement
+    thumb: bytes | None = None
 
 
 class _NotLinkable(Exception):
@@ -434,6 +436,10 @@ class Sorter:
             decision, reason = self._decide(d, p)
             records.append((d, self._record(d, decision, reason, p, top_dx.get(id(d), (None, None)))))
         self._place(records, summary)
+        for d in batch:  # the review page's thumbnails: written by this thread, after the batch is placed
+            if d.thumb:
+                write_thumbnail(self.state_dir / "thumbs", d.sha256, d.thumb)
+                d.thumb = None
         if progress:
             progress(len(batch))
 
@@ -754,7 +760,7 @@ def _decode_one(cand: Candidate, spec: Any, thumbs: Path | None = None) -> Decod
     cand.size, cand.mtime_ns = st.st_size, st.st_mtime_ns
     d.dev, d.atime_ns = st.st_dev, st.st_atime_ns
     d.sha256 = digest.hexdigest()
-    thumb = None if thumbs is None else (lambda img: save_thumbnail(img, thumbs, d.sha256))
+    thumb = None if thumbs is None else (lambda img: setattr(d, "thumb", encode_thumbnail(img, thumbs, d.sha256)))
     try:
         if chunks is not None:
             d.data = b"".join(chunks)

@@ -2,6 +2,11 @@
 
 ``OUT/.dermsort/thumbs/<sha256>.jpg``: named by content, so the same image sorted twice shares one
 thumbnail and the page finds it from results.csv's sha256 column alone.
+
+The sorter encodes a thumbnail in its decode threads (``encode_thumbnail``: the CPU part) and writes
+it from its main thread after the batch is placed (``write_thumbnail``), so nothing is written into
+OUT concurrently with placement, and a thumbnail never re-creates an output folder that was removed
+mid-run (only ``thumbs/`` itself is ever created, inside an existing ``.dermsort/``).
 """
 
 from __future__ import annotations
@@ -22,8 +27,6 @@ THUMB_SIDE = 160
 #: JPEG quality; a 160x120 dermoscopy thumbnail is 4-7 KB at this quality (<= ~15 KB each)
 THUMB_QUALITY = 70
 _SHA = re.compile(r"[0-9a-f]{64}")
-#: thumbnail folders already created by this process (one mkdir per folder, not per thumbnail)
-_MADE: set[Path] = set()
 
 
 def thumb_name(sha256: str) -> str | None:
@@ -31,19 +34,14 @@ def thumb_name(sha256: str) -> str | None:
     return f"{sha256}.jpg" if _SHA.fullmatch(sha256 or "") else None
 
 
-def save_thumbnail(img: Image.Image, thumbs_dir: Path, sha256: str) -> None:
-    """Write ``thumbs_dir/<sha256>.jpg`` from an already-decoded image, atomically (temp file + rename).
-
-    Never raises: a thumbnail is a convenience, and a failure here must not stop or change a sort.
-    ``img`` is not modified (it goes on to the model).
-    """
+def encode_thumbnail(img: Image.Image, thumbs_dir: Path | None = None, sha256: str = "") -> bytes | None:
+    """JPEG bytes of a thumbnail of ``img`` (not modified); None when ``thumbs_dir`` already has one for
+    ``sha256`` or anything fails (never raises)."""
     try:
-        name = thumb_name(sha256)
-        if name is None:
-            return
-        target = Path(thumbs_dir) / name
-        if target.exists():
-            return
+        if thumbs_dir is not None:
+            name = thumb_name(sha256)
+            if name is None or (Path(thumbs_dir) / name).exists():
+                return None
         # one box reduction by a whole factor (the cheapest resampling Pillow has: ~0.1 ms for a
         # 400x300 image) to a longest side of about THUMB_SIDE (2/3 to 3/2 of it)
         factor = max(1, round(max(img.size) / THUMB_SIDE))
@@ -52,28 +50,43 @@ def save_thumbnail(img: Image.Image, thumbs_dir: Path, sha256: str) -> None:
             small = small.convert("RGB")
         buf = io.BytesIO()
         small.save(buf, "JPEG", quality=THUMB_QUALITY)
-        folder = Path(thumbs_dir)
-        if folder not in _MADE:
-            folder.mkdir(parents=True, exist_ok=True)
-            _MADE.add(folder)
-        # os-level calls: a thumbnail is a few KB, so the syscalls are most of its cost
-        tmp = folder / f".{name}.{os.getpid()}.{threading.get_ident()}.tmp"
-        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0)
+        return buf.getvalue()
+    except Exception as exc:  # noqa: BLE001 - a thumbnail must never stop or change a sort
+        log.debug("thumbnail not made: %s", exc)
+        return None
+
+
+def write_thumbnail(thumbs_dir: Path, sha256: str, data: bytes | None) -> None:
+    """Write ``thumbs_dir/<sha256>.jpg`` atomically (temp file + rename). Never raises; creates
+    ``thumbs_dir`` but never its parents."""
+    name = thumb_name(sha256)
+    if not data or name is None:
+        return
+    folder = Path(thumbs_dir)
+    tmp = folder / f".{name}.{os.getpid()}.{threading.get_ident()}.tmp"
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0)
+    try:
+        # os-level calls: a thumbnail is a few KB, so the system calls are most of its cost
         try:
             fd = os.open(tmp, flags, 0o644)
-        except FileNotFoundError:  # the folder was removed since: make it again
-            folder.mkdir(parents=True, exist_ok=True)
+        except FileNotFoundError:
+            folder.mkdir(exist_ok=True)  # not parents: a removed output folder stays removed
             fd = os.open(tmp, flags, 0o644)
         try:
-            data = buf.getbuffer()
             if os.write(fd, data) != len(data):
                 raise OSError("short write")
         finally:
             os.close(fd)
-        try:
-            os.rename(tmp, target)
-        except OSError:
-            os.unlink(tmp)
-            raise
+        os.rename(tmp, folder / name)
     except Exception as exc:  # noqa: BLE001 - never into the caller
-        log.debug("thumbnail for %s not written: %s", sha256[:12] if isinstance(sha256, str) else sha256, exc)
+        log.debug("thumbnail %s not written: %s", name, exc)
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+
+
+def save_thumbnail(img: Image.Image, thumbs_dir: Path, sha256: str) -> None:
+    """Encode and write the thumbnail of an already-decoded image (both steps in the calling thread).
+    Never raises; ``img`` is not modified."""
+    write_thumbnail(thumbs_dir, sha256, encode_thumbnail(img, thumbs_dir, sha256))

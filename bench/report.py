@@ -170,8 +170,9 @@ def write_decisions(report: dict[str, Any], path: Path) -> None:
                                  d["p_malignant"], d.get("reason", "")])
 
 
-def plot(report: dict[str, Any], path: Path) -> None:
-    """Sensitivity (Wilson CI) against model-only and end-to-end cost; one colour per row, legend below."""
+def plot(report: dict[str, Any], path: Path) -> list[str]:
+    """Sensitivity (Wilson CI) against model-only and end-to-end cost; one colour per row, legend below,
+    each artifact labelled with whether it passed the export's parity gate. Returns the legend's labels."""
     import os
 
     from dermsort.runtime.probe import cache_dir
@@ -192,7 +193,8 @@ def plot(report: dict[str, Any], path: Path) -> None:
         yerr = [[r["sensitivity"] - ci[0]], [ci[1] - r["sensitivity"]]]
         marker = "s" if r["kind"] == "baseline" else ("*" if r.get("reference") else "o")
         label = ("naive baseline" if r["kind"] == "baseline" else f"{r['backend']} / {r['artifact']}"
-                 + (" (reference)" if r.get("reference") else "") + ("" if r.get("passed") else " — not passed"))
+                 + (" (reference)" if r.get("reference") else "")
+                 + (": passed the gate" if r.get("passed") else ": NOT passed (hollow)"))
         xs = (r.get("latency_p50_ms"), 1000.0 / r["e2e_images_per_s"] if r.get("e2e_images_per_s") else None)
         for ax, x in zip(axes, xs):
             if x is None:
@@ -215,6 +217,7 @@ def plot(report: dict[str, Any], path: Path) -> None:
     fig.tight_layout(rect=(0, 0.14, 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
+    return [lbl for _, lbl in handles]
 
 
 def write_reports(report: dict[str, Any], out: Path) -> dict[str, Path]:

@@ -17,6 +17,7 @@ from .bundle import DEFAULT_BUNDLE, load_bundle
 from .diagnosis import diagnosis_name, head_summary, is_diagnosis_head, validation_lines
 from .engine import load_profile, open_backend, profile_path, stale_reason
 from .errors import DermsortError, OutputError
+from .report_page import ReportRefresher, build_report, write_report_safely
 from .scan import Candidate, ScanNotes, default_out, scan
 from .sorter import SortOptions, Sorter
 
@@ -105,10 +106,11 @@ def _warn_threshold(engine: Any, threshold: float | None) -> None:
 
 
 def _print_summary(summary: Any, bundle: Any, opts: SortOptions, as_json: bool, dry_run: bool,
-                   folder: Path | None = None) -> None:
+                   folder: Path | None = None, report: Path | None = None) -> None:
     data = summary.to_dict()
     data.update({"model_id": bundle.model_id, "development_model": bundle.metadata.development_model,
-                 "out": str(opts.out), "dry_run": dry_run, "mode": "move" if opts.move else "copy"})
+                 "out": str(opts.out), "dry_run": dry_run, "mode": "move" if opts.move else "copy",
+                 "report": str(report) if report else None})
     if dry_run:
         data["decisions"] = summary.decisions
     if as_json:
@@ -120,7 +122,7 @@ def _print_summary(summary: Any, bundle: Any, opts: SortOptions, as_json: bool, 
             echo(decision_line(d))
     verb = "would sort" if dry_run else "sorted"
     if summary.sorted == 0 and not summary.skipped_already_sorted and not summary.left_in_place:
-        echo(f"no images found in {folder}")
+        echo(f"no images found in {folder}" if folder is not None else "no images found")
     else:
         not_images = f", {summary.not_images} not an image (in review/)" if summary.not_images else ""
         echo(f"{verb} {summary.images} image(s): {summary.benign} benign, {summary.review - summary.not_images} "
@@ -153,6 +155,8 @@ def _print_summary(summary: Any, bundle: Any, opts: SortOptions, as_json: bool, 
         echo(f"ignored: {item['file']} ({item['reason']})")
     if not dry_run:
         echo(f"output: {opts.out}  (journal: {opts.out / '.dermsort' / 'journal.jsonl'}, results: {opts.out / 'results.csv'})")
+    if report is not None:
+        echo(f"review page: {report}")
     if summary.interrupted:
         echo("stopped early on request; re-run to sort the rest")
 
@@ -170,6 +174,34 @@ def _progress_bar(total: int, enabled: bool):
     if not enabled or total == 0 or not sys.stderr.isatty():
         return None
     return click.progressbar(length=total, label="sorting", file=sys.stderr, show_pos=True, show_eta=True)
+
+
+class LineProgress:
+    """Progress without a terminal (a service, a redirected log): one line on stderr every
+    ``every_s`` seconds or every ``every_n`` images, whichever comes first."""
+
+    def __init__(self, total: int, every_s: float = 10.0, every_n: int = 500, clock=time.monotonic):
+        self.total, self.every_s, self.every_n, self.clock = total, every_s, every_n, clock
+        self.done = 0
+        self._start = self._last_t = clock()
+        self._last_n = 0
+
+    def update(self, n: int) -> None:
+        self.done += n
+        now = self.clock()
+        if now - self._last_t >= self.every_s or self.done - self._last_n >= self.every_n:
+            rate = self.done / (now - self._start) if now > self._start else 0.0
+            click.echo(f"sorting: {self.done}/{self.total} images ({self.done / max(self.total, 1):.0%}), "
+                       f"{rate:.1f} images/s", err=True)
+            self._last_t, self._last_n = now, self.done
+
+
+def _run_info(bundle: Any, opts: SortOptions, left_in_place: list[dict[str, str]],
+              ignored: list[dict[str, str]]) -> dict[str, Any]:
+    """What the review page needs beyond results.csv (see runtime/report_page.py)."""
+    return {"bundle": str(bundle.root), "model_id": bundle.model_id,
+            "threshold_overridden": opts.threshold is not None, "threshold": opts.threshold,
+            "left_in_place": list(left_in_place), "ignored": list(ignored)}
 
 
 @click.command()
@@ -199,6 +231,8 @@ def sort(folder: Path, out: Path | None, move: bool, recursive: bool, keep_tree:
         if bar is not None:
             with bar:
                 summary = sorter.run(files, progress=bar.update)
+        elif not as_json and files:
+            summary = sorter.run(files, progress=LineProgress(len(files)).update)
         else:
             summary = sorter.run(files)
         summary.recovered = recovered
@@ -207,7 +241,10 @@ def sort(folder: Path, out: Path | None, move: bool, recursive: bool, keep_tree:
     finally:
         sorter.close()
         engine.close()
-    _print_summary(summary, bundle, opts, as_json, dry_run, folder)
+    # --dry-run writes nothing, so no page either (it prints each decision instead)
+    report = None if dry_run else write_report_safely(
+        sorter.out, bundle, _run_info(bundle, opts, summary.left_in_place, notes.ignored))
+    _print_summary(summary, bundle, opts, as_json, dry_run, folder, report)
     if summary.interrupted:
         raise Interrupted("stopped on request before every image was sorted; re-run to sort the rest")
     if summary.results_error:
@@ -239,6 +276,8 @@ def watch(folder: Path, out: Path | None, move: bool, recursive: bool, keep_tree
         engine.close()
         raise
     totals = {"benign": 0, "review": 0}
+    refresher = ReportRefresher(sorter.out, bundle, min_interval=5.0)
+    left: list[dict[str, str]] = []
     try:
         sorter.open()
         if sorter.journal_warning:
@@ -279,6 +318,8 @@ def watch(folder: Path, out: Path | None, move: bool, recursive: bool, keep_tree
                 for cand in ready:
                     if not cand.path.exists():
                         seen.pop(str(cand.path), None)
+                left = summary.left_in_place
+                refresher.refresh(_run_info(bundle, opts, left, []))  # at most every 5 s
             cycles += 1
             if max_cycles is not None and cycles >= max_cycles:
                 break
@@ -286,6 +327,8 @@ def watch(folder: Path, out: Path | None, move: bool, recursive: bool, keep_tree
     finally:
         sorter.close()
         engine.close()
+    if (sorter.out / "results.csv").is_file():
+        refresher.refresh(_run_info(bundle, opts, left, []), force=True)
     click.echo(f"stopped: {totals['benign']} benign, {totals['review']} review sorted while watching", err=True)
 
 
@@ -301,6 +344,18 @@ def _install_signal_handlers(stop: threading.Event) -> None:
 
     signal.signal(signal.SIGINT, handler)
     signal.signal(signal.SIGTERM, handler)
+
+
+@click.command()
+@click.argument("out", type=click.Path(path_type=Path))
+@click.option("--model", "model", type=click.Path(path_type=Path), default=None,
+              help="The bundle the run used, if it has moved (default: the one recorded by the run, else the bundled model).")
+def report(out: Path, model: Path | None) -> None:
+    """Rebuild OUT/report.html (the review page) from OUT/results.csv of any earlier run."""
+    if not (out / "results.csv").is_file():
+        raise DermsortError(f"no results.csv in {out}: not a dermsort output folder (sort into it first)")
+    bundle = load_bundle(model)[0] if model is not None else None
+    click.echo(f"review page: {build_report(out, bundle)}")
 
 
 @click.command()

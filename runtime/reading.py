@@ -11,6 +11,7 @@ import hashlib
 import os
 import stat
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -18,6 +19,7 @@ import numpy as np
 from .fileops import READ_FLAGS, Identity, WriteGuard
 from .preprocess import UnreadableImage, preprocess
 from .scan import Candidate
+from .thumbs import encode_thumbnail
 
 #: files up to this size are read once into memory (hash, decode and copy from the same bytes);
 #: larger ones are streamed, so one huge file cannot exhaust memory
@@ -45,6 +47,8 @@ class Decoded:
     #: our read-only descriptor of that inode, open until the file is placed
     fd: int | None = None
     guard: WriteGuard | None = None
+    #: the review page's thumbnail (JPEG bytes) made from the decoded pixels; written after placement
+    thumb: bytes | None = None
 
     def writer_started(self) -> bool:
         """True when another program opened the file for writing after we read it."""
@@ -61,10 +65,12 @@ class Decoded:
             self.fd = None
 
 
-def decode_one(cand: Candidate, spec: Any, hash_only: bool = False) -> Decoded:
+def decode_one(cand: Candidate, spec: Any, hash_only: bool = False, thumbs: Path | None = None) -> Decoded:
     """Read (never through a symlink, never blocking on a FIFO), hash and decode one file.
 
-    ``hash_only``: identity and sha256 only (a source checked before its removal), no decoding."""
+    ``hash_only``: identity and sha256 only (a source checked before its removal), no decoding.
+    ``thumbs``: the review page's thumbnail folder; a thumbnail is encoded from the decoded pixels (no second
+    decode) unless that folder already has one for this content."""
     d = Decoded(cand)
     try:
         fd = os.open(cand.path, READ_FLAGS)
@@ -115,14 +121,15 @@ def decode_one(cand: Candidate, spec: Any, hash_only: bool = False) -> Decoded:
     d.sha256 = digest.hexdigest()
     if hash_only:
         return d
+    thumb = None if thumbs is None else (lambda img: setattr(d, "thumb", encode_thumbnail(img, thumbs, d.sha256)))
     try:
         if chunks is not None:
             d.data = b"".join(chunks)
-            d.tensor, info = preprocess(d.data, spec, cand.path.name)
+            d.tensor, info = preprocess(d.data, spec, cand.path.name, on_image=thumb)
         else:
             with os.fdopen(os.dup(fd), "rb") as fh:
                 fh.seek(0)
-                d.tensor, info = preprocess(fh, spec, cand.path.name)
+                d.tensor, info = preprocess(fh, spec, cand.path.name, on_image=thumb)
         d.concerns = info.concerns
     except UnreadableImage as exc:
         d.error = str(exc)

@@ -35,6 +35,7 @@ from .placement import BENIGN, REVIEW, Placer
 from .reading import MAX_IN_MEMORY, Decoded, decode_one
 from .recovery import claim_record, reconcile, recover_pending, unaccounted
 from .scan import Candidate, ScanNotes, check_folders, default_out, scan
+from .thumbs import write_thumbnail
 
 __all__ = ["BENIGN", "REVIEW", "STATE_DIR", "Candidate", "Decoded", "ScanNotes", "SortOptions", "SortSummary", "Sorter",
            "check_folders", "default_out", "scan", "MAX_IN_MEMORY"]
@@ -347,6 +348,7 @@ class Sorter:
         workers = self.options.workers or max(1, min(8, (os.cpu_count() or 1)))
         ahead = max(2 * self.options.batch_size, 2 * workers)
         spec = self.metadata.preprocess
+        thumbs = None if self.options.dry_run else self.state_dir / "thumbs"  # the review page's thumbnails
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode") as pool:
             pending: deque = deque()
             in_flight = 0
@@ -357,7 +359,7 @@ class Sorter:
                     # keep at least one file in flight; beyond that respect both caps
                     while nxt is not None and (not pending or (len(pending) < ahead
                                                                and in_flight + nxt.size <= LOOKAHEAD_BYTES)):
-                        pending.append((pool.submit(decode_one, nxt, spec), nxt.size))
+                        pending.append((pool.submit(decode_one, nxt, spec, False, thumbs), nxt.size))
                         in_flight += nxt.size
                         nxt = next(it, None)
                     fut, size = pending.popleft()
@@ -399,6 +401,10 @@ class Sorter:
             batch = self._claim_recovered(batch, summary)
             records = list(zip(batch, self._score(batch)))
             self._place(records, summary)
+            for d in batch:  # the review page's thumbnails: written by this thread, after the batch is placed
+                if d.thumb:
+                    write_thumbnail(self.state_dir / "thumbs", d.sha256, d.thumb)
+                    d.thumb = None
         finally:
             for d in batch:
                 d.close()

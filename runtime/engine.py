@@ -132,8 +132,10 @@ def open_backend(bundle: Bundle, backend: str = "auto", precision: str = "auto",
                                 "REJECTED by the export's parity gate; use --allow-rejected-artifact to run one anyway")
     if not pairs:
         wanted = f"backend {backend}" + (f" at {precision}" if precision != "auto" else "")
+        hint = ("; TensorRT engines are built on the device that runs them: `dermsort export-engines BUNDLE`"
+                if backend == "tensorrt" else "")
         raise BackendUnavailable(f"the model bundle has no artifact for {wanted} "
-                                 f"(has: {', '.join(f'{a.name}' for a in bundle.artifacts)})")
+                                 f"(has: {', '.join(f'{a.name}' for a in bundle.artifacts)}){hint}")
     if backend != "auto":
         ok, why = backend_status(backend)  # imports the one backend asked for, to say why it cannot run
         if not ok:

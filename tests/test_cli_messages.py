@@ -47,3 +47,13 @@ def test_sort_prints_progress_lines_when_stderr_is_not_a_terminal(sample_images,
     lines = [l for l in res.stderr.splitlines() if l.startswith("sorting: ")]
     n = len(list(sample_images.iterdir()))
     assert lines and lines[-1].startswith(f"sorting: {n}/{n} images (100%)"), res.stderr
+
+
+def test_tensorrt_without_engines_points_to_export_engines(tmp_path):
+    """The bundled model has no TensorRT engines (they are built on the target GPU): the error says how."""
+    inp = tmp_path / "in"
+    inp.mkdir()
+    res = subprocess.run([sys.executable, "-m", "dermsort.cli", "sort", str(inp), "--backend", "tensorrt"],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2, res.stderr
+    assert "dermsort export-engines" in res.stderr and len(res.stderr.strip().splitlines()) == 1

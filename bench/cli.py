@@ -40,11 +40,13 @@ def _backends(value: str) -> list[str] | None:
               help="Training checkpoint: the naive baseline then runs the model in PyTorch eager FP32.")
 @click.option("--min-agreement", type=click.FloatRange(0, 1), default=0.97, show_default=True,
               help="Decision agreement with the FP32 ONNX reference needed to enter the machine profile.")
+@click.option("--dermosort/--no-dermosort", "dermosort", default=True, show_default=True,
+              help="Also time a DermoSort-style pipeline (EfficientNet-B4 @ 256, torch eager; needs torch).")
 @click.option("--no-profile", is_flag=True, help="Do not write the machine profile that `--backend auto` reads.")
 @click.option("--json", "as_json", is_flag=True, help="Print report.json's content on stdout.")
 def bench(bundle: Path, data: tuple[str, ...], split: str, backends: str, out: Path | None, reps: int, warmup: int,
           e2e_reps: int, cold_reps: int, max_images: int | None, batch_size: int, workers: int | None,
-          threads: int | None, checkpoint: Path | None, min_agreement: float, no_profile: bool, as_json: bool) -> None:
+          threads: int | None, checkpoint: Path | None, min_agreement: float, dermosort: bool, no_profile: bool, as_json: bool) -> None:
     """Benchmark every available backend x artifact of BUNDLE on labelled images; write reports and the
     machine profile used by `--backend auto`."""
     from dermsort.runtime.bundle import load_bundle
@@ -56,7 +58,7 @@ def bench(bundle: Path, data: tuple[str, ...], split: str, backends: str, out: P
     model, _ = load_bundle(bundle)
     images = load_labelled(list(data), None if split == "all" else split, max_images)
     settings = BenchSettings(reps=reps, warmup=warmup, e2e_reps=e2e_reps, cold_reps=cold_reps, batch_size=batch_size,
-                             workers=workers, threads=threads, min_agreement=min_agreement)
+                             workers=workers, threads=threads, min_agreement=min_agreement, dermosort=dermosort)
     out = out if out is not None else Path(f"bench-{model.model_id}")
     echo = (lambda s: click.echo(s, err=True))
     echo(f"{len(images)} images ({sum(i.malignant for i in images)} malignant); reports -> {out}")

@@ -47,6 +47,8 @@ class BenchSettings:
     workers: int | None = None
     threads: int | None = None
     min_agreement: float = 0.97
+    #: also time a DermoSort-style pipeline (bench/dermosort.py; needs torch + torchvision)
+    dermosort: bool = True
     #: up to this many images for the model-only timings (preprocessed once)
     timing_images: int = 32
 
@@ -210,7 +212,11 @@ def run_bench(bundle_path: str | Path, images: list[LabelledImage], settings: Be
         _log(echo, f"  failed: {base['error']}")
     rows.append(base)
 
+    dermosort = _dermosort_row(paths, settings, echo) if settings.dermosort else None
     _score(rows, labels, settings.min_agreement)
+    for row in rows:
+        if dermosort and dermosort.get("e2e_images_per_s") and row.get("e2e_images_per_s"):
+            row["speedup_e2e_vs_dermosort"] = row["e2e_images_per_s"] / dermosort["e2e_images_per_s"]
     report: dict[str, Any] = {
         "schema": REPORT_SCHEMA, "started": started, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "command": command_line(), "machine": machine_info(),
@@ -220,7 +226,7 @@ def run_bench(bundle_path: str | Path, images: list[LabelledImage], settings: Be
         "bundle": {"path": str(bundle.root), "model_id": bundle.model_id, "architecture": bundle.metadata.architecture,
                    "input_size": bundle.metadata.preprocess.input_size, "reference": ref.name,
                    "development_model": bundle.metadata.development_model},
-        "data": describe(images), "rows": rows, "skipped": skipped, "profile": None,
+        "data": describe(images), "rows": rows, "skipped": skipped, "profile": None, "dermosort_style": dermosort,
     }
     if write_profile:
         ranking = profile_ranking(rows, bundle)
@@ -229,6 +235,20 @@ def run_bench(bundle_path: str | Path, images: list[LabelledImage], settings: Be
             report["profile"] = {"path": str(path), "ranking": ranking}
             _log(echo, f"machine profile: {path} (auto -> {ranking[0]['backend']}/{ranking[0]['artifact']})")
     return report
+
+
+def _dermosort_row(paths: list[Path], settings: BenchSettings, echo: Callable[[str], None] | None) -> dict[str, Any]:
+    """The DermoSort-style pipeline (EfficientNet-B4 @ 256, torch eager, batch 1) on the same images."""
+    _log(echo, "bench DermoSort-style baseline ...")
+    try:
+        from .dermosort import SIZE, decoder_name, run_in_process
+
+        seconds = run_in_process(paths, settings.e2e_reps)
+    except ImportError as exc:
+        return {"error": f"not measured: {exc} (pip install \"dermsort[train]\")"}
+    return {"label": f"DermoSort-style: EfficientNet-B4 @ {SIZE} px (random weights), PyTorch eager FP32, autograd on, "
+                     f"{decoder_name()}, batch 1, serial", "e2e_seconds": seconds,
+            "e2e_images_per_s": len(paths) / median(seconds)}
 
 
 def _score(rows: list[dict[str, Any]], labels: dict[str, int], min_agreement: float) -> None:

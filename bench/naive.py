@@ -108,3 +108,38 @@ def run_naive(runner: NaiveRunner, paths: list[Path]) -> tuple[float, list[dict[
             p, decision, reason = None, "review", f"{type(exc).__name__}: {exc}"
         decisions.append({"file": str(path), "decision": decision, "p_malignant": p, "reason": reason})
     return time.perf_counter() - start, decisions
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Whole-process naive run (bench/wholeproc.py): the bundle's model, full decode, batch 1, serial, copy."""
+    import argparse
+    import shutil
+    import sys
+
+    from dermsort.runtime.backends.base import create_backend
+    from dermsort.runtime.bundle import DEFAULT_BUNDLE, load_bundle
+
+    parser = argparse.ArgumentParser(prog="python -m dermsort.bench.naive")
+    parser.add_argument("folder", type=Path)
+    parser.add_argument("--model", type=Path, default=DEFAULT_BUNDLE)
+    parser.add_argument("--backend", default="onnxruntime")
+    parser.add_argument("--artifact", default="onnx-fp32")
+    parser.add_argument("--out", type=Path, default=None, help="copy images into OUT/benign, OUT/review")
+    args = parser.parse_args(argv)
+    bundle, _ = load_bundle(args.model)
+    art = bundle.get(args.artifact)
+    bundle.verify(art)
+    runner = backend_runner(create_backend(args.backend, bundle, art).load(), "naive")
+    paths = sorted(p for p in args.folder.iterdir() if p.suffix.lower() in {".jpg", ".jpeg", ".png", ".tif", ".tiff"})
+    seconds, decisions = run_naive(runner, paths)
+    if args.out is not None:
+        for d in decisions:
+            folder = args.out / d["decision"]
+            folder.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(d["file"], folder / Path(d["file"]).name)
+    print(f"{len(decisions)} images in {seconds:.2f} s", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

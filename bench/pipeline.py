@@ -173,6 +173,14 @@ def measure_set(name: str, paths: list[Path], bundle: Bundle, artifacts: list[st
     result["decode_alone_s"] = decode_s
     result["decode_alone_images_per_s"] = n / median(decode_s)
     echo(f"  {name}: decode alone {result['decode_alone_images_per_s']:.1f} img/s")
+    try:  # issue 15: the DermoSort-style pipeline (EfficientNet-B4 @ 256, torch eager, batch 1) on the same images
+        from .dermosort import run_in_process
+
+        result["dermosort_s"] = run_in_process(paths, knobs.naive_reps)
+        result["dermosort_images_per_s"] = n / median(result["dermosort_s"])
+        echo(f"  {name}: DermoSort-style {result['dermosort_images_per_s']:.2f} img/s")
+    except ImportError as exc:
+        echo(f"  {name}: DermoSort-style not measured: {exc}")
     for art_name in artifacts:
         art = bundle.get(art_name)
         bundle.verify(art)
@@ -188,6 +196,8 @@ def measure_set(name: str, paths: list[Path], bundle: Bundle, artifacts: list[st
                "pipeline_images_per_s": n / median(pipe_s), "naive_images_per_s": n / median(naive_s)}
         row["speedup_vs_naive"] = row["pipeline_images_per_s"] / row["naive_images_per_s"]
         row["ratio_to_decode_alone"] = median(pipe_s) / median(decode_s)
+        if result.get("dermosort_images_per_s"):
+            row["speedup_vs_dermosort"] = row["pipeline_images_per_s"] / result["dermosort_images_per_s"]
         result["artifacts"][art_name] = row
         echo(f"  {name} {backend_name}/{art_name}: pipeline {row['pipeline_images_per_s']:.1f} img/s, naive "
              f"{row['naive_images_per_s']:.1f} img/s ({row['speedup_vs_naive']:.2f}x), "
@@ -252,14 +262,15 @@ def render_markdown(report: dict[str, Any]) -> str:
              + (f" with grain σ={report['grain']}" if report.get("grain") else "")
              + " — smoother than camera files, so their decode is, if anything, faster than real 12–24 MP photos.", "",
              "## Throughput (images/s)", "",
-             "| set | images | mean file MB | artifact | pipeline | naive | speed-up | decode alone (pool) | "
-             "pipeline / decode-alone time | draft decode 1 core ms | full decode 1 core ms |",
-             "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
+             "| set | images | mean file MB | artifact | pipeline | naive | speed-up | DermoSort-style | speed-up | "
+             "decode alone (pool) | pipeline / decode-alone time | draft decode 1 core ms | full decode 1 core ms |",
+             "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for s in report["sets"]:
         for art, r in s["artifacts"].items():
             lines.append(f"| {s['set']} ({', '.join(s['sizes'][:3])}{'…' if len(s['sizes']) > 3 else ''}) | "
                          f"{s['n_images']} | {s['mean_file_mb']:.2f} | {art} | {r['pipeline_images_per_s']:.1f} | "
                          f"{r['naive_images_per_s']:.1f} | {r['speedup_vs_naive']:.2f}× | "
+                         f"{s.get('dermosort_images_per_s', float('nan')):.2f} | {r.get('speedup_vs_dermosort', float('nan')):.1f}× | "
                          f"{s['decode_alone_images_per_s']:.1f} | {r['ratio_to_decode_alone']:.2f}× | "
                          f"{s['draft_decode_ms_one_core']:.1f} | {s['full_decode_ms_one_core']:.1f} |")
     lines += ["", "## Fresh processes (onnxruntime)", "",
@@ -278,7 +289,7 @@ def render_markdown(report: dict[str, Any]) -> str:
     lines += [f"| {v['target']} | {v['set']} | {v['artifact']} | {v['value']} | {'yes' if v['met'] else '**no**'} |"
               for v in report["verdicts"]]
     if report.get("ab_spinning"):
-        lines += ["", "## A/B: onnxruntime intra-op spin-waiting on (as shipped) vs off, runtime defaults otherwise", "",
+        lines += ["", "## A/B: onnxruntime intra-op spin-waiting on vs off (off is the shipped default since issue 15), runtime defaults otherwise", "",
                   "| set | artifact | rounds | on img/s (median) | off img/s (median) | paired off/on (median) | off faster in |",
                   "|---|---|---:|---:|---:|---:|---:|"]
         lines += [f"| {a['set']} | {a['artifact']} | {a['rounds']} | {a['on_images_per_s']:.1f} | "
@@ -286,8 +297,8 @@ def render_markdown(report: dict[str, Any]) -> str:
                   f"{a['off_faster_in_rounds']}/{a['rounds']} |" for a in report["ab_spinning"]]
     if report.get("explore"):
         lines += ["", f"## Settings explored ({report['artifacts'][0]}; real set and largest set)", "",
-                  "The ORT spinning-off rows use a bench-only subclass of the runtime's onnxruntime backend that adds "
-                  "`session.intra_op.allow_spinning=0`; everything else is the runtime as shipped.", "",
+                  "The ORT rows use a bench-only subclass of the runtime's onnxruntime backend that sets "
+                  "`session.intra_op.allow_spinning` explicitly; everything else is the runtime as shipped.", "",
                   "| set | batch | decode workers | inference threads | ORT spinning | pipeline img/s | time / decode alone |",
                   "|---|---:|---:|---:|---|---:|---:|"]
         lines += [f"| {e['set']} | {e['batch']} | {e['workers']} | {e['threads']} | {e['spinning']} | "
@@ -296,28 +307,22 @@ def render_markdown(report: dict[str, Any]) -> str:
 
 
 class _NoSpinOrt:
-    """onnxruntime with intra-op spin-waiting off (for the exploration table only; see BENCHMARKS.md)."""
+    """onnxruntime with intra-op spin-waiting set explicitly (the A/B arms; the runtime ships it off)."""
 
     @staticmethod
-    def make(bundle: Bundle, art_name: str, threads: int | None) -> Backend:
+    def make(bundle: Bundle, art_name: str, threads: int | None, spin: bool = False) -> Backend:
         from dermsort.runtime.backends.ort import OnnxRuntimeBackend
 
-        class NoSpin(OnnxRuntimeBackend):
-            def _load_impl(self) -> None:
-                import onnxruntime as ort
-
+        class Spin(OnnxRuntimeBackend):
+            def _options(self, ort: Any, level: Any) -> Any:
                 opts = ort.SessionOptions()
-                opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+                opts.graph_optimization_level = level
                 opts.intra_op_num_threads = self.threads or (os.cpu_count() or 1)
                 opts.log_severity_level = 3
-                opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-                self.session = ort.InferenceSession(os.fspath(self.bundle.artifact_path(self.artifact)), opts,
-                                                    providers=["CPUExecutionProvider"])
-                self.providers = self.session.get_providers()
-                self.input_name = self.session.get_inputs()[0].name
-                self.input_type = self.session.get_inputs()[0].type
+                opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
+                return opts
 
-        return NoSpin(bundle, bundle.get(art_name), threads=threads).load()
+        return Spin(bundle, bundle.get(art_name), threads=threads).load()
 
 
 def explore(set_name: str, paths: list[Path], bundle: Bundle, art_name: str, knobs: Knobs, decode_alone_s: float,
@@ -330,16 +335,13 @@ def explore(set_name: str, paths: list[Path], bundle: Bundle, art_name: str, kno
         for workers in sorted({1, cores}):
             for threads in sorted({1, cores}):
                 for spinning in (True, False):
-                    if spinning:
-                        backend = create_backend("onnxruntime", bundle, bundle.get(art_name), threads=threads).load()
-                    else:
-                        backend = _NoSpinOrt.make(bundle, art_name, threads)
+                    backend = _NoSpinOrt.make(bundle, art_name, threads, spin=spinning)
                     try:
                         secs = _timed_passes(lambda: sort_pass(root, cands, backend, batch, workers).seconds, knobs.reps)
                     finally:
                         backend.close()
                     row = {"set": set_name, "batch": batch, "workers": workers, "threads": threads,
-                           "spinning": "on (default)" if spinning else "off", "images_per_s": len(paths) / median(secs),
+                           "spinning": "on" if spinning else "off (default)", "images_per_s": len(paths) / median(secs),
                            "ratio_to_decode_alone": median(secs) / decode_alone_s}
                     echo(f"  explore {set_name} batch={batch} workers={workers} threads={threads} "
                          f"spinning={row['spinning']}: {row['images_per_s']:.1f} img/s "
@@ -350,7 +352,7 @@ def explore(set_name: str, paths: list[Path], bundle: Bundle, art_name: str, kno
 
 def ab_spinning(set_name: str, paths: list[Path], bundle: Bundle, art_name: str, knobs: Knobs, rounds: int,
                 echo) -> dict[str, Any]:
-    """Interleaved A/B at the runtime's default settings: ORT spin-waiting on (as shipped) vs off.
+    """Interleaved A/B at the runtime's default settings: ORT spin-waiting on vs off (shipped: off).
 
     Alternating the order every round spreads slow phases of a shared machine over both arms; the
     paired per-round ratio is the figure to trust, not either absolute.
@@ -361,8 +363,7 @@ def ab_spinning(set_name: str, paths: list[Path], bundle: Bundle, art_name: str,
     for i in range(max(1, rounds)):
         speeds = {}
         for arm in (("on", "off") if i % 2 == 0 else ("off", "on")):
-            backend = (create_backend("onnxruntime", bundle, bundle.get(art_name), threads=knobs.threads).load()
-                       if arm == "on" else _NoSpinOrt.make(bundle, art_name, knobs.threads))
+            backend = _NoSpinOrt.make(bundle, art_name, knobs.threads, spin=arm == "on")
             try:
                 secs = _timed_passes(lambda: sort_pass(root, cands, backend, knobs.batch_size, knobs.workers).seconds, 2)
             finally:

@@ -11,7 +11,7 @@ from typing import Any
 CSV_FIELDS = [
     "kind", "backend", "artifact", "precision", "format", "size_mb", "threshold", "accepted", "reference",
     "latency_p50_ms", "latency_p95_ms", "best_batch", "best_batch_images_per_s", "e2e_images_per_s",
-    "speedup_e2e_vs_naive", "cold_start_s", "peak_rss_mb", "auc", "sensitivity", "sensitivity_ci_low",
+    "speedup_e2e_vs_naive", "speedup_e2e_vs_dermosort", "cold_start_s", "peak_rss_mb", "auc", "sensitivity", "sensitivity_ci_low",
     "sensitivity_ci_high", "specificity", "specificity_ci_low", "specificity_ci_high", "work_reduction",
     "agreement", "flips_to_benign", "flips_to_review", "max_abs_dp", "missed_malignant", "n_images", "n_malignant",
     "passed", "error",
@@ -90,14 +90,15 @@ def render_markdown(report: dict[str, Any]) -> str:
         "## Speed",
         "",
         "| backend / artifact | precision | model p50 ms | model p95 ms | best batch: img/s | end-to-end img/s "
-        "| vs naive | cold start s | peak RSS MB |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| vs naive | vs DermoSort-style | cold start s | peak RSS MB |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         best = f"{r['best_batch']}: {_fmt(r.get('best_batch_images_per_s'))}" if r.get("best_batch") else "—"
         lines.append(f"| {_name(r)} | {r.get('precision', '')} | {_fmt(r.get('latency_p50_ms'), 2)} | "
                      f"{_fmt(r.get('latency_p95_ms'), 2)} | {best} | {_fmt(r.get('e2e_images_per_s'))} | "
-                     f"{_fmt(r.get('speedup_e2e_vs_naive'), 2)}× | {_fmt(r.get('cold_start_s'), 2)} | "
+                     f"{_fmt(r.get('speedup_e2e_vs_naive'), 2)}× | {_fmt(r.get('speedup_e2e_vs_dermosort'), 1)}× | "
+                     f"{_fmt(r.get('cold_start_s'), 2)} | "
                      f"{_fmt(r.get('peak_rss_mb'), 0)} |")
     lines += ["", "## Decisions", "",
               "| backend / artifact | threshold | AUC | sensitivity (95% CI) | specificity (95% CI) | work reduction "
@@ -109,6 +110,12 @@ def render_markdown(report: dict[str, Any]) -> str:
                      f"{_ci(r.get('sensitivity'), r.get('sensitivity_ci95'))} | "
                      f"{_ci(r.get('specificity'), r.get('specificity_ci95'))} | {_fmt(r.get('work_reduction'), 1, True)} | "
                      f"{_fmt(r.get('agreement'), 1, True)} | {flips} | {_fmt(r.get('passed'))} |")
+    ds = report.get("dermosort_style") or {}
+    if ds:
+        lines += ["", (f"DermoSort-style baseline — {ds['label']}: {ds['e2e_images_per_s']:.1f} img/s end to end in "
+                       "process (median of the timed passes); the \"vs DermoSort-style\" column divides by it. "
+                       "Whole-process figures: `python -m dermsort.bench.wholeproc`." if not ds.get("error")
+                       else f"DermoSort-style baseline {ds['error']}.")]
     base = next((r for r in rows if r["kind"] == "baseline"), None)
     if base is not None:
         lines += ["", f"Baseline — {base.get('label', '')}. Its decisions use the reference threshold; its "
@@ -163,8 +170,9 @@ def write_decisions(report: dict[str, Any], path: Path) -> None:
                                  d["p_malignant"], d.get("reason", "")])
 
 
-def plot(report: dict[str, Any], path: Path) -> None:
-    """Sensitivity (Wilson CI) against model-only and end-to-end cost; one colour per row, legend below."""
+def plot(report: dict[str, Any], path: Path) -> list[str]:
+    """Sensitivity (Wilson CI) against model-only and end-to-end cost; one colour per row, legend below,
+    each artifact labelled with whether it passed the export's parity gate. Returns the legend's labels."""
     import os
 
     from dermsort.runtime.probe import cache_dir
@@ -185,7 +193,8 @@ def plot(report: dict[str, Any], path: Path) -> None:
         yerr = [[r["sensitivity"] - ci[0]], [ci[1] - r["sensitivity"]]]
         marker = "s" if r["kind"] == "baseline" else ("*" if r.get("reference") else "o")
         label = ("naive baseline" if r["kind"] == "baseline" else f"{r['backend']} / {r['artifact']}"
-                 + (" (reference)" if r.get("reference") else "") + ("" if r.get("passed") else " — not passed"))
+                 + (" (reference)" if r.get("reference") else "")
+                 + (": passed the gate" if r.get("passed") else ": NOT passed (hollow)"))
         xs = (r.get("latency_p50_ms"), 1000.0 / r["e2e_images_per_s"] if r.get("e2e_images_per_s") else None)
         for ax, x in zip(axes, xs):
             if x is None:
@@ -208,6 +217,7 @@ def plot(report: dict[str, Any], path: Path) -> None:
     fig.tight_layout(rect=(0, 0.14, 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
+    return [lbl for _, lbl in handles]
 
 
 def write_reports(report: dict[str, Any], out: Path) -> dict[str, Path]:

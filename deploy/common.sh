@@ -596,6 +596,39 @@ ds_pip_install() { # REQUIREMENT...
     ds_run pip "$(ds_venv_python)" -m pip install --disable-pip-version-check "$@"
 }
 
+# The venv must hold exactly one ONNX Runtime build: onnxruntime, onnxruntime-gpu (and NVIDIA's
+# Jetson build of it) install the same import name and shadow each other, and pip check does not see
+# that. Then pip check: a problem that involves dermsort or ONNX Runtime stops the install; others
+# only warn (a --system-site-packages venv also sees the system's packages, not ours to fix).
+DS_ORT_COUNT='import importlib.metadata as m
+names = sorted({(d.metadata["Name"] or "").lower() for d in m.distributions()} & {"onnxruntime", "onnxruntime-gpu"})
+print(" ".join(names) or "none")'
+
+ds_pip_check() {
+    local report found
+    if ((DS_DRY_RUN)) || [[ -n $(ds_skip_reason pip) ]]; then
+        ds_run pip "$(ds_venv_python)" -c "$DS_ORT_COUNT"
+        ds_run pip "$(ds_venv_python)" -m pip check --disable-pip-version-check
+        return 0
+    fi
+    found=$("$(ds_venv_python)" -c "$DS_ORT_COUNT") || ds_die "the venv's python does not run: $(ds_venv_python)"
+    case $found in
+        onnxruntime | onnxruntime-gpu) ds_log "ONNX Runtime in the venv: $found" ;;
+        none) ds_die "no ONNX Runtime in the venv $DS_VENV: install dermsort[cpu] or dermsort[gpu]" ;;
+        *) ds_die "both $found are installed in $DS_VENV: they shadow each other; remove the venv and install again" ;;
+    esac
+    printf '+ %s\n' "$(ds_quote "$(ds_venv_python)" -m pip check --disable-pip-version-check)"
+    if report=$("$(ds_venv_python)" -m pip check --disable-pip-version-check 2>&1); then
+        printf '%s\n' "$report"
+        return 0
+    fi
+    report=$(tr '\n' ';' <<<"$report")
+    if grep -qiE 'dermsort|onnxruntime' <<<"$report"; then
+        ds_die "pip check failed on dermsort's requirements: $report"
+    fi
+    ds_warn "pip check reports problems outside dermsort, left as they are: $report"
+}
+
 ds_check_source() {
     [[ -e ${DS_SOURCE%%\[*} ]] || ds_die "--source $DS_SOURCE not found (a dermsort checkout or a .whl file)"
 }
@@ -638,7 +671,13 @@ ds_install_service() { # EXTRA_SERVICE_LINES
     ds_copy_file "$DS_DEPLOY_DIR/dermsort-service.sh" "$(ds_rp "$DS_WRAPPER")" 0755
     ds_render_unit "$1" | ds_write_file "$(ds_rp "$DS_UNIT")" 0644
     ds_render_dropin | ds_write_file "$(ds_rp "$DS_DROPIN")" 0644
-    if [[ $DS_ROOT == / ]]; then
+    if [[ $DS_ROOT == / && ! -d /run/systemd/system && -z $(ds_skip_reason systemctl) ]]; then
+        # sd_booted(): no systemd as PID 1 here (a chroot or container preparing an image, e.g. an
+        # SD card): systemctl cannot reload or start anything; enable the unit in the file system so
+        # it starts at the next boot
+        ds_warn "systemd is not running on this system (chroot or container?): enabling $DS_UNIT_NAME for the next boot, not starting it now"
+        ds_run systemctl systemctl --root=/ enable "$DS_UNIT_NAME"
+    elif [[ $DS_ROOT == / ]]; then
         ds_run systemctl systemctl daemon-reload
         ds_run systemctl systemctl enable "$DS_UNIT_NAME"
         if ((DS_START)); then

@@ -19,6 +19,7 @@ COMMANDS = {
     "sort": ("dermsort.runtime.cli:sort", ""),
     "watch": ("dermsort.runtime.cli:watch", ""),
     "info": ("dermsort.runtime.cli:info", ""),
+    "report": ("dermsort.runtime.cli:report", ""),
     "train": ("dermsort.train.cli:train", "train"),
     "evaluate": ("dermsort.train.cli:evaluate", "train"),
     "export": ("dermsort.export.cli:export", "export"),

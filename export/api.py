@@ -66,6 +66,19 @@ def _remove_files(root: Path, art: Artifact, keep: set[str] | frozenset[str] = f
             (root / rel).unlink()
 
 
+def _check_inputs(spec: Any, n: int = 8) -> np.ndarray:
+    """Seeded random RGB images through the runtime's own normalisation: inputs in the model's range for
+    the ONNX-vs-torch check when an FP32/FP16-only export was given no images at all."""
+    from PIL import Image
+
+    from dermsort.runtime.preprocess import to_array
+
+    rng = np.random.default_rng(0)
+    size = spec.input_size
+    return np.stack([to_array(Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8), "RGB"), spec)
+                     for _ in range(n)])
+
+
 def _check_logits(model: Any, batch: np.ndarray) -> None:
     import torch
 
@@ -185,13 +198,17 @@ def export_bundle(checkpoint: str | os.PathLike, out: str | os.PathLike,
     gate_rows, gate_csvs = calibration.gate_set(labelled_csvs, calib_sources, labelled_split)
     if labelled_csvs and not gate_rows:
         raise DermsortError(f"no {labelled_split!r} rows in {', '.join(map(str, labelled_csvs))}")
-    if not calib_sources:
-        raise DermsortError("--calib is required: real images for INT8 calibration and the ONNX-vs-torch check")
-    calib_files = calibration.calibration_files(calib_sources, calib_count, exclude=[r.path for r in gate_rows])
+    int8 = [t.name for t in targets if t.precision == "int8"]
+    if int8 and not calib_sources:
+        raise DermsortError(f"--calib is required for INT8 ({', '.join(int8)}): real images to calibrate on; "
+                            "an FP32/FP16-only export (--precision fp32,fp16) needs none")
+    calib_files = (calibration.calibration_files(calib_sources, calib_count, exclude=[r.path for r in gate_rows])
+                   if calib_sources else [])
     say(f"preprocessing {len(calib_files)} calibration images" + (f" and {len(gate_rows)} labelled images"
                                                                    if gate_rows else ""))
-    calib_tensors, calib_kept = calibration.load_tensors(calib_files, spec, skip_concerns=True)
-    calib_files = [calib_files[i] for i in calib_kept]  # what calibrated, for the manifest's mix per data set
+    if calib_files:
+        calib_tensors, calib_kept = calibration.load_tensors(calib_files, spec, skip_concerns=True)
+        calib_files = [calib_files[i] for i in calib_kept]  # what calibrated, for the manifest's mix per data set
     gate_tensors = gate_labels = None
     gate_datasets: dict[str, dict[str, int]] = {}
     if gate_rows:
@@ -200,6 +217,12 @@ def export_bundle(checkpoint: str | os.PathLike, out: str | os.PathLike,
         gate_datasets = calibration.per_dataset(gate_rows[i] for i in kept)
         if not 0 < gate_labels.sum():
             raise DermsortError("the labelled gate set has no malignant image: sensitivity cannot be checked")
+    if not calib_files:
+        # no INT8: the images only feed the ONNX-vs-torch check (and latency); labelled ones if given
+        calib_tensors = gate_tensors[:32] if gate_tensors is not None else _check_inputs(spec)
+        say("no --calib images: the ONNX-vs-torch check runs on " + (
+            f"{len(calib_tensors)} labelled images" if gate_tensors is not None
+            else f"{len(calib_tensors)} seeded random images (pass --calib or --labelled for real ones)"))
     _check_logits(ckpt.model, calib_tensors)
 
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -261,6 +284,8 @@ def _build(ckpt: Any, metadata: Any, targets: list[formats.Target], work: Path, 
             elif row.name == "onnx-int8-u8s8":
                 quantization[row.name] = onnx_export.quantize_int8(ref_path, work / row.path, metadata, calib_tensors,
                                                                    form="u8s8")
+            elif row.name == "openvino-fp32":
+                openvino_export.export_fp32(ref_path, work / row.path, metadata)
             elif row.name == "openvino-fp16":
                 openvino_export.export_fp16(ref_path, work / row.path, metadata)
             elif row.name == "openvino-bf16":

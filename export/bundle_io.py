@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from dermsort.runtime.bundle import MANIFEST
+from dermsort.runtime.fileops import fsync_dir
 from dermsort.runtime.errors import DermsortError
 
 log = logging.getLogger(__name__)
@@ -76,15 +77,7 @@ def _fsync_tree(root: Path) -> None:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-        _fsync_dir(Path(dirpath))
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        fsync_dir(Path(dirpath))
 
 
 def swap_in(new: Path, out: Path) -> None:
@@ -95,7 +88,7 @@ def swap_in(new: Path, out: Path) -> None:
         old = out.parent / f".{out.name}.old-{os.getpid()}-{int(time.time())}"
         os.rename(out, old)
     os.rename(new, out)
-    _fsync_dir(out.parent)
+    fsync_dir(out.parent)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
 

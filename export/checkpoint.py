@@ -7,13 +7,13 @@ whose architecture is a torchvision model name, so exports keep working while tr
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 from dataclasses import dataclass
 from typing import Any
 
 from dermsort.runtime.errors import ModelError
+from dermsort.runtime.fileops import sha256_file
 from dermsort.runtime.metadata import ModelMetadata
 
 log = logging.getLogger(__name__)
@@ -31,14 +31,6 @@ class LoadedCheckpoint:
     builder: str
     sha256: str
     path: str = ""
-
-
-def _sha256(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
@@ -112,7 +104,7 @@ def load_checkpoint(path: str | os.PathLike) -> LoadedCheckpoint:
     """
     if not os.path.isfile(path):
         raise ModelError(f"checkpoint not found: {path}")
-    sha = _sha256(path)
+    sha = sha256_file(path)
     train_models = _train_models()
     train_error: Exception | None = None
     for where, train_loader in _train_loaders(train_models):

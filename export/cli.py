@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import sys
 
 import click
@@ -16,6 +18,27 @@ EXIT_INCOMPLETE = 3
 
 def _say(message: str) -> None:
     click.echo(message, err=True)
+
+
+@contextlib.contextmanager
+def progress_to_stderr():
+    """Everything written to stdout while exporting (NNCF/OpenVINO progress bars, library prints, even
+    from C++) goes to stderr instead, so that stdout carries only the result (valid JSON with --json)."""
+    sys.stdout.flush()
+    try:
+        saved = os.dup(1)
+    except OSError:  # no fd 1 (embedded use): the Python-level redirect still applies
+        saved = None
+    try:
+        if saved is not None:
+            os.dup2(2, 1)
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        sys.stdout.flush()
+        if saved is not None:
+            os.dup2(saved, 1)
+            os.close(saved)
 
 
 def _csv_list(values: tuple[str, ...]) -> list[str]:
@@ -58,9 +81,9 @@ def _tolerances(max_sensitivity_drop: float, max_specificity_drop: float, max_fl
               help=f"Comma-separated targets: {', '.join(formats.TOOLKITS)}.")
 @click.option("--precision", "precision", default="fp32,fp16,bf16,int8", show_default=True,
               help=f"Comma-separated precisions: {', '.join(formats.PRECISIONS)} (FP32 ONNX is always written).")
-@click.option("--calib", "calib", multiple=True, required=True,
-              help="Folder of real images or labels.csv (its train split) for INT8 calibration; repeatable. "
-                   "Images are drawn round-robin across the sources (an even mix of data sets).")
+@click.option("--calib", "calib", multiple=True,
+              help="Folder of real images or labels.csv (its train split) for INT8 calibration; repeatable; "
+                   "needed only for int8. Images are drawn round-robin across the sources (an even mix of data sets).")
 @click.option("--labelled", "labelled", multiple=True,
               help="labels.csv for the parity gate, its --labelled-split rows of every one "
                    "(default: those of every --calib CSV); repeatable.")
@@ -81,11 +104,13 @@ def export(checkpoint: str, out: str, to: str, precision: str, calib: tuple[str,
     """Export a training checkpoint to a verified model bundle (ONNX, OpenVINO, TensorRT)."""
     from .api import export_bundle
 
-    bundle = export_bundle(checkpoint, out, to=to, precisions=precision, calib=_csv_list(calib),
-                           labelled=_csv_list(labelled), allow_parity_failure=allow_parity_failure,
-                           calib_count=calib_count, labelled_split=labelled_split, accuracy_control=accuracy_control,
-                           tolerances=_tolerances(max_sensitivity_drop, max_specificity_drop, max_flip_rate),
-                           say=_say)
+    with progress_to_stderr():
+        bundle = export_bundle(checkpoint, out, to=to, precisions=precision, calib=_csv_list(calib),
+                               labelled=_csv_list(labelled), allow_parity_failure=allow_parity_failure,
+                               calib_count=calib_count, labelled_split=labelled_split,
+                               accuracy_control=accuracy_control,
+                               tolerances=_tolerances(max_sensitivity_drop, max_specificity_drop, max_flip_rate),
+                               say=_say)
     info = bundle.extra.get("export", {})
     _finish(bundle, as_json, [r["name"] for r in info.get("rejected", [])] + list(info.get("failed", {})),
             info.get("skipped", {}))
@@ -96,22 +121,29 @@ def export(checkpoint: str, out: str, to: str, precision: str, calib: tuple[str,
 @click.option("--precision", "precision", default="fp16,int8", show_default=True,
               help="Comma-separated engine precisions: fp16, int8.")
 @click.option("--labelled", "labelled", multiple=True,
-              help="labels.csv for the parity gate on this device (without it engines are unverified).")
+              help="labels.csv for the parity gate on this device. Without it the engines must agree with the "
+                   "FP32 reference on the bundle's verification set (or --verify-images); no labels needed.")
 @click.option("--labelled-split", default=calibration.GATE_SPLIT, show_default=True)
+@click.option("--verify-images", "verify_images", multiple=True,
+              help="Folder of your own images (no labels) to verify the engines on instead of the bundle's "
+                   "set: 24 of them, chosen away from the threshold on both sides; repeatable.")
 @click.option("--max-batch", default=32, show_default=True, type=click.IntRange(1, 1024),
               help="Largest batch of the engines' optimization profile (smallest is 1).")
 @click.option("--allow-parity-failure", is_flag=True, help="Keep engines that fail the parity gate (recorded).")
 @_gate_options
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest's artifact list as JSON on stdout.")
-def export_engines(bundle_dir: str, precision: str, labelled: tuple[str, ...], labelled_split: str, max_batch: int,
-                   allow_parity_failure: bool, max_sensitivity_drop: float, max_specificity_drop: float,
+def export_engines(bundle_dir: str, precision: str, labelled: tuple[str, ...], labelled_split: str,
+                   verify_images: tuple[str, ...], max_batch: int, allow_parity_failure: bool,
+                   max_sensitivity_drop: float, max_specificity_drop: float,
                    max_flip_rate: float, as_json: bool) -> None:
     """Build TensorRT engines into an existing bundle, on the target GPU (e.g. the Jetson)."""
     from .engines import export_engines as build
 
-    bundle = build(bundle_dir, precisions=precision, labelled=_csv_list(labelled), labelled_split=labelled_split,
-                   allow_parity_failure=allow_parity_failure, max_batch=max_batch,
-                   tolerances=_tolerances(max_sensitivity_drop, max_specificity_drop, max_flip_rate), say=_say)
+    with progress_to_stderr():
+        bundle = build(bundle_dir, precisions=precision, labelled=_csv_list(labelled), labelled_split=labelled_split,
+                       allow_parity_failure=allow_parity_failure, max_batch=max_batch,
+                       tolerances=_tolerances(max_sensitivity_drop, max_specificity_drop, max_flip_rate), say=_say,
+                       verify_images=list(verify_images))
     engines = bundle.extra.get("engines", {})
     # an engine that failed to build is a requested artifact missing: exit 3, as for a rejected one
     _finish(bundle, as_json, [r["name"] for r in engines.get("rejected", [])] + list(engines.get("failed", {})),

@@ -2,7 +2,8 @@
 
 Each precision is built into its own temporary file and kept only when it succeeds (an INT8 failure
 never discards an FP16 engine); every engine records what it was built for and passes the same parity
-gate as the other artifacts when a labelled set is given.
+gate as the other artifacts when a labelled set is given, or else the label-free agreement check on
+the bundle's verification set (verify_set.py).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import numpy as np
 from dermsort.runtime.bundle import Artifact, Bundle, load_bundle, sha256_file, write_manifest
 from dermsort.runtime.errors import BackendUnavailable, ModelError
 
-from . import calibration, formats, parity, report
+from . import calibration, formats, parity, report, verify_set
 from .api import GATE_RULES, Say, _artifact, _decide, _gate, _target_sensitivity, report_rows
 from .onnx_export import ExportError
 from .bundle_io import _locked, recover, swap_in
@@ -34,11 +35,14 @@ def export_engines(bundle_dir: str | os.PathLike, precisions: str | Iterable[str
                    labelled: str | os.PathLike | Iterable[str | os.PathLike] = (),
                    labelled_split: str = calibration.GATE_SPLIT, allow_parity_failure: bool = False,
                    max_batch: int = 32, tolerances: parity.Tolerances = parity.Tolerances(),
-                   say: Say | None = None) -> Bundle:
+                   say: Say | None = None, verify_images: Iterable[str | os.PathLike] = ()) -> Bundle:
     """Build TensorRT engines into an existing bundle, on the GPU that will run them.
 
     Each engine records ``built_for`` (GPU, compute capability, TensorRT version). With a labelled
-    set the engines pass the same parity gate as every other artifact; without one they are unverified.
+    set the engines pass the same parity gate as every other artifact; without one they must agree
+    with the reference on the bundle's verification set (``verify_set``: decisions and p, no labels),
+    or on ``verify_images`` (the reference's decisions made here), and engines that disagree are
+    refused; without any of these they are unverified.
     """
     from . import tensorrt_export
 
@@ -53,6 +57,7 @@ def export_engines(bundle_dir: str | os.PathLike, precisions: str | Iterable[str
     reference = bundle.get(formats.REFERENCE)
     bundle.verify(reference)
     csvs = [labelled] if isinstance(labelled, (str, os.PathLike)) else list(labelled)
+    images = [verify_images] if isinstance(verify_images, (str, os.PathLike)) else list(verify_images)
     gate_rows, _ = calibration.gate_set(csvs, (), labelled_split)
     with _locked(root):
         recover(root, say)
@@ -100,8 +105,15 @@ def export_engines(bundle_dir: str | os.PathLike, precisions: str | Iterable[str
                              "per_dataset": calibration.per_dataset(gate_rows[i] for i in kept),
                              "target_sensitivity": _target_sensitivity(bundle.metadata),
                              "tolerances": asdict(tolerances), "rules": GATE_RULES}
+            elif (vset := (verify_set.from_images(new, images) if images else verify_set.load(new))) is not None:
+                # no labels here: the engines must reproduce the reference's decisions on these images
+                say(f"no --labelled set: verifying the engines against the {vset.describe()['kind']}: "
+                    f"{len(vset.files)} images")
+                results = verify_set.check(new, built, vset, say=say)
+                tensors = vset.tensors(new)
+                gate_info = {"ran": True, **vset.describe()}
             else:
-                reason = "parity gate did not run on the device (no --labelled set)"
+                reason = "parity gate did not run on the device (no --labelled set, no verification set in the bundle)"
                 say(f"WARNING: {reason}; engines are marked unverified")
             latency = {}
             if tensors is not None:  # model-only latency needs real images; bench covers the rest

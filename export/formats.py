@@ -40,6 +40,8 @@ TARGETS: tuple[Target, ...] = (
     Target("onnx-int8", "onnx", "int8", "onnxruntime", "model.int8.onnx", atol=5e-2),
     # the form ONNX Runtime's CPU kernels are fast with (uint8 activations x int8 weights); not TensorRT's
     Target("onnx-int8-u8s8", "onnx", "int8", "onnxruntime", "model.int8-u8s8.onnx", atol=5e-2),
+    Target("openvino-fp32", "openvino", "fp32", "openvino", "openvino/model_fp32.xml",
+           ("openvino/model_fp32.bin",), atol=1e-4),
     Target("openvino-fp16", "openvino", "fp16", "openvino", "openvino/model_fp16.xml",
            ("openvino/model_fp16.bin",), atol=1e-2),
     # OpenVINO executing the FP16 IR in bf16 (AVX512-BF16 / AMX CPUs): the same files, its own precision,

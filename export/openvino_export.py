@@ -1,4 +1,4 @@
-"""OpenVINO IR artifacts: FP16 (compressed weights) and INT8 (NNCF post-training quantization)."""
+"""OpenVINO IR artifacts: FP32, FP16 (compressed weights) and INT8 (NNCF post-training quantization)."""
 
 from __future__ import annotations
 
@@ -24,6 +24,14 @@ def _convert(onnx_path: Path, metadata: ModelMetadata) -> Any:
     # the same metadata JSON the ONNX carries, so an IR copied out of the bundle still says what it is
     model.set_rt_info(metadata.to_json(), ONNX_METADATA_KEY)
     return model
+
+
+def export_fp32(onnx_path: Path, xml_path: Path, metadata: ModelMetadata) -> None:
+    """IR with FP32 weights: the reference model in OpenVINO's own format (``--to openvino --precision fp32``)."""
+    import openvino as ov
+
+    xml_path.parent.mkdir(parents=True, exist_ok=True)
+    ov.save_model(_convert(onnx_path, metadata), os.fspath(xml_path), compress_to_fp16=False)
 
 
 def export_fp16(onnx_path: Path, xml_path: Path, metadata: ModelMetadata) -> None:

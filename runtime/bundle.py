@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ModelError
+from .fileops import sha256_file
 from .metadata import ModelMetadata
 
 MANIFEST = "manifest.json"
@@ -23,12 +24,14 @@ BUNDLE_VERSION = 1
 DEFAULT_BUNDLE = Path(__file__).resolve().parent / "models" / "default"
 
 
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
+def decision_digest(manifest: dict[str, Any]) -> str:
+    """sha256 over the whole manifest but its integrity record: everything that can change a decision - the
+    metadata (classes, malignant classes, preprocessing, output kind, threshold, ...), every artifact entry
+    (its threshold, gate verdict, files and their checksums), the verification set the engines are checked
+    against. Stored as ``integrity.sha256`` and checked on every load."""
+    covered = {k: v for k, v in manifest.items() if k != "integrity"}
+    text = json.dumps(covered, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(text.encode("ascii")).hexdigest()
 
 
 @dataclass
@@ -52,6 +55,12 @@ class Artifact:
     override: str = ""
     #: for TensorRT engines: the GPU / TensorRT version they were built for
     built_for: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def rejected(self) -> bool:
+        """Failed the export's parity gate (kept only by --allow-parity-failure): never runs unless
+        explicitly allowed. An *unverified* artifact (exported without labelled data) is not rejected."""
+        return not self.accepted and not self.override.startswith("unverified")
 
     @property
     def format(self) -> str:
@@ -96,7 +105,7 @@ class Bundle:
                     "(modified or corrupt model; re-export or reinstall it)")
 
     def manifest_dict(self) -> dict[str, Any]:
-        return {
+        data = {
             "format": BUNDLE_FORMAT,
             "bundle_version": BUNDLE_VERSION,
             "model_id": self.metadata.model_id,
@@ -104,8 +113,12 @@ class Bundle:
             "reference": self.reference,
             "metadata": self.metadata.to_dict(),
             "artifacts": [asdict(a) for a in self.artifacts],
-            **self.extra,
+            **{k: v for k, v in self.extra.items() if k != "integrity"},
         }
+        data["integrity"] = {"sha256": decision_digest(data),
+                             "covers": "the whole manifest but this record: metadata, every artifact entry "
+                                       "(thresholds, gate verdicts, files, checksums), verification set"}
+        return data
 
 
 def make_artifact(root: str | os.PathLike, rel_path: str, *, name: str, backend: str, precision: str,
@@ -173,6 +186,13 @@ def load_bundle(path: str | os.PathLike | None) -> tuple[Bundle, str | None]:
         raise ModelError(f"{manifest} is not a dermsort bundle manifest")
     if int(data.get("bundle_version", 0)) != BUNDLE_VERSION:
         raise ModelError(f"{manifest} has bundle_version {data.get('bundle_version')}; this dermsort reads {BUNDLE_VERSION}")
+    recorded = (data.get("integrity") or {}).get("sha256") if isinstance(data.get("integrity"), dict) else None
+    if not recorded:
+        raise ModelError(f"{manifest} has no integrity record, so its threshold and metadata cannot be trusted; "
+                         "re-export the model with this dermsort")
+    if recorded != decision_digest(data):
+        raise ModelError(f"{manifest} was modified after export: its thresholds/metadata do not match its integrity "
+                         "record (an edited threshold changes every decision); re-export or reinstall the model")
     try:
         metadata = ModelMetadata.from_dict(data["metadata"])
         known = set(Artifact.__dataclass_fields__)
@@ -180,7 +200,8 @@ def load_bundle(path: str | os.PathLike | None) -> tuple[Bundle, str | None]:
     except (KeyError, TypeError, ValueError) as exc:
         raise ModelError(f"{manifest} is malformed: {exc}") from None
     extra = {k: v for k, v in data.items()
-             if k not in {"format", "bundle_version", "model_id", "created", "reference", "metadata", "artifacts"}}
+             if k not in {"format", "bundle_version", "model_id", "created", "reference", "metadata", "artifacts",
+                          "integrity"}}
     bundle = Bundle(root=manifest.parent.resolve(), metadata=metadata, artifacts=artifacts,
                     reference=data.get("reference", ""), created=data.get("created", ""), extra=extra)
     name = None

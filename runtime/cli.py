@@ -16,11 +16,20 @@ from .backends.base import backend_installed, backend_status, get_backend_class,
 from .bundle import DEFAULT_BUNDLE, load_bundle
 from .diagnosis import diagnosis_name, head_summary, is_diagnosis_head, validation_lines
 from .engine import load_profile, open_backend, profile_path, stale_reason
-from .errors import DermsortError
-from .sorter import Candidate, SortOptions, Sorter, default_out, scan
+from .errors import DermsortError, OutputError
+from .report_page import ReportRefresher, build_report, write_report_safely
+from .scan import Candidate, ScanNotes, default_out, scan
+from .sorter import SortOptions, Sorter
 
 #: what sort/watch can run; the torch backend is a reference for bench/evaluate (never imported here)
 BACKENDS = ["auto", "onnxruntime", "openvino", "tensorrt"]
+
+
+class FilesLeftInPlace(DermsortError):
+    """Some files could not be sorted and were left where they are (listed above): exit 3, so a script
+    that empties a card after a clean run does not go on."""
+
+    exit_code = 3
 
 
 class Interrupted(DermsortError):
@@ -36,6 +45,9 @@ def _model_options(fn):
                      help="Output folder (gets benign/, review/, results.csv). Default: FOLDER-sorted beside FOLDER."),
         click.option("--move", is_flag=True, help="Move images instead of copying them (crash-safe)."),
         click.option("--recursive", "-r", is_flag=True, help="Also sort images in subfolders."),
+        click.option("--keep-tree", "keep_tree", is_flag=True,
+                     help="With --recursive: mirror the subfolders inside benign/ and review/ (default: flatten, "
+                          "clashes get __N; the sub-path is always in results.csv's relpath)."),
         click.option("--backend", default="auto", show_default=True,
                      help=f"Inference backend: {'|'.join(BACKENDS)}."),
         click.option("--precision", default="auto", show_default=True, help="auto|fp32|fp16|bf16|int8 (artifacts in the bundle)."),
@@ -49,6 +61,8 @@ def _model_options(fn):
         click.option("--workers", type=click.IntRange(1, 64), default=None, help="Decode threads (default: CPU count)."),
         click.option("--threads", type=click.IntRange(1, 256), default=None, help="Inference threads."),
         click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout."),
+        click.option("--allow-rejected-artifact", "allow_rejected", is_flag=True,
+                     help="Run an artifact that the export's parity gate REJECTED (every row is marked)."),
     ]
     for option in reversed(options):
         fn = option(fn)
@@ -57,7 +71,7 @@ def _model_options(fn):
 
 def _prepare(folder: Path, out: Path | None, backend: str, precision: str, model: Path | None,
              threshold: float | None, move: bool, recursive: bool, dry_run: bool, batch_size: int,
-             workers: int | None, threads: int | None):
+             workers: int | None, threads: int | None, allow_rejected: bool = False, keep_tree: bool = False):
     # a registered backend that does not sort (the torch reference): open_backend says why
     if backend not in list_backends() and backend != "auto":
         raise DermsortError(f"unknown backend {backend!r}; choose one of: {', '.join(BACKENDS)}")
@@ -69,16 +83,34 @@ def _prepare(folder: Path, out: Path | None, backend: str, precision: str, model
         raise DermsortError(f"--threshold must be in (0, 1], got {threshold}")
     out = out if out is not None else default_out(folder)
     opts = SortOptions(out=out, move=move, recursive=recursive, dry_run=dry_run, threshold=threshold,
-                       batch_size=batch_size, workers=workers)
+                       batch_size=batch_size, workers=workers, allow_rejected=allow_rejected, keep_tree=keep_tree)
     bundle, artifact_name = load_bundle(model)
-    engine = open_backend(bundle, backend, precision, artifact_name, threads=threads)
+    engine = open_backend(bundle, backend, precision, artifact_name, threads=threads, allow_rejected=allow_rejected)
+    _warn_threshold(engine, threshold)
     return bundle, engine, opts
 
 
-def _print_summary(summary: Any, bundle: Any, opts: SortOptions, as_json: bool, dry_run: bool) -> None:
+def _warn_threshold(engine: Any, threshold: float | None) -> None:
+    """A threshold above the validated one sends more lesions to benign/: say so, loudly, on stderr."""
+    validated = float(engine.artifact.threshold)
+    if threshold is not None and threshold > validated:
+        sens = engine.metadata.validation.sensitivity
+        held = f" (validated sensitivity {sens:.1%})" if isinstance(sens, (int, float)) else ""
+        click.echo(f"WARNING: --threshold {threshold:g} is ABOVE the validated threshold {validated:.4f} of "
+                   f"{engine.artifact.name}: images with p_malignant between the two go to benign/, so malignant "
+                   f"lesions may be sent to benign/ and the validated sensitivity{held} no longer holds. "
+                   "Every row of results.csv is marked threshold_overridden.", err=True)
+    if engine.artifact.rejected:
+        click.echo(f"WARNING: running {engine.artifact.name}, which the export's parity gate REJECTED "
+                   "(--allow-rejected-artifact); every row of results.csv is marked artifact_accepted=False.", err=True)
+
+
+def _print_summary(summary: Any, bundle: Any, opts: SortOptions, as_json: bool, dry_run: bool,
+                   folder: Path | None = None, report: Path | None = None) -> None:
     data = summary.to_dict()
     data.update({"model_id": bundle.model_id, "development_model": bundle.metadata.development_model,
-                 "out": str(opts.out), "dry_run": dry_run, "mode": "move" if opts.move else "copy"})
+                 "out": str(opts.out), "dry_run": dry_run, "mode": "move" if opts.move else "copy",
+                 "report": str(report) if report else None})
     if dry_run:
         data["decisions"] = summary.decisions
     if as_json:
@@ -89,11 +121,26 @@ def _print_summary(summary: Any, bundle: Any, opts: SortOptions, as_json: bool, 
         for d in summary.decisions:
             echo(decision_line(d))
     verb = "would sort" if dry_run else "sorted"
-    echo(f"{verb} {summary.sorted} image(s): {summary.benign} benign, {summary.review} review "
-         f"(work reduction {summary.work_reduction:.1%}) in {summary.seconds:.1f} s, {summary.images_per_s:.1f} images/s")
+    if summary.sorted == 0 and not summary.skipped_already_sorted and not summary.left_in_place:
+        echo(f"no images found in {folder}" if folder is not None else "no images found")
+    else:
+        not_images = f", {summary.not_images} not an image (in review/)" if summary.not_images else ""
+        echo(f"{verb} {summary.images} image(s): {summary.benign} benign, {summary.review - summary.not_images} "
+             f"review{not_images} (work reduction {summary.work_reduction:.1%}) in {summary.seconds:.1f} s, "
+             f"{summary.images_per_s:.1f} files/s")
     backend = summary.backend
+    override = (f" (OVERRIDDEN by --threshold; validated {summary.validated_threshold:.4f})"
+                if summary.threshold_overridden else "")
     echo(f"model {bundle.model_id} on {backend.get('backend')}/{backend.get('artifact')} "
-         f"({backend.get('device')}), threshold {summary.threshold:.4f}")
+         f"({backend.get('device')}), threshold {summary.threshold:.4f}{override}")
+    if not summary.artifact_accepted:
+        echo("note: this artifact was REJECTED by the export's parity gate (run with --allow-rejected-artifact)")
+    if summary.in_subfolders:
+        echo(f"{summary.in_subfolders} file(s) in subfolders were not sorted (use --recursive)")
+    if summary.hidden:
+        echo(f"{summary.hidden} hidden file(s) (names starting with '.') were not sorted")
+    if summary.reconciled:
+        echo(f"{summary.reconciled} file(s) found in the output without a journal record were recorded again")
     if bundle.metadata.development_model:
         echo("note: this is a DEVELOPMENT model, not validated for clinical use (see `dermsort info`)")
     if summary.skipped_already_sorted:
@@ -101,13 +148,15 @@ def _print_summary(summary: Any, bundle: Any, opts: SortOptions, as_json: bool, 
     if summary.recovered:
         echo(f"recovered {summary.recovered} placement(s) interrupted in an earlier run")
     for item in summary.left_in_place:
-        echo(f"left in place: {item['file']} ({item['reason']})")
+        echo(f"left in place (not sorted): {item['file']} ({item['reason']})")
     for item in summary.sources_kept:
         echo(f"sorted but kept in the input: {item['file']} ({item['reason']})")
     for item in summary.ignored:
         echo(f"ignored: {item['file']} ({item['reason']})")
     if not dry_run:
         echo(f"output: {opts.out}  (journal: {opts.out / '.dermsort' / 'journal.jsonl'}, results: {opts.out / 'results.csv'})")
+    if report is not None:
+        echo(f"review page: {report}")
     if summary.interrupted:
         echo("stopped early on request; re-run to sort the rest")
 
@@ -127,37 +176,82 @@ def _progress_bar(total: int, enabled: bool):
     return click.progressbar(length=total, label="sorting", file=sys.stderr, show_pos=True, show_eta=True)
 
 
+class LineProgress:
+    """Progress without a terminal (a service, a redirected log): one line on stderr every
+    ``every_s`` seconds or every ``every_n`` images, whichever comes first."""
+
+    def __init__(self, total: int, every_s: float = 10.0, every_n: int = 500, clock=time.monotonic):
+        self.total, self.every_s, self.every_n, self.clock = total, every_s, every_n, clock
+        self.done = 0
+        self._start = self._last_t = clock()
+        self._last_n = 0
+
+    def update(self, n: int) -> None:
+        self.done += n
+        now = self.clock()
+        if now - self._last_t >= self.every_s or self.done - self._last_n >= self.every_n:
+            rate = self.done / (now - self._start) if now > self._start else 0.0
+            click.echo(f"sorting: {self.done}/{self.total} images ({self.done / max(self.total, 1):.0%}), "
+                       f"{rate:.1f} images/s", err=True)
+            self._last_t, self._last_n = now, self.done
+
+
+def _run_info(bundle: Any, opts: SortOptions, left_in_place: list[dict[str, str]],
+              ignored: list[dict[str, str]]) -> dict[str, Any]:
+    """What the review page needs beyond results.csv (see runtime/report_page.py)."""
+    return {"bundle": str(bundle.root), "model_id": bundle.model_id,
+            "threshold_overridden": opts.threshold is not None, "threshold": opts.threshold,
+            "left_in_place": list(left_in_place), "ignored": list(ignored)}
+
+
 @click.command()
 @click.argument("folder", type=click.Path(path_type=Path))
 @_model_options
 @click.option("--dry-run", is_flag=True, help="Decide and print, but write and move nothing.")
-def sort(folder: Path, out: Path | None, move: bool, recursive: bool, backend: str, precision: str,
+def sort(folder: Path, out: Path | None, move: bool, recursive: bool, keep_tree: bool, backend: str, precision: str,
          model: Path | None, threshold: float | None, batch_size: int, workers: int | None, threads: int | None,
-         as_json: bool, dry_run: bool) -> None:
+         as_json: bool, allow_rejected: bool, dry_run: bool) -> None:
     """Sort the images in FOLDER into OUT/benign/ and OUT/review/."""
     bundle, engine, opts = _prepare(folder, out, backend, precision, model, threshold, move, recursive,
-                                    dry_run, batch_size, workers, threads)
+                                    dry_run, batch_size, workers, threads, allow_rejected, keep_tree)
     stop = threading.Event()
     _install_signal_handlers(stop)
-    sorter = Sorter(folder, opts, engine, stop=stop)
+    try:
+        sorter = Sorter(folder, opts, engine, stop=stop)
+    except BaseException:
+        engine.close()
+        raise
     try:
         recovered = sorter.open()
-        ignored: list[dict[str, str]] = []
-        files = scan(sorter.input_dir, recursive, ignored)
+        if sorter.journal_warning:
+            click.echo(f"warning: {sorter.journal_warning}", err=True)
+        notes = ScanNotes()
+        files = scan(sorter.input_dir, recursive, notes=notes)
         bar = _progress_bar(len(files), not as_json)
         if bar is not None:
             with bar:
                 summary = sorter.run(files, progress=bar.update)
+        elif not as_json and files:
+            summary = sorter.run(files, progress=LineProgress(len(files)).update)
         else:
             summary = sorter.run(files)
         summary.recovered = recovered
-        summary.ignored = ignored
+        summary.ignored = notes.ignored
+        summary.in_subfolders, summary.hidden = notes.in_subfolders, notes.hidden
     finally:
         sorter.close()
         engine.close()
-    _print_summary(summary, bundle, opts, as_json, dry_run)
+    # --dry-run writes nothing, so no page either (it prints each decision instead)
+    report = None if dry_run else write_report_safely(
+        sorter.out, bundle, _run_info(bundle, opts, summary.left_in_place, notes.ignored))
+    _print_summary(summary, bundle, opts, as_json, dry_run, folder, report)
     if summary.interrupted:
         raise Interrupted("stopped on request before every image was sorted; re-run to sort the rest")
+    if summary.results_error:
+        raise OutputError(f"{summary.results_error}; every decision is in the journal: re-run to write it")
+    if summary.left_in_place:
+        raise FilesLeftInPlace(f"{len(summary.left_in_place)} file(s) could not be sorted and were left where "
+                               "they are (listed above)")
 
 
 @click.command()
@@ -168,18 +262,26 @@ def sort(folder: Path, out: Path | None, move: bool, recursive: bool, backend: s
 @click.option("--settle", type=click.FloatRange(0.0, 3600), default=2.0, show_default=True,
               help="A file is taken only after its size and time stamp stayed the same this long.")
 @click.option("--max-cycles", type=int, default=None, hidden=True, help="Stop after this many scans (tests).")
-def watch(folder: Path, out: Path | None, move: bool, recursive: bool, backend: str, precision: str,
+def watch(folder: Path, out: Path | None, move: bool, recursive: bool, keep_tree: bool, backend: str, precision: str,
           model: Path | None, threshold: float | None, batch_size: int, workers: int | None, threads: int | None,
-          as_json: bool, interval: float, settle: float, max_cycles: int | None) -> None:
+          as_json: bool, allow_rejected: bool, interval: float, settle: float, max_cycles: int | None) -> None:
     """Keep sorting new images as they arrive in FOLDER, until Ctrl-C or SIGTERM."""
     bundle, engine, opts = _prepare(folder, out, backend, precision, model, threshold, move, recursive,
-                                    False, batch_size, workers, threads)
+                                    False, batch_size, workers, threads, allow_rejected, keep_tree)
     stop = threading.Event()
     _install_signal_handlers(stop)
-    sorter = Sorter(folder, opts, engine, stop=stop)
+    try:
+        sorter = Sorter(folder, opts, engine, stop=stop)
+    except BaseException:
+        engine.close()
+        raise
     totals = {"benign": 0, "review": 0}
+    refresher = ReportRefresher(sorter.out, bundle, min_interval=5.0)
+    left: list[dict[str, str]] = []
     try:
         sorter.open()
+        if sorter.journal_warning:
+            click.echo(f"warning: {sorter.journal_warning}", err=True)
         click.echo(f"watching {sorter.input_dir} -> {sorter.out} with {engine.describe().get('backend')}/"
                    f"{engine.artifact.name}; Ctrl-C to stop", err=True)
         seen: dict[str, tuple[int, int, float]] = {}
@@ -187,6 +289,9 @@ def watch(folder: Path, out: Path | None, move: bool, recursive: bool, backend: 
         while not stop.is_set():
             now = time.monotonic()
             ready: list[Candidate] = []
+            if not sorter.input_dir.is_dir():
+                raise DermsortError(f"input folder {sorter.input_dir} disappeared (deleted or unmounted); "
+                                    "stopped watching")
             current = scan(sorter.input_dir, recursive)
             names = set()
             for cand in current:
@@ -203,6 +308,8 @@ def watch(folder: Path, out: Path | None, move: bool, recursive: bool, backend: 
                     del seen[key]
             if ready:
                 summary = sorter.run(ready)
+                if summary.results_error:
+                    click.echo(f"warning: {summary.results_error}", err=True)
                 for key in ("benign", "review"):
                     totals[key] += getattr(summary, key)
                 for d in summary.decisions:
@@ -211,6 +318,8 @@ def watch(folder: Path, out: Path | None, move: bool, recursive: bool, backend: 
                 for cand in ready:
                     if not cand.path.exists():
                         seen.pop(str(cand.path), None)
+                left = summary.left_in_place
+                refresher.refresh(_run_info(bundle, opts, left, []))  # at most every 5 s
             cycles += 1
             if max_cycles is not None and cycles >= max_cycles:
                 break
@@ -218,6 +327,8 @@ def watch(folder: Path, out: Path | None, move: bool, recursive: bool, backend: 
     finally:
         sorter.close()
         engine.close()
+    if (sorter.out / "results.csv").is_file():
+        refresher.refresh(_run_info(bundle, opts, left, []), force=True)
     click.echo(f"stopped: {totals['benign']} benign, {totals['review']} review sorted while watching", err=True)
 
 
@@ -233,6 +344,18 @@ def _install_signal_handlers(stop: threading.Event) -> None:
 
     signal.signal(signal.SIGINT, handler)
     signal.signal(signal.SIGTERM, handler)
+
+
+@click.command()
+@click.argument("out", type=click.Path(path_type=Path))
+@click.option("--model", "model", type=click.Path(path_type=Path), default=None,
+              help="The bundle the run used, if it has moved (default: the one recorded by the run, else the bundled model).")
+def report(out: Path, model: Path | None) -> None:
+    """Rebuild OUT/report.html (the review page) from OUT/results.csv of any earlier run."""
+    if not (out / "results.csv").is_file():
+        raise DermsortError(f"no results.csv in {out}: not a dermsort output folder (sort into it first)")
+    bundle = load_bundle(model)[0] if model is not None else None
+    click.echo(f"review page: {build_report(out, bundle)}")
 
 
 @click.command()

@@ -8,8 +8,12 @@ that will run is imported (a probe imports those it measures, once).
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
+import platform
 import time
+from pathlib import Path
 
 from .backends.base import Backend, backend_installed, backend_status, create_backend, get_backend_class, list_backends
 from .bundle import Artifact, Bundle
@@ -22,6 +26,39 @@ log = logging.getLogger(__name__)
 
 #: tried first when nothing is known about this machine: the reference and the most portable
 PRECISION_ORDER = ("fp32", "fp16", "bf16", "int8")
+
+
+def compiled_cache_dir(library: str) -> Path | None:
+    """Folder for models compiled/optimised by ``library`` (reused across runs), or None when disabled
+    (``DERMSORT_COMPILED_CACHE=0``) or not creatable (read-only home): then every run compiles afresh."""
+    if os.environ.get("DERMSORT_COMPILED_CACHE", "1").strip().lower() in ("0", "no", "off", "false"):
+        return None
+    path = cache_dir() / "compiled" / library
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        log.info("no compiled-model cache (%s): %s", path, exc)
+        return None
+    return path
+
+
+def cpu_fingerprint() -> str:
+    """Short hash of this CPU's model and instruction-set flags.
+
+    An optimised graph may use layouts/kernels chosen for this CPU (e.g. ONNX Runtime's NCHWc blocking
+    for AVX2 vs AVX-512), so a cache shared through a network home must not cross CPUs.
+    """
+    text = platform.machine()
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith(("model name", "flags", "Features", "CPU part")):
+                    text += line
+                elif not line.strip() and "flags" in text:
+                    break  # first CPU is enough
+    except OSError:
+        pass
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
 def compatible(backend: str, artifact: Artifact) -> bool:
@@ -48,8 +85,10 @@ def _refuse_reference_backend(backend: str) -> None:
                             f"sorting; export the checkpoint (`dermsort export`) and sort with the bundle")
 
 
-def candidates(bundle: Bundle, backend: str = "auto", precision: str = "auto") -> list[tuple[str, Artifact]]:
-    """(backend, artifact) pairs that may run: accepted artifacts, matching the request, in a sane order.
+def candidates(bundle: Bundle, backend: str = "auto", precision: str = "auto",
+               allow_rejected: bool = False) -> list[tuple[str, Artifact]]:
+    """(backend, artifact) pairs that may run: accepted artifacts (rejected ones only when explicitly allowed),
+    matching the request, in a sane order.
 
     ``auto`` runs each artifact on the backend it was made and gated for (``Artifact.backend``): the parity
     gate judged that pair, not e.g. OpenVINO running an ONNX file quantised for ONNX Runtime. A named
@@ -61,7 +100,7 @@ def candidates(bundle: Bundle, backend: str = "auto", precision: str = "auto") -
     _refuse_reference_backend(backend)
     if precision not in ("auto", *PRECISION_ORDER):
         raise DermsortError(f"unknown precision {precision!r}; choose one of: auto, {', '.join(PRECISION_ORDER)}")
-    arts = [a for a in bundle.artifacts if a.accepted or a.override]
+    arts = [a for a in bundle.artifacts if not a.rejected or allow_rejected]
     if precision != "auto":
         arts = [a for a in arts if a.precision == precision]
     arts.sort(key=lambda a: PRECISION_ORDER.index(a.precision) if a.precision in PRECISION_ORDER else 9)
@@ -73,20 +112,30 @@ def candidates(bundle: Bundle, backend: str = "auto", precision: str = "auto") -
 
 
 def open_backend(bundle: Bundle, backend: str = "auto", precision: str = "auto", artifact_name: str | None = None,
-                 threads: int | None = None, probe: bool = True) -> Backend:
+                 threads: int | None = None, probe: bool = True, allow_rejected: bool = False) -> Backend:
     """Verify, load and return the backend that will make the decisions (only its library is imported,
     unless ``auto`` has to probe)."""
     _refuse_reference_backend(backend)
     if artifact_name:
         art = bundle.get(artifact_name)
+        if art.rejected and not allow_rejected:
+            raise DermsortError(f"artifact {art.name} was REJECTED by the export's parity gate; refusing to run it "
+                                "(use --allow-rejected-artifact to run it anyway)")
         # auto runs a named artifact on the backend its gate ran it on
         pairs = [(b, art) for b in [art.backend if backend == "auto" else backend] if sorts(b) and compatible(b, art)]
     else:
-        pairs = candidates(bundle, backend, precision)
+        pairs = candidates(bundle, backend, precision, allow_rejected)
+    if not pairs and not artifact_name and not allow_rejected:
+        held_back = [a.name for _, a in candidates(bundle, backend, precision, allow_rejected=True)]
+        if held_back:
+            raise DermsortError(f"the only artifact(s) for this request ({', '.join(dict.fromkeys(held_back))}) were "
+                                "REJECTED by the export's parity gate; use --allow-rejected-artifact to run one anyway")
     if not pairs:
         wanted = f"backend {backend}" + (f" at {precision}" if precision != "auto" else "")
+        hint = ("; TensorRT engines are built on the device that runs them: `dermsort export-engines BUNDLE`"
+                if backend == "tensorrt" else "")
         raise BackendUnavailable(f"the model bundle has no artifact for {wanted} "
-                                 f"(has: {', '.join(f'{a.name}' for a in bundle.artifacts)})")
+                                 f"(has: {', '.join(f'{a.name}' for a in bundle.artifacts)}){hint}")
     if backend != "auto":
         ok, why = backend_status(backend)  # imports the one backend asked for, to say why it cannot run
         if not ok:

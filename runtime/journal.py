@@ -19,6 +19,7 @@ import io
 import json
 import os
 import signal
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
@@ -26,7 +27,31 @@ from typing import Any, Iterable
 #: results.csv columns; new ones go at the END so readers of older files (by position) keep working.
 #: ``top_dx``/``top_dx_p``: a diagnosis head's most likely class, for display only (empty for binary models).
 RESULT_FIELDS = ["file", "dest", "sha256", "decision", "p_malignant", "threshold", "backend", "artifact",
-                 "model_id", "time", "reason", "mode", "top_dx", "top_dx_p"]
+                 "model_id", "time", "reason", "mode", "top_dx", "top_dx_p", "relpath", "threshold_overridden",
+                 "artifact_accepted", "status"]
+#: what each column holds (README "What you get"; a test keeps the two in step)
+RESULT_DOCS = {
+    "file": "the input file as it was found (absolute path); empty for a file found in OUT without a journal record",
+    "dest": "where it is now, relative to OUT (benign/NAME or review/NAME; NAME__N.ext on a name clash)",
+    "sha256": "sha256 of the exact bytes that were classified (and verified in the output)",
+    "decision": "benign or review",
+    "p_malignant": "the model's P(malignant), 6 decimals; empty when the image could not be scored",
+    "threshold": "the operating threshold that was applied (p_malignant < threshold -> benign)",
+    "backend": "the inference backend that ran (onnxruntime, openvino, tensorrt)",
+    "artifact": "the model artifact that ran (e.g. onnx-fp32, openvino-int8)",
+    "model_id": "the model bundle's id",
+    "time": "when it was classified (local time, ISO 8601)",
+    "reason": "why it went where it went (the p-threshold comparison, or the input problem)",
+    "mode": "copy (the input was left) or move (the input is removed once the copy is verified; see status)",
+    "top_dx": "diagnosis-head models: the most likely of the 7 HAM10000 diagnoses (information only)",
+    "top_dx_p": "its probability (information only)",
+    "relpath": "the input file's path relative to the input folder (keeps subfolders with --recursive)",
+    "threshold_overridden": "True when --threshold replaced the validated threshold",
+    "artifact_accepted": "False when an artifact the export's parity gate rejected ran (--allow-rejected-artifact)",
+    "status": "empty normally; 'superseded by DEST' when the input changed and was sorted again, 'source kept' "
+              "when --move could not remove the input, 'missing from OUT' when the file was removed from the output "
+              "afterwards, 'recovered' for a file found in OUT without a journal record",
+}
 #: a text cell starting with one of these is a formula to a spreadsheet: it is written with a leading '
 FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
 
@@ -73,6 +98,10 @@ class JournalState:
     completed_moves: set[str] = field(default_factory=set)
     #: source path -> id of its latest finished placement
     by_source: dict[str, str] = field(default_factory=dict)
+    #: lines that were not journal records (damage: garbage, a cut in the middle); counted for a warning
+    bad_lines: int = 0
+    #: bytes cut from a torn last line
+    torn_bytes: int = 0
 
     def pending(self) -> list[dict[str, Any]]:
         return [r for i, r in self.intents.items() if i not in self.done and i not in self.aborted]
@@ -82,6 +111,24 @@ class JournalState:
 
     def claimed_dests(self) -> set[str]:
         return {r["dest"] for i, r in self.intents.items() if i not in self.aborted and r.get("dest")}
+
+    def unclaimed_recovered(self) -> dict[str, str]:
+        """sha256 -> id of files found in OUT without a journal record whose input was not seen yet."""
+        return {r["sha256"]: i for i, r in self.intents.items()
+                if i in self.done and r.get("recovered_from_output") and not r.get("file") and r.get("sha256")}
+
+    def status(self, rec: dict[str, Any], out: Path | None = None) -> str:
+        """The results.csv ``status`` of a finished placement (see RESULT_DOCS)."""
+        if out is not None and rec.get("dest") and not os.path.lexists(out / rec["dest"]):
+            return "missing from OUT"
+        latest = self.by_source.get(rec.get("file") or "")
+        if rec.get("file") and latest and latest != rec["id"] and rec["id"] not in self.completed_moves:
+            return f"superseded by {self.intents[latest].get('dest')} (the input changed and was sorted again)"
+        if rec.get("recovered_from_output"):
+            return "recovered (found in OUT without a journal record)"
+        if rec.get("mode") == "move" and rec["id"] not in self.completed_moves and rec.get("file"):
+            return "source kept"
+        return ""
 
 
 def _dumps(rec: dict[str, Any]) -> str:
@@ -110,6 +157,7 @@ class Journal:
         with open(self.path, "rb") as fh:
             data = fh.read()
         end = data.rfind(b"\n") + 1
+        state.torn_bytes = len(data) - end
         if end < len(data) and repair:
             # torn tail from a kill mid-write: that record was never acknowledged, so it never happened
             with open(self.path, "r+b") as fh:
@@ -121,9 +169,12 @@ class Journal:
             try:
                 rec = json.loads(line.decode("utf-8", "surrogateescape"))
             except ValueError:
+                state.bad_lines += 1
                 continue
-            if isinstance(rec, dict):
+            if isinstance(rec, dict) and isinstance(rec.get("id"), str):
                 self._fold(state, rec)
+            else:
+                state.bad_lines += 1
         return state
 
     @staticmethod
@@ -138,6 +189,38 @@ class Journal:
             state.aborted.add(rid)
         elif event == "source_removed":
             state.completed_moves.add(rid)
+        elif event == "claim" and rid in state.intents:
+            # the input of a placement recovered from OUT was seen again: it is that placement's source
+            state.intents[rid].update({k: rec[k] for k in ("file", "relpath", "size", "mtime_ns") if k in rec})
+            if rid in state.done:
+                state.by_source[rec["file"]] = rid
+
+    def drop_bad_lines(self) -> Path | None:
+        """Rewrite the journal without lines that are not records (garbage, a cut in the middle), atomically;
+        the damaged original is kept beside it for inspection. Only the lock holder, before ``open``."""
+        data = self.path.read_bytes()
+        good = []
+        for line in data.splitlines(keepends=True):
+            try:
+                rec = json.loads(line.decode("utf-8", "surrogateescape"))
+            except ValueError:
+                continue
+            if isinstance(rec, dict) and isinstance(rec.get("id"), str) and line.endswith(b"\n"):
+                good.append(line)
+        kept = self.path.with_name(f"{self.path.name}.damaged-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}")
+        os.link(self.path, kept)
+        tmp = self.path.with_name(f".{self.path.name}.tmp")
+        with open(tmp, "wb") as fh:
+            fh.write(b"".join(good))
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, self.path)
+        dfd = os.open(self.path.parent, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+        return kept
 
     def open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -236,12 +319,13 @@ def read_header(data: bytes) -> list[str] | None:
         return None
 
 
-def results_csv_text(state: JournalState, columns: list[str] | None = None) -> str:
+def results_csv_text(state: JournalState, columns: list[str] | None = None, out: Path | None = None) -> str:
     buf = io.StringIO(newline="")
     writer = csv.DictWriter(buf, fieldnames=columns or RESULT_FIELDS, extrasaction="ignore", restval="")
     writer.writeheader()
     for rec in state.finished():
-        writer.writerow({k: csv_cell(v) for k, v in rec.items()})
+        row = {"artifact_accepted": True, **rec, "status": state.status(rec, out)}
+        writer.writerow({k: csv_cell(v) for k, v in row.items()})
     return buf.getvalue()
 
 
@@ -256,7 +340,7 @@ def write_results_csv(state: JournalState, target: Path) -> bool:
     except OSError:
         old = None
     columns = result_columns(read_header(old) if old else None)
-    data = results_csv_text(state, columns).encode("utf-8", "surrogateescape")
+    data = results_csv_text(state, columns, target.parent).encode("utf-8", "surrogateescape")
     if old == data:
         return False
     tmp = target.with_name(f".{target.name}.tmp")

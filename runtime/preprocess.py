@@ -10,7 +10,7 @@ import io
 import os
 import warnings
 from dataclasses import dataclass, field
-from typing import BinaryIO
+from typing import BinaryIO, Callable
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -35,6 +35,9 @@ IMAGE_EXTENSIONS = sorted({e for exts in EXTENSIONS.values() for e in exts})
 # Our own MAX_PIXELS check below refuses bombs before decoding (thread-safe, unlike catch_warnings
 # in decode threads); Pillow's warning for 89M..178M pixels would only add noise on stderr.
 warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+# Pillow warns about damaged metadata it skips (corrupt EXIF, tags past the end of the file): the pixels
+# decide, and a damaged image fails decoding with its own reason; the warnings would only leak to stderr.
+warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL(\..*)?$")
 _RESAMPLE = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC,
              "nearest": Image.Resampling.NEAREST, "lanczos": Image.Resampling.LANCZOS}
 
@@ -56,7 +59,10 @@ class ImageInfo:
 
 def open_image(data: bytes | BinaryIO, spec: PreprocessSpec, name: str = "") -> tuple[Image.Image, ImageInfo]:
     """Decode bytes (or a binary file opened for reading, for large files) by content into an
-    upright RGB image, DCT-downscaled for JPEG.
+    upright RGB image, shrunk by the power of two ``reduction_factor`` chooses: JPEG while decoding
+    (DCT scaling, the path the model was trained through), every other format by the same factor
+    with ``Image.reduce`` (box averaging) right after decoding, so that all formats reach the
+    network through the same reduction.
 
     Raises UnreadableImage for anything that cannot be decoded safely; returns concerns for images
     that decode but should not be trusted to reach benign/ (odd colour modes, tiny, blank...).
@@ -90,18 +96,30 @@ def open_image(data: bytes | BinaryIO, spec: PreprocessSpec, name: str = "") -> 
         info.concerns.append(f"image too small ({info.width}x{info.height}, minimum side {MIN_SIDE} px)")
     if info.mode not in ("RGB",):
         info.concerns.append(f"unexpected colour mode {info.mode} (dermoscopy images are 8-bit RGB)")
+    factor = reduction_factor(info.width, info.height, spec.resize_shorter)
     try:
         if info.format in ("JPEG", "MPO") and info.mode in ("RGB", "L", "CMYK", "YCbCr"):
             # DCT-domain downscaling: decodes 1/2..1/8 of the pixels; never below the size we need.
             img.draft(img.mode, (spec.resize_shorter, spec.resize_shorter))
         img.load()
+        drafted = img.size != (info.width, info.height)
         img = ImageOps.exif_transpose(img)
         img = _to_rgb(img)
+        if factor > 1 and not drafted:
+            # PNG/TIFF/BMP/WEBP (or a JPEG Pillow could not draft): the reduction JPEG got while decoding
+            img = img.reduce(factor)
     except UnreadableImage:
         raise
     except Exception as exc:  # truncated data, broken chunks, bad EXIF...
         raise UnreadableImage(f"corrupt or truncated image ({_short(exc)})") from None
     return img, info
+
+
+def reduction_factor(width: int, height: int, shorter: int) -> int:
+    """The power of two (1, 2, 4 or 8) an image is shrunk by before resizing: the factor Pillow's JPEG
+    ``draft`` picks for a request of ``shorter`` x ``shorter`` (largest that keeps both sides >= it)."""
+    scale = min(width // max(shorter, 1), height // max(shorter, 1))
+    return next((s for s in (8, 4, 2) if scale >= s), 1)
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
@@ -137,9 +155,16 @@ def to_array(img: Image.Image, spec: PreprocessSpec) -> np.ndarray:
     return np.ascontiguousarray(arr.transpose(2, 0, 1))
 
 
-def preprocess(data: bytes | BinaryIO, spec: PreprocessSpec, name: str = "") -> tuple[np.ndarray, ImageInfo]:
-    """File bytes -> (CHW float32 input tensor, ImageInfo with any concerns)."""
+def preprocess(data: bytes | BinaryIO, spec: PreprocessSpec, name: str = "",
+               on_image: Callable[[Image.Image], None] | None = None) -> tuple[np.ndarray, ImageInfo]:
+    """File bytes -> (CHW float32 input tensor, ImageInfo with any concerns).
+
+    ``on_image`` (e.g. the review page's thumbnail writer) is handed the decoded, upright RGB image
+    before it is resized, so that it needs no second decode; it must not modify it.
+    """
     img, info = open_image(data, spec, name)
+    if on_image is not None:
+        on_image(img)
     img = resize_and_crop(img, spec)
     small = np.asarray(img.resize((32, 32)), dtype=np.float32).reshape(-1, 3)
     # per channel: a uniformly coloured frame (skin-tone, over-exposed) has a large spread *across*

@@ -1,28 +1,20 @@
-"""The sorter: scan -> decode (thread pool) -> batched inference -> decision -> place -> journal.
+"""The sorter: scan -> read + decode (thread pool) -> batched inference -> decision -> place -> journal.
 
-Guarantees (see docs/RELIABILITY.md; tested in tests/test_reliability.py, test_faults.py, test_bad_input.py):
-- nothing is overwritten: placement uses ``os.link`` (fails if the name exists) and a unique suffix;
-- every placement is journalled as an intent before and done after it is durable, so a run killed
-  at any point is finished or rolled back by the next run; partial copies live only in
-  ``OUT/.dermsort/tmp`` and are never counted as sorted;
-- a source is removed (``--move``) only after its done record is durable and its destination was
-  seen in place; across file systems only after the copy was fsync'd and verified by sha256;
-- re-runs are idempotent: a source already placed (same path and content) is skipped;
-- ``benign`` only when the image passed every check and p_malignant < the artifact's threshold;
-- one bad input file never stops the run: it goes to review/ with a reason, or (when it cannot be
-  read or is not a regular file any more) stays where it is and is listed.
+Each idea has its own module: finding inputs (``scan``), reading one safely (``reading``), giving it
+its name and removing a source (``placement``, where the never-overwrite / identity-checked /
+durable-before-irreversible promises live), finishing what a killed run or a damaged journal left
+(``recovery``), and the low-level durable file operations (``fileops``). This module only
+orchestrates them. Guarantees: docs/RELIABILITY.md.
 """
 
 from __future__ import annotations
 
 import errno
 import fcntl
-import hashlib
 import logging
 import math
 import os
 import socket
-import stat
 import threading
 import time
 import uuid
@@ -37,21 +29,25 @@ import numpy as np
 from .backends.base import Backend
 from .diagnosis import top_diagnoses
 from .errors import DermsortError, OutputError
-from .journal import Journal, JournalState, fault_point, write_results_csv
-from .preprocess import UnreadableImage, preprocess
+from .fileops import Identity, fsync_dir, sha256_file
+from .journal import Journal, JournalState, write_results_csv
+from .placement import BENIGN, REVIEW, Placer
+from .reading import MAX_IN_MEMORY, Decoded, decode_one
+from .recovery import claim_record, reconcile, recover_pending, unaccounted
+from .scan import Candidate, ScanNotes, check_folders, default_out, scan
+from .thumbs import write_thumbnail
+
+__all__ = ["BENIGN", "REVIEW", "STATE_DIR", "Candidate", "Decoded", "ScanNotes", "SortOptions", "SortSummary", "Sorter",
+           "check_folders", "default_out", "scan", "MAX_IN_MEMORY"]
 
 log = logging.getLogger(__name__)
 
-BENIGN, REVIEW = "benign", "review"
 STATE_DIR = ".dermsort"
-#: files an OS or a camera leaves beside images; never images, never moved
-IGNORED_NAMES = {"thumbs.db", "desktop.ini", ".ds_store"}
-#: files up to this size are read once into memory (hash, decode and copy from the same bytes);
-#: larger ones are streamed, so one huge file cannot exhaust memory
-MAX_IN_MEMORY = 16 << 20
-#: longest file name (bytes) on every common file system
-NAME_MAX = 255
-_OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
+#: bytes of file data and decoded pixels the read-ahead may hold at once (a 24 MP PNG has no draft
+#: mode and decodes to ~72 MB: the cap keeps peak memory flat whatever the input)
+LOOKAHEAD_BYTES = 96 << 20
+#: reasons that mean "this is not an image" (counted on their own in the summary)
+NOT_AN_IMAGE = ("not a readable image", "empty file", "unsupported image format", "extension ")
 
 
 @dataclass
@@ -60,40 +56,16 @@ class SortOptions:
     move: bool = False
     recursive: bool = False
     dry_run: bool = False
-    #: overrides the artifact's validated threshold (recorded in the journal)
+    #: overrides the artifact's validated threshold (recorded in the journal and results.csv)
     threshold: float | None = None
     #: images per inference call; 8 keeps peak RSS of the default model (which scores each image and its
     #: mirror image, 2x rows) near what batch 16 cost a single-view model (docs/BENCHMARKS.md)
     batch_size: int = 8
     workers: int | None = None
-
-
-@dataclass
-class Candidate:
-    path: Path
-    size: int
-    mtime_ns: int
-
-
-@dataclass
-class Decoded:
-    cand: Candidate
-    sha256: str = ""
-    #: the file's bytes (None for files larger than MAX_IN_MEMORY: those are streamed)
-    data: bytes | None = None
-    tensor: np.ndarray | None = None
-    concerns: list[str] = field(default_factory=list)
-    error: str = ""
-    #: the bytes could not be read at all (permission, I/O error): nothing can be copied
-    unreadable: bool = False
-    #: not placed at all, left where it is with this reason (became a symlink, vanished, still being written)
-    skip: str = ""
-    dev: int | None = None
-    atime_ns: int = 0
-
-
-class _NotLinkable(Exception):
-    """The source cannot be hard-linked into the output (other file system, no hard links): copy it."""
+    #: an artifact the export's parity gate rejected may run only with this (every row is marked)
+    allow_rejected: bool = False
+    #: with ``recursive``: mirror the input's subfolders inside benign/ and review/ instead of flattening
+    keep_tree: bool = False
 
 
 @dataclass
@@ -101,97 +73,67 @@ class SortSummary:
     benign: int = 0
     review: int = 0
     skipped_already_sorted: int = 0
-    #: could not be placed (e.g. unreadable in copy mode); left where they are, listed here
+    #: could not be placed (e.g. unreadable in copy mode, still being written); left where they are, listed here
     left_in_place: list[dict[str, str]] = field(default_factory=list)
     ignored: list[dict[str, str]] = field(default_factory=list)
     #: --move: sorted (a verified copy is in the output) but the source could not be removed
     sources_kept: list[dict[str, str]] = field(default_factory=list)
     recovered: int = 0
+    #: files in OUT that the journal did not account for (damaged or deleted journal), recorded again
+    reconciled: int = 0
+    #: of the sorted files, how many were not images at all (text, zip, empty...): in review/, counted apart
+    not_images: int = 0
+    #: files in subfolders (without --recursive) and hidden files: not sorted, only counted
+    in_subfolders: int = 0
+    hidden: int = 0
     seconds: float = 0.0
     backend: dict[str, Any] = field(default_factory=dict)
     threshold: float = 0.0
+    threshold_overridden: bool = False
+    validated_threshold: float = 0.0
+    artifact_accepted: bool = True
     decisions: list[dict[str, Any]] = field(default_factory=list)
     interrupted: bool = False
+    #: results.csv could not be written (the journal has everything): the run must not report success
+    results_error: str = ""
 
     @property
     def sorted(self) -> int:
         return self.benign + self.review
 
     @property
+    def images(self) -> int:
+        return self.sorted - self.not_images
+
+    @property
     def work_reduction(self) -> float:
-        return self.benign / self.sorted if self.sorted else 0.0
+        return self.benign / self.images if self.images else 0.0
 
     @property
     def images_per_s(self) -> float:
         return self.sorted / self.seconds if self.seconds > 0 else 0.0
 
+    def count(self, rec: dict[str, Any]) -> None:
+        if rec["decision"] == BENIGN:
+            self.benign += 1
+        else:
+            self.review += 1
+            if str(rec.get("reason", "")).startswith(NOT_AN_IMAGE) or rec.get("not_an_image"):
+                self.not_images += 1
+        self.decisions.append({k: rec.get(k) for k in ("file", "relpath", "dest", "decision", "p_malignant", "reason",
+                                                       "sha256", "top_dx", "top_dx_p")})
+
     def to_dict(self) -> dict[str, Any]:
-        return {"benign": self.benign, "review": self.review, "sorted": self.sorted,
-                "skipped_already_sorted": self.skipped_already_sorted, "left_in_place": self.left_in_place,
-                "ignored": self.ignored, "sources_kept": self.sources_kept, "recovered_placements": self.recovered,
+        return {"benign": self.benign, "review": self.review, "sorted": self.sorted, "images": self.images,
+                "not_images": self.not_images, "skipped_already_sorted": self.skipped_already_sorted,
+                "left_in_place": self.left_in_place, "ignored": self.ignored, "sources_kept": self.sources_kept,
+                "in_subfolders_not_sorted": self.in_subfolders, "hidden_files_not_sorted": self.hidden,
+                "recovered_placements": self.recovered, "reconciled_files": self.reconciled,
                 "work_reduction": round(self.work_reduction, 4), "seconds": round(self.seconds, 3),
                 "images_per_s": round(self.images_per_s, 2), "backend": self.backend, "threshold": self.threshold,
-                "interrupted": self.interrupted}
-
-
-def check_folders(input_dir: Path, out: Path) -> tuple[Path, Path]:
-    """Resolve and validate the input and output folders; one-line errors for the CLI."""
-    if not input_dir.exists():
-        raise DermsortError(f"input folder not found: {input_dir}")
-    if not input_dir.is_dir():
-        raise DermsortError(f"input is not a folder: {input_dir}")
-    src, dst = input_dir.resolve(), out.resolve()
-    if dst == src or src in dst.parents:
-        raise OutputError(f"output folder {out} is inside the input folder {input_dir}; choose an output outside it")
-    if dst in src.parents:
-        raise OutputError(f"input folder {input_dir} is inside the output folder {out}; choose another output")
-    return src, dst
-
-
-def default_out(input_dir: Path) -> Path:
-    resolved = input_dir.resolve()
-    return resolved.parent / f"{resolved.name}-sorted"
-
-
-def scan(root: Path, recursive: bool, ignored: list[dict[str, str]] | None = None) -> list[Candidate]:
-    """Regular files under ``root`` in a stable order. Symlinks are never followed."""
-    found: list[Candidate] = []
-    stack = [root]
-    while stack:
-        folder = stack.pop()
-        try:
-            entries = sorted(os.scandir(folder), key=lambda e: e.name)
-        except OSError as exc:
-            if ignored is not None:
-                ignored.append({"file": str(folder), "reason": f"folder not readable ({exc.strerror})"})
-            continue
-        for entry in entries:
-            if entry.name.startswith(".") or entry.name.lower() in IGNORED_NAMES:
-                continue
-            try:
-                st = entry.stat(follow_symlinks=False)
-            except OSError:
-                continue
-            if stat.S_ISLNK(st.st_mode):
-                if ignored is not None:
-                    ignored.append({"file": entry.path, "reason": "symbolic link (not followed)"})
-            elif stat.S_ISDIR(st.st_mode):
-                if recursive:
-                    stack.append(Path(entry.path))
-            elif stat.S_ISREG(st.st_mode):
-                found.append(Candidate(Path(entry.path), st.st_size, st.st_mtime_ns))
-            elif ignored is not None:
-                ignored.append({"file": entry.path, "reason": "not a regular file"})
-    found.sort(key=lambda c: str(c.path))
-    return found
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+                "threshold_overridden": self.threshold_overridden, "validated_threshold": self.validated_threshold,
+                "artifact_accepted": self.artifact_accepted, "interrupted": self.interrupted,
+                "results_error": self.results_error}
 
 
 class Sorter:
@@ -203,9 +145,12 @@ class Sorter:
         self.options = options
         self.backend = backend
         self.metadata = backend.metadata
-        self.threshold = float(options.threshold if options.threshold is not None else backend.artifact.threshold)
+        self.validated_threshold = float(backend.artifact.threshold)
+        self.threshold = float(options.threshold if options.threshold is not None else self.validated_threshold)
         if not 0.0 < self.threshold <= 1.0:
             raise DermsortError(f"threshold {self.threshold} is outside (0, 1]")
+        #: False only when a gate-rejected artifact was explicitly allowed (engine.open_backend refuses it otherwise)
+        self.artifact_accepted = not backend.artifact.rejected
         self.stop = stop or threading.Event()
         self.state_dir = self.out / STATE_DIR
         self.tmp_dir = self.state_dir / "tmp"
@@ -213,13 +158,16 @@ class Sorter:
         self.state = JournalState()
         self._lock_fd: int | None = None
         self.run_id = uuid.uuid4().hex[:12]
-        self._out_dev: int | None = None
-        #: st_dev -> whether sources on it can be hard-linked into the output (learned on EXDEV/EPERM)
-        self._linkable: dict[int, bool] = {}
         self._malignant_idx = self.metadata.malignant_indices()
-        self._claimed: set[str] | None = None
         #: journal size when results.csv was last brought up to date (watch mode runs every few seconds)
         self._csv_at: int | None = None
+        self.placer = Placer(self.out, self.tmp_dir, self.state, options.move, self._append,
+                             journal_ok=lambda: self.journal.still_linked(), keep_tree=options.keep_tree)
+        #: one line for the user when the journal was damaged (set by open())
+        self.journal_warning = ""
+        self.reconciled = 0
+        #: sha256 -> id of files recovered from OUT whose input has not been seen yet
+        self._unclaimed: dict[str, str] = {}
 
     # ------------------------------------------------------------------ setup / recovery
     def open(self) -> int:
@@ -227,7 +175,11 @@ class Sorter:
         if self.options.dry_run:
             # read-only: a torn tail is left for the lock holder to cut
             self.state = self.journal.read(repair=False) if self.journal.path.exists() else JournalState()
+            self.placer.state = self.state
             return 0
+        # files in an output that dermsort never wrote to (no state, no results.csv) are somebody else's:
+        # they are never touched or recorded; in an output it did write to, they are reconciled
+        used_before = self.state_dir.is_dir() or (self.out / "results.csv").exists()
         try:
             for sub in (BENIGN, REVIEW):
                 (self.out / sub).mkdir(parents=True, exist_ok=True)
@@ -247,16 +199,56 @@ class Sorter:
             self._lock_fd = None
             raise OutputError(f"another dermsort is already sorting into {self.out}") from None
         try:
+            existed = self.journal.path.exists()
             self.state = self.journal.read()
+            self.placer.state = self.state
+            self._damaged_copy = self.journal.drop_bad_lines() if self.state.bad_lines else None
             self.journal.open()
             for sub in ("", BENIGN, REVIEW):  # the folders' names are durable before anything is placed in them
-                _fsync_dir(self.out / sub)
-            recovered = self._recover()
+                fsync_dir(self.out / sub)
+            recovered = recover_pending(self.state, self.out, self._append)
+            # partial copies from a kill: the source is still where it was (sources go only after done)
+            for part in self.tmp_dir.glob("*.part"):
+                part.unlink(missing_ok=True)
+            if used_before:
+                self._reconcile(existed)
+            self._unclaimed = self.state.unclaimed_recovered()
             for stale in [*self.state_dir.glob(".write-test-*"), self.out / ".results.csv.tmp"]:
                 stale.unlink(missing_ok=True)  # left by a kill
         except OSError as exc:
             raise self._output_error(exc, "recovering an interrupted run") from None
         return recovered
+
+    def _reconcile(self, journal_existed: bool) -> None:
+        """Files in OUT the journal does not account for: warn in one line, record them, rebuild results.csv."""
+        damage = []
+        if self.state.bad_lines:
+            damage.append(f"{self.state.bad_lines} damaged line(s)")
+        orphans = unaccounted(self.state, self.out)
+        if orphans and not journal_existed:
+            damage.append("journal missing")
+        if not orphans and not damage:
+            return
+        self.reconciled = reconcile(self.state, self.out, self.placer, self._classify_paths)
+        self.placer._claimed = None  # names chosen from now on must see the recorded files
+        what = ", ".join(damage) or "records missing"
+        kept = f" (damaged copy kept as {self._damaged_copy.name})" if getattr(self, "_damaged_copy", None) else ""
+        self.journal_warning = (f"the journal in {self.state_dir} was damaged ({what}){kept}; {self.reconciled} "
+                                f"file(s) in {self.out} it did not account for were checked, classified and recorded "
+                                "again; results.csv rebuilt")
+        log.warning("%s", self.journal_warning)
+        write_results_csv(self.state, self.out / "results.csv")
+
+    def _classify_paths(self, paths: list[Path]) -> list[tuple[Decoded, dict[str, Any]]]:
+        spec = self.metadata.preprocess
+        decoded = []
+        for path in paths:
+            try:
+                st = os.stat(path, follow_symlinks=False)
+                decoded.append(decode_one(Candidate(path, st.st_size, st.st_mtime_ns), spec))
+            except OSError:
+                decoded.append(Decoded(Candidate(path, 0, 0), skip="vanished"))
+        return [(d, rec) for d, rec in zip(decoded, self._score(decoded))]
 
     def close(self) -> None:
         self.journal.close()
@@ -264,58 +256,19 @@ class Sorter:
             os.close(self._lock_fd)
             self._lock_fd = None
 
-    def _recover(self) -> int:
-        """Finish or roll back placements a killed run left between intent and done."""
-        finished, aborted = [], []
-        for rec in self.state.pending():
-            if self._placement_complete(rec):
-                finished.append({"event": "done", "id": rec["id"], "recovered": True})
-            else:
-                self._unlink_own_partial_link(rec)
-                aborted.append({"event": "abort", "id": rec["id"], "why": "placement did not complete"})
-        self.journal.append(finished + aborted)
-        fault_point("recovered")
-        for rec in finished:
-            self.state.done.add(rec["id"])
-            self.state.by_source[self.state.intents[rec["id"]]["file"]] = rec["id"]
-        for rec in aborted:
-            self.state.aborted.add(rec["id"])
-        # partial copies from a kill: the source is still where it was (sources go only after done)
-        for part in self.tmp_dir.glob("*.part"):
-            part.unlink(missing_ok=True)
-        return len(finished)
-
-    def _placement_complete(self, rec: dict[str, Any]) -> bool:
-        if not rec.get("dest"):
-            return False
-        try:
-            st = os.stat(self.out / rec["dest"], follow_symlinks=False)
-            if not stat.S_ISREG(st.st_mode):
-                return False
-            if not rec.get("sha256"):  # an unreadable file moved by hard link: the source is the same inode
-                return os.path.samestat(st, os.stat(rec["file"], follow_symlinks=False))
-            return _sha256_path(self.out / rec["dest"]) == rec["sha256"]
-        except OSError:
-            return False
-
-    def _unlink_own_partial_link(self, rec: dict[str, Any]) -> None:
-        """A --move link whose source changed before the check: the dest is our second name of the source."""
-        if not rec.get("dest") or rec.get("mode") != "move":
-            return
-        dest = self.out / rec["dest"]
-        try:
-            if os.path.samestat(os.stat(dest, follow_symlinks=False), os.stat(rec["file"], follow_symlinks=False)):
-                os.unlink(dest)
-        except OSError:
-            pass
-
     # ------------------------------------------------------------------ main loop
     def run(self, files: list[Candidate] | None = None,
             progress: Callable[[int], None] | None = None) -> SortSummary:
-        summary = SortSummary(threshold=self.threshold, backend=self.backend.describe())
+        summary = SortSummary(threshold=self.threshold, backend=self.backend.describe(),
+                              threshold_overridden=self.options.threshold is not None,
+                              validated_threshold=self.validated_threshold, artifact_accepted=self.artifact_accepted,
+                              reconciled=self.reconciled)
+        self.reconciled = 0
         start = time.perf_counter()
         if files is None:
-            files = scan(self.input_dir, self.options.recursive, summary.ignored)
+            notes = ScanNotes(ignored=summary.ignored)
+            files = scan(self.input_dir, self.options.recursive, notes=notes)
+            summary.in_subfolders, summary.hidden = notes.in_subfolders, notes.hidden
         failed = True
         try:
             todo = []
@@ -347,8 +300,9 @@ class Sorter:
                         write_results_csv(self.state, self.out / "results.csv")
                         self._csv_at = size
                 except OSError as exc:
+                    summary.results_error = f"could not write {self.out / 'results.csv'}: {exc.strerror or exc}"
                     if not failed:  # when the run fails anyway, its own one-line error says why
-                        log.warning("could not write results.csv: %s", exc)
+                        log.warning("%s", summary.results_error)
         return summary
 
     def _already_sorted(self, cand: Candidate, summary: SortSummary) -> bool:
@@ -356,9 +310,10 @@ class Sorter:
         if rid is None:
             return False
         rec = self.state.intents[rid]
-        if (rec.get("size"), rec.get("mtime_ns")) != (cand.size, cand.mtime_ns):
+        replaced = bool(cand.ino and rec.get("ino")) and (rec["ino"], rec.get("ctime_ns")) != (cand.ino, cand.ctime_ns)
+        if replaced or (rec.get("size"), rec.get("mtime_ns")) != (cand.size, cand.mtime_ns):
             try:
-                if not rec.get("sha256") or _sha256_path(cand.path) != rec["sha256"]:
+                if not rec.get("sha256") or sha256_file(cand.path) != rec["sha256"]:
                     return False  # new content under an old name: sort it again (it gets its own name)
             except OSError:
                 return False
@@ -368,52 +323,60 @@ class Sorter:
 
     def _finish_move(self, rec: dict[str, Any], source: Path, summary: SortSummary) -> None:
         """A move whose done record is durable but whose source was not yet removed (killed in between)."""
-        dest = self.out / rec["dest"]
+        d = decode_one(Candidate(source, 0, 0), self.metadata.preprocess, hash_only=True)
         try:
-            dst, src = os.stat(dest, follow_symlinks=False), os.stat(source, follow_symlinks=False)
-            if os.path.samestat(dst, src):
-                ok = True
-            else:
-                ok = bool(rec.get("sha256")) and _sha256_path(dest) == rec["sha256"] == _sha256_path(source)
-        except OSError:
-            ok = False
-        if not ok:
-            summary.sources_kept.append({"file": str(source), "reason": f"sorted earlier, but {rec['dest']} is missing "
-                                         "or differs from it, so it was not removed"})
-            return
-        try:
-            os.unlink(source)
-        except OSError as exc:
-            summary.sources_kept.append({"file": str(source), "reason": f"could not remove it ({exc.strerror})"})
-            return
-        fault_point("unlink")
-        self._append([{"event": "source_removed", "id": rec["id"]}], sync=False)
+            if d.skip or d.identity is None:
+                summary.sources_kept.append({"file": str(source), "reason": d.skip or "unreadable"})
+                return
+            dest = self.out / rec["dest"]
+            same = d.identity.same_inode(Identity.at(dest)) or (
+                bool(rec.get("sha256")) and d.sha256 == rec["sha256"] and _sha_or_none(dest) == rec["sha256"])
+            if not same:
+                summary.sources_kept.append({"file": str(source), "reason": f"sorted earlier, but {rec['dest']} is "
+                                             "missing or differs from it, so it was not removed"})
+                return
+            d.sha256 = d.sha256 or rec.get("sha256", "")
+            if self.placer.remove_source(d, rec, summary):
+                self._append([{"event": "source_removed", "id": rec["id"]}], sync=False)
+                self.state.completed_moves.add(rec["id"])
+        finally:
+            d.close()
 
     def _decode_stream(self, todo: list[Candidate]) -> Iterator[Decoded]:
-        """Read + hash + decode in a thread pool with bounded look-ahead (memory stays flat)."""
+        """Read + hash + decode in a thread pool with bounded look-ahead: at most 2 batches of files, and at
+        most LOOKAHEAD_BYTES of file data in flight (so a run of 24 MP PNGs cannot pile up in memory)."""
         workers = self.options.workers or max(1, min(8, (os.cpu_count() or 1)))
         ahead = max(2 * self.options.batch_size, 2 * workers)
         spec = self.metadata.preprocess
+        thumbs = None if self.options.dry_run else self.state_dir / "thumbs"  # the review page's thumbnails
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode") as pool:
             pending: deque = deque()
+            in_flight = 0
             it = iter(todo)
-            for cand in it:
-                pending.append(pool.submit(_decode_one, cand, spec))
-                if len(pending) >= ahead:
-                    break
+            nxt = next(it, None)
             try:
-                while pending:
-                    yield pending.popleft().result()
+                while pending or nxt is not None:
+                    # keep at least one file in flight; beyond that respect both caps
+                    while nxt is not None and (not pending or (len(pending) < ahead
+                                                               and in_flight + nxt.size <= LOOKAHEAD_BYTES)):
+                        pending.append((pool.submit(decode_one, nxt, spec, False, thumbs), nxt.size))
+                        in_flight += nxt.size
+                        nxt = next(it, None)
+                    fut, size = pending.popleft()
+                    in_flight -= size
+                    yield fut.result()
                     if self.stop.is_set():
                         return
-                    nxt = next(it, None)
-                    if nxt is not None:
-                        pending.append(pool.submit(_decode_one, nxt, spec))
             finally:
-                for fut in pending:  # an error or a stop: do not decode what will not be placed
-                    fut.cancel()
+                for fut, _ in pending:  # an error or a stop: do not decode what will not be placed
+                    if not fut.cancel():
+                        try:
+                            fut.result().close()
+                        except Exception:  # noqa: BLE001 - only releasing descriptors here
+                            pass
 
-    def _process(self, batch: list[Decoded], summary: SortSummary, progress: Callable[[int], None] | None) -> None:
+    def _score(self, batch: list[Decoded]) -> list[dict[str, Any]]:
+        """Run the model on the decoded images of ``batch``; one intent record per item."""
         good = [d for d in batch if d.tensor is not None and not d.skip]
         p_malignant: dict[int, float] = {}
         top_dx: dict[int, tuple[str, float] | tuple[None, None]] = {}
@@ -429,13 +392,51 @@ class Sorter:
         for d in batch:
             d.tensor = None  # the pixels are not needed any more
             p = p_malignant.get(id(d))
-            decision, reason = self._decide(d, p)
-            records.append((d, self._record(d, decision, reason, p, top_dx.get(id(d), (None, None)))))
-        self._place(records, summary)
+            decision, reason = self.decide(d, p)
+            records.append(self._record(d, decision, reason, p, top_dx.get(id(d), (None, None))))
+        return records
+
+    def _process(self, batch: list[Decoded], summary: SortSummary, progress: Callable[[int], None] | None) -> None:
+        try:
+            batch = self._claim_recovered(batch, summary)
+            records = list(zip(batch, self._score(batch)))
+            self._place(records, summary)
+            for d in batch:  # the review page's thumbnails: written by this thread, after the batch is placed
+                if d.thumb:
+                    write_thumbnail(self.state_dir / "thumbs", d.sha256, d.thumb)
+                    d.thumb = None
+        finally:
+            for d in batch:
+                d.close()
         if progress:
             progress(len(batch))
 
-    def _decide(self, d: Decoded, p: float | None) -> tuple[str, str]:
+    def _claim_recovered(self, batch: list[Decoded], summary: SortSummary) -> list[Decoded]:
+        """Inputs whose bytes are a file recovered from OUT (journal damage): recorded as its source, not sorted twice."""
+        recovered = self._unclaimed
+        if not recovered or self.options.dry_run:
+            return batch
+        rest = []
+        for d in batch:
+            rid = recovered.pop(d.sha256, None) if d.sha256 and not d.skip else None
+            if rid is None:
+                rest.append(d)
+                continue
+            claim = claim_record(rid, d)
+            claim["relpath"] = os.path.relpath(d.cand.path, self.input_dir)
+            self._append([claim])
+            self.journal._fold(self.state, claim)
+            summary.skipped_already_sorted += 1
+            if self.options.move:
+                rec = self.state.intents[rid]
+                if self.placer.remove_source(d, rec, summary):
+                    self._append([{"event": "source_removed", "id": rid}], sync=False)
+                    self.state.completed_moves.add(rid)
+            d.close()
+        return rest
+
+    def decide(self, d: Decoded, p: float | None) -> tuple[str, str]:
+        """The decision rule: benign only if the image is clean and p_malignant < threshold (strictly)."""
         if d.skip:
             return REVIEW, d.skip
         if d.error:
@@ -451,15 +452,20 @@ class Sorter:
     def _record(self, d: Decoded, decision: str, reason: str, p: float | None,
                 top: tuple[str, float] | tuple[None, None] = (None, None)) -> dict[str, Any]:
         info = self.backend.describe()
-        return {"event": "intent", "id": uuid.uuid4().hex, "file": str(d.cand.path),
-                "relpath": os.path.relpath(d.cand.path, self.input_dir), "size": d.cand.size,
-                "mtime_ns": d.cand.mtime_ns, "sha256": d.sha256, "decision": decision,
-                "p_malignant": None if p is None else round(p, 6), "threshold": self.threshold,
-                "threshold_overridden": self.options.threshold is not None,
-                "backend": info.get("backend"), "artifact": info.get("artifact"), "precision": info.get("precision"),
-                "model_id": self.metadata.model_id, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                "reason": reason, "mode": "move" if self.options.move else "copy", "run_id": self.run_id,
-                "host": socket.gethostname(), "dest": "", "top_dx": top[0], "top_dx_p": top[1]}
+        rec = {"event": "intent", "id": uuid.uuid4().hex, "file": str(d.cand.path),
+               "relpath": os.path.relpath(d.cand.path, self.input_dir), "size": d.cand.size,
+               "mtime_ns": d.cand.mtime_ns, "ino": d.cand.ino, "ctime_ns": d.cand.ctime_ns,
+               "sha256": d.sha256, "decision": decision,
+               "p_malignant": None if p is None else round(p, 6), "threshold": self.threshold,
+               "threshold_overridden": self.options.threshold is not None,
+               "backend": info.get("backend"), "artifact": info.get("artifact"), "precision": info.get("precision"),
+               "artifact_accepted": self.artifact_accepted,
+               "model_id": self.metadata.model_id, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+               "reason": reason, "mode": "move" if self.options.move else "copy", "run_id": self.run_id,
+               "host": socket.gethostname(), "dest": "", "top_dx": top[0], "top_dx_p": top[1]}
+        if d.error and d.error.startswith(NOT_AN_IMAGE):
+            rec["not_an_image"] = True
+        return rec
 
     # ------------------------------------------------------------------ placement
     def _place(self, records: list[tuple[Decoded, dict[str, Any]]], summary: SortSummary) -> None:
@@ -468,10 +474,10 @@ class Sorter:
                 if d.skip or (d.unreadable and not self.options.move):
                     summary.left_in_place.append({"file": rec["file"], "reason": rec["reason"]})
                 else:
-                    self._count(rec, summary)
+                    summary.count(rec)
             return
         try:
-            self._place_batch(records, summary)
+            self.placer.place_batch(records, summary)
         except OutputError:
             raise
         except OSError as exc:
@@ -479,226 +485,6 @@ class Sorter:
 
     def _append(self, records: list[dict[str, Any]], sync: bool = True) -> None:
         self.journal.append(records, sync=sync)
-
-    def _place_batch(self, records: list[tuple[Decoded, dict[str, Any]]], summary: SortSummary) -> None:
-        staged: list[tuple[Decoded, dict[str, Any], Path | None]] = []
-        for d, rec in records:
-            if d.skip:
-                summary.left_in_place.append({"file": rec["file"], "reason": d.skip})
-                continue
-            linkable = self._can_link_source(d)
-            if d.unreadable and not linkable:
-                summary.left_in_place.append({"file": rec["file"], "reason": rec["reason"] + " (cannot copy)"})
-                continue
-            tmp = None
-            if not linkable:
-                # copy mode, or a move across file systems: stage a verified copy inside OUT first
-                tmp = self._stage_copy(d, rec)
-                if tmp is None:
-                    summary.left_in_place.append({"file": rec["file"], "reason": "changed or vanished while being "
-                                                  "sorted; left for a later run"})
-                    continue
-            rec["dest"] = self._unique_dest(rec["decision"], d.cand.path.name)
-            staged.append((d, rec, tmp))
-        if not staged:
-            return
-        # 1. intents are durable before any file appears in benign/ or review/
-        self._append([rec for _, rec, _ in staged])
-        fault_point("intent")
-        for _, rec, _ in staged:
-            self.state.intents[rec["id"]] = rec
-        placed = []
-        for d, rec, tmp in staged:
-            result = self._link_into_place(d, rec, tmp, summary)
-            if result is not None:
-                placed.append((d, *result))
-        # 2. the new names are durable before the done records
-        for sub in (BENIGN, REVIEW):
-            _fsync_dir(self.out / sub)
-        fault_point("dir_fsync")
-        self._append([{"event": "done", "id": rec["id"]} for _, rec, _ in placed])
-        fault_point("done")
-        for d, rec, tmp in placed:
-            self.state.done.add(rec["id"])
-            self.state.by_source[rec["file"]] = rec["id"]
-            self._count(rec, summary)
-        if placed and not self.journal.still_linked():
-            raise OutputError(f"the journal in {self.out} disappeared while sorting (output folder removed or "
-                              "unmounted?); no source was removed; re-run")
-        # 3. only now do the staging copies and (for --move) the sources go
-        removed = []
-        for d, rec, tmp in placed:
-            if tmp is not None:
-                tmp.unlink(missing_ok=True)
-            if self.options.move and self._remove_source(d, rec, summary):
-                removed.append({"event": "source_removed", "id": rec["id"]})
-        self._append(removed, sync=False)
-
-    def _stage_copy(self, d: Decoded, rec: dict[str, Any]) -> Path | None:
-        """Write a durable, verified copy of the source to OUT/.dermsort/tmp. None: the source changed or vanished."""
-        if d.unreadable:
-            return None
-        tmp = self.tmp_dir / f"{rec['id']}.part"
-        if d.data is not None:
-            _write_durable(tmp, d.data, d.atime_ns, d.cand.mtime_ns)
-        else:
-            written = _copy_durable(d.cand.path, tmp, d.atime_ns, d.cand.mtime_ns)
-            if written != d.sha256:
-                tmp.unlink(missing_ok=True)
-                return None
-        fault_point("tmp_written")
-        if _sha256_path(tmp, drop_cache=True) != d.sha256:
-            tmp.unlink(missing_ok=True)
-            raise OutputError(f"copy of {d.cand.path} did not verify (storage error?); source left in place")
-        return tmp
-
-    def _link_into_place(self, d: Decoded, rec: dict[str, Any], tmp: Path | None,
-                         summary: SortSummary) -> tuple[dict[str, Any], Path | None] | None:
-        """Give the staged copy (or, for a same-fs move, the source) its name in benign/ or review/.
-
-        Returns the (possibly re-issued) record and the staging file, or None if it was rolled back.
-        """
-        for _ in range(100):
-            dest = self.out / rec["dest"]
-            try:
-                linked = self._link_no_replace(tmp if tmp is not None else d.cand.path, dest)
-            except _NotLinkable:
-                if d.dev is not None:
-                    self._linkable[d.dev] = False
-                tmp = self._stage_copy(d, rec)
-                if tmp is None:
-                    self._abort(rec, "source changed or unreadable")
-                    summary.left_in_place.append({"file": rec["file"], "reason": "changed or unreadable while being "
-                                                  "sorted; left for a later run"})
-                    return None
-                continue
-            except OSError as exc:
-                if exc.errno not in (errno.EINVAL, errno.EILSEQ, errno.ENAMETOOLONG):
-                    raise
-                # a name this output file system refuses (FAT: ':' '?' '*'...): a plain ASCII name instead
-                rec = self._reissue(rec, d, "destination name not allowed here", safe=True)
-                continue
-            if not linked:
-                # the name appeared since we chose it (put there by hand, a case-insensitive file system)
-                rec = self._reissue(rec, d, "destination name taken")
-                continue
-            fault_point("link")
-            if tmp is None and not self._same_content(d, dest):
-                os.unlink(dest)  # our own second name of a source that changed: roll back
-                self._abort(rec, "source changed while being moved")
-                summary.left_in_place.append({"file": rec["file"], "reason": "changed while being sorted; left "
-                                              "for a later run"})
-                return None
-            return rec, tmp
-        self._abort(rec, "no free destination name")
-        summary.left_in_place.append({"file": rec["file"], "reason": "no free name in the output"})
-        return None
-
-    def _abort(self, rec: dict[str, Any], why: str) -> None:
-        self._append([{"event": "abort", "id": rec["id"], "why": why}])
-        self.state.aborted.add(rec["id"])
-
-    def _reissue(self, rec: dict[str, Any], d: Decoded, why: str, safe: bool = False) -> dict[str, Any]:
-        """Abort ``rec`` and journal the same placement under a fresh destination name."""
-        self._abort(rec, why)
-        name = d.cand.path.name
-        if safe:
-            name = "".join(c if (c.isascii() and (c.isalnum() or c in "-_. ")) else "_" for c in name)
-        new = dict(rec, id=uuid.uuid4().hex, dest=self._unique_dest(rec["decision"], name))
-        self._append([new])
-        self.state.intents[new["id"]] = new
-        return new
-
-    def _same_content(self, d: Decoded, dest: Path) -> bool:
-        st = os.stat(dest, follow_symlinks=False)
-        return (st.st_size, st.st_mtime_ns) == (d.cand.size, d.cand.mtime_ns)
-
-    def _remove_source(self, d: Decoded, rec: dict[str, Any], summary: SortSummary) -> bool:
-        source, dest = d.cand.path, self.out / rec["dest"]
-        try:
-            st = os.stat(source, follow_symlinks=False)
-        except FileNotFoundError:
-            return False
-        if (st.st_size, st.st_mtime_ns) != (d.cand.size, d.cand.mtime_ns):
-            log.warning("%s changed while being sorted; left in place (it will be sorted again)", source)
-            summary.sources_kept.append({"file": str(source), "reason": "changed while being sorted"})
-            return False
-        try:
-            dst = os.stat(dest, follow_symlinks=False)
-        except OSError:
-            dst = None
-        if dst is None or dst.st_size != st.st_size:
-            raise OutputError(f"{dest} vanished right after it was placed (output folder removed or unmounted?); "
-                              f"{source} and the rest were left in place; re-run")
-        try:
-            os.unlink(source)
-        except OSError as exc:  # e.g. a write-protected card: the image is sorted, the source stays
-            log.warning("could not remove %s after sorting it: %s", source, exc.strerror)
-            summary.sources_kept.append({"file": str(source), "reason": f"could not remove it ({exc.strerror})"})
-            return False
-        fault_point("unlink")
-        return True
-
-    def _can_link_source(self, d: Decoded) -> bool:
-        """--move on one file system: the source itself is hard-linked into place (no copy)."""
-        if not self.options.move:
-            return False
-        if self._out_dev is None:
-            self._out_dev = os.stat(self.out).st_dev
-        if d.dev is None:
-            try:
-                d.dev = os.stat(d.cand.path, follow_symlinks=False).st_dev
-            except OSError:
-                return False
-        return self._linkable.get(d.dev, d.dev == self._out_dev)
-
-    def _link_no_replace(self, source: Path, dest: Path) -> bool:
-        staged = source.parent == self.tmp_dir
-        try:
-            os.link(source, dest, follow_symlinks=False)
-            return True
-        except FileExistsError:
-            return False
-        except OSError as exc:
-            if exc.errno == errno.EXDEV and not staged:
-                raise _NotLinkable() from None
-            if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK):
-                raise
-        # file systems without hard links (exFAT, some SMB shares), or not allowed to link this source
-        if not staged:
-            raise _NotLinkable()
-        # we hold the output lock, so check-then-rename cannot race another dermsort
-        if os.path.lexists(dest):
-            return False
-        os.rename(source, dest)
-        return True
-
-    def _unique_dest(self, decision: str, name: str) -> str:
-        stem, ext = os.path.splitext(name.replace("\n", "_").replace("\r", "_"))
-        if len(os.fsencode(ext)) > 16:
-            stem, ext = stem + ext, ""
-        if self._claimed is None:
-            self._claimed = self.state.claimed_dests()
-        claimed = self._claimed
-        n = 0
-        while True:
-            suffix = "" if n == 0 else f"__{n}"
-            base = stem
-            while len(os.fsencode(base + suffix + ext)) > NAME_MAX:
-                base = base[:-1]  # keep the name within NAME_MAX bytes, suffix included
-            cand = f"{decision}/{base}{suffix}{ext}"
-            if cand not in claimed and not os.path.lexists(self.out / cand):
-                claimed.add(cand)  # names chosen earlier in this batch are taken too
-                return cand
-            n += 1
-
-    def _count(self, rec: dict[str, Any], summary: SortSummary) -> None:
-        if rec["decision"] == BENIGN:
-            summary.benign += 1
-        else:
-            summary.review += 1
-        summary.decisions.append({k: rec.get(k) for k in ("file", "dest", "decision", "p_malignant", "reason", "sha256",
-                                                          "top_dx", "top_dx_p")})
 
     def _output_error(self, exc: OSError, when: str) -> OutputError:
         if exc.errno == errno.ENOSPC:
@@ -709,106 +495,12 @@ class Sorter:
         if exc.errno == errno.ENOENT and not (self.out.is_dir() and self.state_dir.is_dir()):
             return OutputError(f"output folder {self.out} disappeared while {when}; nothing was lost: "
                                "unsorted images are still in the input folder; re-run")
-        return OutputError(f"cannot write to {self.out} while {when}: {exc.strerror or exc} ({exc.filename})")
+        where = f" ({exc.filename})" if exc.filename else ""
+        return OutputError(f"cannot write to {self.out} while {when}: {exc.strerror or exc}{where}")
 
 
-def _decode_one(cand: Candidate, spec: Any) -> Decoded:
-    """Read (never through a symlink, never blocking on a FIFO), hash and decode one file."""
-    d = Decoded(cand)
+def _sha_or_none(path: Path) -> str | None:
     try:
-        fd = os.open(cand.path, _OPEN_FLAGS)
-    except PermissionError:
-        d.error, d.unreadable = "unreadable: permission denied", True
-        return d
-    except OSError as exc:
-        if exc.errno == errno.ELOOP:
-            d.skip = "symbolic link (not followed)"
-        elif exc.errno == errno.ENOENT:
-            d.skip = "vanished before it could be read"
-        else:
-            d.error, d.unreadable = f"unreadable: {exc.strerror or exc}", True
-        return d
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            d.skip = "not a regular file"
-            return d
-        digest = hashlib.sha256()
-        chunks: list[bytes] | None = [] if st.st_size <= MAX_IN_MEMORY else None
-        while block := os.read(fd, 1 << 20):
-            digest.update(block)
-            if chunks is not None:
-                chunks.append(block)
-        after = os.fstat(fd)
-    except OSError as exc:  # an I/O error mid-read (a failing card)
-        d.error, d.unreadable = f"unreadable: {exc.strerror or exc}", True
-        return d
-    finally:
-        os.close(fd)
-    if (after.st_size, after.st_mtime_ns) != (st.st_size, st.st_mtime_ns):
-        d.skip = "changed while being read (still being written?); left for a later run"
-        return d
-    # the record describes exactly what was read and hashed
-    cand.size, cand.mtime_ns = st.st_size, st.st_mtime_ns
-    d.dev, d.atime_ns = st.st_dev, st.st_atime_ns
-    d.sha256 = digest.hexdigest()
-    try:
-        if chunks is not None:
-            d.data = b"".join(chunks)
-            d.tensor, info = preprocess(d.data, spec, cand.path.name)
-        else:
-            with os.fdopen(os.open(cand.path, _OPEN_FLAGS), "rb") as fh:
-                d.tensor, info = preprocess(fh, spec, cand.path.name)
-        d.concerns = info.concerns
-    except UnreadableImage as exc:
-        d.error = str(exc)
-    except Exception as exc:  # never let one file stop the run
-        d.error = f"could not decode ({type(exc).__name__}: {str(exc)[:80]})"
-    return d
-
-
-def _write_durable(path: Path, data: bytes, atime_ns: int = 0, mtime_ns: int = 0) -> None:
-    with open(path, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        if mtime_ns:  # keep the original's time stamp (when the image was taken / exported)
-            os.utime(fh.fileno(), ns=(atime_ns or mtime_ns, mtime_ns))
-        os.fsync(fh.fileno())
-
-
-def _copy_durable(source: Path, target: Path, atime_ns: int = 0, mtime_ns: int = 0) -> str | None:
-    """Stream ``source`` into ``target`` (fsync'd); the sha256 of what was copied, None if the source went away."""
-    try:
-        src = os.open(source, _OPEN_FLAGS)
+        return sha256_file(path)
     except OSError:
         return None
-    digest = hashlib.sha256()
-    try:
-        with open(target, "wb") as fh:
-            while True:
-                try:
-                    block = os.read(src, 1 << 20)
-                except OSError:
-                    return None
-                if not block:
-                    break
-                digest.update(block)
-                fh.write(block)
-            fh.flush()
-            if mtime_ns:
-                os.utime(fh.fileno(), ns=(atime_ns or mtime_ns, mtime_ns))
-            os.fsync(fh.fileno())
-    finally:
-        os.close(src)
-    return digest.hexdigest()
-
-
-def _sha256_path(path: Path, drop_cache: bool = False) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        if drop_cache and hasattr(os, "posix_fadvise"):
-            # read the copy back from the disk, not from the page cache we just wrote
-            os.posix_fadvise(fh.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
-        while block := fh.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()

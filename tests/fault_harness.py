@@ -120,7 +120,27 @@ def placed_files(out: Path) -> dict[str, str]:
     return found
 
 
-def check_no_loss(originals: dict[str, str], inp: Path, out: Path) -> None:
+def count_lost(originals: dict[str, str], inp: Path, out: Path) -> list[str]:
+    """Originals that are neither intact in the input nor placed (intact) with a done record."""
+    j = read_journal(out)
+    placed = placed_files(out)
+    done_by_rel: dict[str, list[dict]] = {}
+    for rec in j.done_records:
+        done_by_rel.setdefault(rec["relpath"], []).append(rec)
+    lost = []
+    for rel, digest in originals.items():
+        src = inp / rel
+        if src.is_file() and sha256(src) == digest:
+            continue
+        if not [r for r in done_by_rel.get(rel, []) if placed.get(r["dest"]) == digest == r["sha256"]]:
+            lost.append(rel)
+    return lost
+
+
+def check_no_loss(originals: dict[str, str], inp: Path, out: Path) -> int:
+    """Assert nothing is lost and the output holds nothing unexplained; returns the number lost (0)."""
+    lost = count_lost(originals, inp, out)
+    assert not lost, f"LOST {len(lost)}: {lost[:5]} neither in the input nor placed with a done record"
     j = read_journal(out)
     placed = placed_files(out)
     done_by_rel: dict[str, list[dict]] = {}
@@ -130,13 +150,12 @@ def check_no_loss(originals: dict[str, str], inp: Path, out: Path) -> None:
         src = inp / rel
         if src.is_file() and sha256(src) == digest:
             continue
-        good = [r for r in done_by_rel.get(rel, []) if placed.get(r["dest"]) == digest == r["sha256"]]
-        assert good, f"LOST: {rel} is neither in the input nor placed with a done record"
     live = {r["dest"] for r in j.done_records} | {r["dest"] for r in j.pending if r.get("dest")}
     stray = set(placed) - live
     assert not stray, f"files in the output that no done/pending record explains: {sorted(stray)[:5]}"
     dests = Counter(r["dest"] for r in j.done_records)
     assert all(c == 1 for c in dests.values()), "two done records share one destination"
+    return 0
 
 
 def check_final(originals: dict[str, str], inp: Path, out: Path, move: bool) -> int:

@@ -57,6 +57,12 @@ def test_bench_writes_four_reports_with_sane_values_and_auto_uses_its_profile(ti
     base = next(r for r in report["rows"] if r["kind"] == "baseline")
     assert "naive" in base["label"] and base["e2e_images_per_s"] > 0 and not base["passed"]
     assert all(r["speedup_e2e_vs_naive"] > 0 for r in rows)
+    # issue 15: the DermoSort-style pipeline (EfficientNet-B4 @ 256, torch eager) timed in the same run
+    ds = report["dermosort_style"]
+    assert "EfficientNet-B4" in ds["label"] and len(ds["e2e_seconds"]) == 1 and ds["e2e_images_per_s"] > 0
+    assert all(r["speedup_e2e_vs_dermosort"] == pytest.approx(r["e2e_images_per_s"] / ds["e2e_images_per_s"])
+               for r in rows)
+    assert "vs DermoSort-style" in (out / "report.md").read_text()
 
     with open(out / "report.csv", newline="") as fh:
         table = list(csv.DictReader(fh))
@@ -104,9 +110,10 @@ def test_artificial_ranking_favouring_openvino_is_what_auto_picks(tiny_bundle):
 def test_backend_filter_and_no_profile(tiny_bundle, tmp_path):
     out = tmp_path / "r"
     res = _bench([str(tiny_bundle), "--data", str(DATA / "ph2"), "--max-images", "4", "--backends", "onnxruntime",
-                  "--no-profile", "--out", str(out), *FAST])
+                  "--no-profile", "--no-dermosort", "--out", str(out), *FAST])
     assert res.exit_code == 0, res.output
     report = json.loads((out / "report.json").read_text())
+    assert report["dermosort_style"] is None
     assert {r["backend"] for r in report["rows"] if r["kind"] == "artifact"} == {"onnxruntime"}
     assert report["profile"] is None and engine.load_profile() == {}
 
@@ -162,6 +169,8 @@ def test_pipeline_benchmark_runs_on_small_generated_jpegs(tiny_bundle, tmp_path)
     for s in report["sets"]:
         row = s["artifacts"]["onnx-fp32"]
         assert row["pipeline_images_per_s"] > 0 and row["naive_images_per_s"] > 0 and row["ratio_to_decode_alone"] > 0
+        assert len(s["dermosort_s"]) == 1 and row["speedup_vs_dermosort"] == pytest.approx(
+            row["pipeline_images_per_s"] / s["dermosort_images_per_s"])
     fresh = report["fresh_process"]["onnx-fp32"]
     assert fresh["cold_start_s"] > 0 and all(v > 0 for v in fresh["peak_rss_mb"].values())
     assert {v["target"].split()[0] for v in report["verdicts"]} >= {"pipeline", "cold", "peak"}
@@ -184,3 +193,40 @@ def test_naive_torch_eager_runner_matches_the_onnx_reference(tiny_bundle):
     assert "PyTorch eager" in eager.label
     for a, b in zip(by_torch, by_onnx):
         assert a["file"] == b["file"] and abs(a["p_malignant"] - b["p_malignant"]) < 1e-5
+
+
+def test_whole_process_launcher_reports_the_commands_own_time_and_memory():
+    # the child's ru_maxrss must not carry this (big) process's RSS across fork + exec
+    from dermsort.bench.wholeproc import measure
+
+    ballast = bytearray(300 * 2**20)
+    ballast[::4096] = b"\x01" * len(ballast[::4096])
+    small = measure([sys.executable, "-c", "pass"])
+    big = measure([sys.executable, "-c", "import time; b = bytearray(200 * 2**20); b[::4096] = b'x' * len(b[::4096]); "
+                                         "t = time.process_time()\nwhile time.process_time() - t < 0.3: pass"])
+    del ballast
+    assert small["peak_rss_mb"] < 100 and big["peak_rss_mb"] > 200
+    assert big["wall_s"] >= 0.3 and big["cpu_s"] >= 0.25 and small["rc"] == 0
+    with pytest.raises(RuntimeError, match="exited 3"):
+        measure([sys.executable, "-c", "raise SystemExit(3)"])
+
+
+def test_whole_process_table_in_one_run(tiny_bundle, tmp_path):
+    from dermsort.bench.wholeproc import main
+
+    assert main(["--model", str(tiny_bundle), "--real", "3", "--n-large", "2", "--large", "640x480", "--reps", "1",
+                 "--out", str(tmp_path / "w")]) == 0
+    report = json.loads((tmp_path / "w" / "whole-process.json").read_text())
+    assert [s["set"] for s in report["sets"]] == ["3 dataset images", "0 MP JPEGs", "1 image"]
+    for s in report["sets"]:
+        arms = {"dermsort sort", "DermoSort-style", "naive, same model", "decode-only floor"}
+        assert arms | ({"dermsort sort, cold (new cache dir)"} if s["n_images"] == 1 else set()) == set(s["rows"])
+        for row in s["rows"].values():
+            assert row["wall_s"] > 0 and row["cpu_s"] > 0 and row["peak_rss_mb"] > 10
+        ratios = s["paired_ratios"]
+        assert ratios["dermosort_over_sort"] == pytest.approx(
+            s["rows"]["DermoSort-style"]["wall_s"] / s["rows"]["dermsort sort"]["wall_s"])
+        assert s["rows"]["dermsort sort"]["backend"]
+    targets = {v["target"] for v in report["verdicts"]}
+    assert any("DermoSort-style" in t for t in targets) and any("floor" in t for t in targets)
+    assert "DermoSort-style / sort" in (tmp_path / "w" / "whole-process.md").read_text()

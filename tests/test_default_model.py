@@ -46,6 +46,21 @@ def test_model_card_is_generated_for_this_bundle(bundle):
     assert f"{bundle.metadata.threshold:.6g}" in card
 
 
+def test_model_card_states_the_bundled_preprocessing(bundle):
+    """The card's preprocessing line is the metadata's (the model uses (x - 127) / 128, not ImageNet mean/std)."""
+    import dataclasses
+
+    from dermsort.train.model_card import preprocessing_line
+
+    card = (REPO / "docs" / "MODEL_CARD.md").read_text()
+    pre = bundle.metadata.preprocess
+    lines = [l for l in card.splitlines() if l.startswith("- Preprocessing")]
+    assert lines == [preprocessing_line(dataclasses.asdict(pre))]
+    if len(set(pre.mean)) == 1:
+        assert f"(x - {pre.mean[0]:g}) / {pre.std[0]:g}" in lines[0]
+    assert "0.485" not in card or pre.mean[0] == 0.485  # no stray ImageNet statistics
+
+
 def test_accepted_artifacts_passed_a_large_gate_and_int8_is_among_them(bundle):
     gate = bundle.extra["export"]["parity"]
     assert gate["ran"] and gate["n_images"] >= 1000 and gate["n_malignant"] >= 250

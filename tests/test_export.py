@@ -380,7 +380,10 @@ def test_allow_parity_failure_keeps_the_artifact_and_records_the_override(tiny_c
     assert art.accepted is False and art.parity["status"] == "failed"
     assert art.override.startswith("--allow-parity-failure: onnx-fp16 REJECTED")
     bundle.verify(art)
-    assert ("onnxruntime", "onnx-fp16") in [(b, a.name) for b, a in candidates(bundle, "onnxruntime", "fp16")]
+    # a rejected artifact never runs unless the user explicitly allows it (--allow-rejected-artifact)
+    assert ("onnxruntime", "onnx-fp16") not in [(b, a.name) for b, a in candidates(bundle, "onnxruntime", "fp16")]
+    assert ("onnxruntime", "onnx-fp16") in [(b, a.name) for b, a in candidates(bundle, "onnxruntime", "fp16",
+                                                                                  allow_rejected=True)]
     assert bundle.extra["export"]["rejected"] == []
 
 
@@ -583,6 +586,9 @@ def test_export_engines_bookkeeping_with_a_stub_builder(exported, tmp_path, monk
     (copy / "model.int8.onnx").unlink()  # as if the CPU gate had rejected the INT8 ONNX
     manifest = _manifest(copy)
     manifest["artifacts"] = [a for a in manifest["artifacts"] if a["name"] != "onnx-int8"]
+    from dermsort.runtime.bundle import decision_digest
+
+    manifest["integrity"] = {"sha256": decision_digest(manifest)}  # as the export would have sealed it
     (copy / "manifest.json").write_text(json.dumps(manifest))
     bundle = engines.export_engines(copy, precisions="fp16,int8", max_batch=16)
     assert built_from == [("model.onnx", "fp16", "input", 64, 16)]  # FP16 engine from the FP32 reference

@@ -18,9 +18,11 @@ import pytest
 
 from dermsort.cli import main
 from dermsort.runtime import journal as journal_mod
+from dermsort.runtime import placement as placement_mod
+from dermsort.runtime import recovery as recovery_mod
 from dermsort.runtime import sorter as sorter_mod
 from dermsort.runtime.journal import FAULT_STEPS, Journal
-from fault_harness import (CrashStats, check_final, check_no_loss, make_corpus, read_journal,  # noqa: F401
+from fault_harness import (CrashStats, check_final, check_no_loss, count_lost, make_corpus, read_journal,  # noqa: F401
                            restore_signal_handlers, run_sort, sort_cmd, tree)
 
 #: occurrences per run are drawn from 1..N: per file, per batch, per journal write, per run
@@ -89,7 +91,10 @@ def _campaign(tmp_path: Path, bundle: Path, move: bool, seed: int) -> CrashStats
                     stats.steps[fault.split(":")[0]] += 1
                 else:
                     stats.timed_kills += 1
-                check_no_loss(originals, inp, out)
+                lost = count_lost(originals, inp, out)  # counted, so the figure printed is measured
+                stats.lost += len(lost)
+                if not lost:
+                    check_no_loss(originals, inp, out)
                 continue
             stats.files_checked += check_final(originals, inp, out, move)
             stats.rounds += 1
@@ -156,7 +161,8 @@ def _hook(monkeypatch, step: str, nth: int, action) -> None:
             action()
         return False
 
-    monkeypatch.setattr(sorter_mod, "fault_point", point)
+    monkeypatch.setattr(placement_mod, "fault_point", point)
+    monkeypatch.setattr(recovery_mod, "fault_point", point)
 
 
 # ---------------------------------------------------------------------------------------- mounts
@@ -218,7 +224,7 @@ def test_disk_full_injected_enospc_then_rerun_completes(tiny_bundle, tmp_path, c
     inp = tmp_path / "in"
     originals = _small_corpus(inp)
     out = tmp_path / "out"
-    real = sorter_mod._write_durable
+    real = placement_mod.write_durable
     calls = Counter()
 
     def full(path, data, *a, **kw):
@@ -229,13 +235,13 @@ def test_disk_full_injected_enospc_then_rerun_completes(tiny_bundle, tmp_path, c
             raise OSError(errno.ENOSPC, "No space left on device", str(path))
         return real(path, data, *a, **kw)
 
-    monkeypatch.setattr(sorter_mod, "_write_durable", full)
+    monkeypatch.setattr(placement_mod, "write_durable", full)
     rc, err = _main(_args(inp, out, tiny_bundle), capsys)
     assert rc != 0
     _one_error_line(err, "disk full")
     check_no_loss(originals, inp, out)
     assert list((out / ".dermsort" / "tmp").glob("*.part")), "the partial copy should still be there"
-    monkeypatch.setattr(sorter_mod, "_write_durable", real)
+    monkeypatch.setattr(placement_mod, "write_durable", real)
     rc, err = _main(_args(inp, out, tiny_bundle), capsys)
     assert rc == 0, err
     check_final(originals, inp, out, move=False)
@@ -345,7 +351,7 @@ def test_output_deleted_mid_run_copy(tiny_bundle, tmp_path, capsys, monkeypatch,
     assert rc != 0
     _one_error_line(err, "disappeared")
     assert tree(inp) == originals
-    monkeypatch.setattr(sorter_mod, "fault_point", journal_mod.fault_point)
+    monkeypatch.setattr(placement_mod, "fault_point", journal_mod.fault_point)
     rc, err = _main(_args(inp, out, tiny_bundle), capsys)
     assert rc == 0, err
     check_final(originals, inp, out, move=False)
@@ -362,7 +368,7 @@ def test_output_unmounted_mid_move_never_loses_a_source(tiny_bundle, tmp_path, c
     _one_error_line(err, "")
     assert "disappeared" in err or "vanished" in err, err
     check_no_loss(originals, inp, gone)  # every image is in the input or durably in the old output
-    monkeypatch.setattr(sorter_mod, "fault_point", journal_mod.fault_point)
+    monkeypatch.setattr(placement_mod, "fault_point", journal_mod.fault_point)
     rc, err = _main(_args(inp, out, tiny_bundle, "--move"), capsys)
     assert rc == 0, err
     assert tree(inp) == {}

@@ -19,6 +19,9 @@ from pathlib import Path
 import pytest
 
 from dermsort.cli import main
+from dermsort.runtime.bundle import decision_digest
+from dermsort.runtime import placement as placement_mod
+from dermsort.runtime import reading as reading_mod
 from dermsort.runtime import sorter as sorter_mod
 from fault_harness import (check_final, check_no_loss, read_journal, restore_signal_handlers,  # noqa: F401
                            sha256, small_real_images, tree, wait_for)
@@ -184,7 +187,7 @@ def test_move_to_a_real_other_file_system(tiny_bundle, tmp_path, capsys):
 
 
 def _cross_fs(monkeypatch):
-    monkeypatch.setattr(sorter_mod.Sorter, "_can_link_source", lambda self, d: False)
+    monkeypatch.setattr(placement_mod.Placer, "can_link_source", lambda self, d: False)
 
 
 @pytest.mark.parametrize("failure", ["write", "fsync", "verify", "link"])
@@ -199,17 +202,17 @@ def test_cross_fs_move_failure_at_any_step_leaves_the_source(tiny_bundle, tmp_pa
         return calls["n"] == n
 
     if failure == "write":
-        real_w = sorter_mod._write_durable
-        monkeypatch.setattr(sorter_mod, "_write_durable", lambda p, data, *a: (
+        real_w = placement_mod.write_durable
+        monkeypatch.setattr(placement_mod, "write_durable", lambda p, data, *a: (
             (_ for _ in ()).throw(OSError(errno.EIO, "Input/output error", str(p))) if nth() else real_w(p, data, *a)))
     elif failure == "fsync":
         real_f = os.fsync
         monkeypatch.setattr(sorter_mod.os, "fsync", lambda fd: (
             (_ for _ in ()).throw(OSError(errno.EIO, "Input/output error")) if nth(12) else real_f(fd)))
     elif failure == "verify":
-        real_h = sorter_mod._sha256_path
-        monkeypatch.setattr(sorter_mod, "_sha256_path", lambda p, drop_cache=False: (
-            "0" * 64 if drop_cache and nth() else real_h(p, drop_cache)))
+        real_h = placement_mod.sha256_file
+        monkeypatch.setattr(placement_mod, "sha256_file", lambda p, drop_cache=False: (
+            "0" * 64 if drop_cache and nth() else real_h(p, drop_cache=drop_cache)))
     else:
         real_l = os.link
         monkeypatch.setattr(sorter_mod.os, "link", lambda s, d, **kw: (
@@ -301,6 +304,7 @@ def test_cli_bad_input_one_line_errors(tiny_bundle, tmp_path):
     for art in manifest["artifacts"]:
         if art["path"] == "model.onnx":
             art["sha256"] = sha256(junk / "model.onnx")
+    manifest["integrity"] = {"sha256": decision_digest(manifest)}  # a consistent (re-sealed) manifest
     (junk / "manifest.json").write_text(json.dumps(manifest))
     unreadable = tmp_path / "unreadable-model"
     shutil.copytree(tiny_bundle, unreadable)
@@ -339,6 +343,7 @@ def test_cli_unloadable_model_is_one_line(tiny_bundle, tmp_path):
     for art in manifest["artifacts"]:
         if art["path"] == "model.onnx":
             art["sha256"] = sha256(junk / "model.onnx")
+    manifest["integrity"] = {"sha256": decision_digest(manifest)}  # a consistent (re-sealed) manifest
     (junk / "manifest.json").write_text(json.dumps(manifest))
     res = subprocess.run([*PY, "sort", str(inp), "--backend", "onnxruntime", "--model", str(junk)],
                          capture_output=True, text=True, timeout=120)

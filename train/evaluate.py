@@ -183,7 +183,10 @@ def evaluate(model: str | os.PathLike, data: Sequence[str], out: str | os.PathLi
     sets = np.array([r.dataset for r in kept])
     curves = {f"{split} pooled": (y, p_malignant)}
     curves.update({f"{split} {name}": (y[sets == name], p_malignant[sets == name]) for name in sorted(set(sets.tolist()))})
-    metrics.plot_roc(str(out / "roc.png"), curves, threshold, title=scorer.metadata.model_id)
-    metrics.plot_confusion(str(out / "confusion.png"), report["pooled"], title=f"{split} decisions")
+    what = f"{scorer.describe.get('backend')}/{os.path.basename(str(scorer.describe.get('artifact')))}"
+    metrics.plot_roc(str(out / "roc.png"), curves, threshold,
+                     title=f"{scorer.metadata.model_id}\n{what}, {split} split")
+    metrics.plot_confusion(str(out / "confusion.png"), report["pooled"],
+                           title=f"{what}, {split} split, pooled" + (", threshold overridden" if overridden else ""))
     echo(f"wrote metrics.json, scores.csv, roc.png, confusion.png to {out}")
     return result

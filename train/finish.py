@@ -170,9 +170,12 @@ def finish_run(config: Any, model: nn.Module, best_state: dict, *, rows: list[Ro
         for name in sorted(set(sets.tolist())):
             curves[f"test {name}"] = (y[sets == name], test_p[sets == name])
     curves["val (pooled)"] = (val_y, val_p)
-    metrics.plot_roc(str(out / "roc.png"), curves, None, title=f"{model_id}")
+    what = f"torch checkpoint {ckpt_path.name}"
+    metrics.plot_roc(str(out / "roc.png"), curves, None,
+                     title=f"{model_id}\n{what}, " + ("test and val splits" if test_rows else "val split"))
     decisions = (test_report or val_report)["pooled"]
-    metrics.plot_confusion(str(out / "confusion.png"), decisions, title="test decisions" if test_report else "val decisions")
+    metrics.plot_confusion(str(out / "confusion.png"), decisions,
+                           title=f"{what}, {'test' if test_report else 'val'} split, pooled")
     echo(f"wrote {ckpt_path} ({ckpt_path.stat().st_size / 1e6:.1f} MB), metrics.json, roc.png, confusion.png "
          f"in {time.time() - started:.0f} s")
     return TrainResult(ckpt_path, result, metadata)

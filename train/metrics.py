@@ -204,19 +204,21 @@ def plot_roc(path: str, curves: dict[str, tuple[Sequence[int], Sequence[float]]]
     ax.plot([0, 1], [0, 1], ":", color="grey")
     ax.set_xlabel("1 - specificity (benign sent to review)")
     ax.set_ylabel("sensitivity (malignant sent to review)")
-    ax.set_title(title)
+    ax.set_title(title, fontsize=9)
     ax.legend(loc="lower right", fontsize=7)
     fig.tight_layout()
-    fig.savefig(path)
+    fig.savefig(path, metadata={"Title": title})
     plt.close(fig)
 
 
 def plot_confusion(path: str, report: dict[str, Any], title: str = "Decisions") -> None:
-    """The 2x2 decision matrix (truth x benign/review) to a PNG."""
+    """The 2x2 decision matrix (truth x benign/review) to a PNG; the malignant-sent-to-benign cell (the
+    error a triage tool must not make) is framed in red."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.patches import Rectangle
 
     cm = report["confusion"]
     grid = np.array([[cm["tn"], cm["fp"]], [cm["fn"], cm["tp"]]])
@@ -226,11 +228,15 @@ def plot_confusion(path: str, report: dict[str, Any], title: str = "Decisions") 
         ax.text(c, r, str(value), ha="center", va="center", color="black" if value < grid.max() / 2 else "white")
     ax.set_xticks([0, 1], ["benign/", "review/"])
     ax.set_yticks([0, 1], ["benign", "malignant"])
+    ax.add_patch(Rectangle((-0.46, 0.54), 0.92, 0.92, fill=False, edgecolor="#d00000", linewidth=3))
+    ax.text(0, 1.27, "malignant\nsent to benign", ha="center", va="center", color="#d00000", fontsize=7,
+            fontweight="bold")
     ax.set_xlabel("decision")
     ax.set_ylabel("truth")
-    ax.set_title(f"{title} (threshold {report['threshold']:.3g})", fontsize=9)
+    full = f"{title}\n(threshold {report['threshold']:.3g})"
+    ax.set_title(full, fontsize=8)
     fig.tight_layout()
-    fig.savefig(path)
+    fig.savefig(path, metadata={"Title": full})
     plt.close(fig)
 
 

@@ -33,6 +33,23 @@ _NOT_SEEN = [
 ]
 
 
+def _normalisation(pre: dict[str, Any]) -> str:
+    mean, std, scale = list(pre["mean"]), list(pre["std"]), float(pre["scale"])
+    pixels = "0-255 pixel values" if scale == 1 else f"pixel values / {scale:g}"
+    if len(set(mean)) == 1 and len(set(std)) == 1:
+        return f"(x - {mean[0]:g}) / {std[0]:g} on {pixels}, every channel alike"
+    return (f"(x - mean) / std per channel on {pixels}, mean [{', '.join(f'{m:g}' for m in mean)}], "
+            f"std [{', '.join(f'{v:g}' for v in std)}]")
+
+
+def preprocessing_line(pre: dict[str, Any]) -> str:
+    """The card's preprocessing line, from the bundle's metadata (the numbers runtime/preprocess.py applies)."""
+    return (f"- Preprocessing (the bundle's metadata; `dermsort.runtime.preprocess` applies it in training and at "
+            f"run time): {pre['color']}, shrunk by a power of two while decoding (JPEG) or right after (other "
+            f"formats), shorter side resized to {pre['resize_shorter']} px ({pre['interpolation']}), centre crop "
+            f"{pre['input_size']} px, then {_normalisation(pre)}; layout {pre['layout']}.")
+
+
 def _pct(value: float | None, ci: Sequence[float] | None = None) -> str:
     if value is None:
         return "n/a"
@@ -144,6 +161,7 @@ def render(manifest: dict[str, Any], evaluations: dict[str, dict[str, Any]], com
               f"- Architecture: {meta['architecture']}, input {meta['preprocess']['input_size']} px "
               f"(shorter side resized to {meta['preprocess']['resize_shorter']}, centre crop), "
               f"test-time flips inside the graph: {recipe.get('tta', 'none')}.",
+              preprocessing_line(meta["preprocess"]),
               f"- Head: {len(meta['classes'])} classes ({', '.join(meta['classes'])}); p(malignant) = sum of "
               f"{', '.join(meta['malignant_classes'])}. The top diagnosis is reported for information only; the "
               "benign/review rule uses p(malignant) alone.",

@@ -8,13 +8,13 @@ callers read the preprocessing from the model rather than repeating it.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from torch import nn
 
+from dermsort.runtime.fileops import sha256_file
 from dermsort.runtime.metadata import PreprocessSpec
 
 log = logging.getLogger(__name__)
@@ -90,7 +90,7 @@ def pretrained_provenance(architecture: str, pretrained: bool) -> dict[str, Any]
     path = _lite0_weights_path()
     return {"source": "ImageNet-1k EfficientNet-Lite0 (converted from TensorFlow by the packager)",
             "package": LITE0_WEIGHTS_PACKAGE, "version": metadata.version(LITE0_WEIGHTS_PACKAGE),
-            "file": path.split("site-packages/")[-1], "sha256": _sha256(path),
+            "file": path.split("site-packages/")[-1], "sha256": sha256_file(path),
             "code_package": LITE0_CODE_PACKAGE, "code_version": metadata.version(LITE0_CODE_PACKAGE)}
 
 
@@ -120,12 +120,6 @@ def count_stages(model: nn.Module, architecture: str) -> int:
     return len(get_entry(architecture).stages(model))
 
 
-def _sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 # --------------------------------------------------------------------------- EfficientNet-Lite0

@@ -3,8 +3,9 @@
 # newer). Read deploy/raspi/README.md first; `./install.sh --help` lists the options.
 #
 # What it does: refuses 32-bit systems (there are no onnxruntime wheels for them); makes a venv
-# (Raspberry Pi OS marks its Python as externally managed, PEP 668); pip installs dermsort with
-# onnxruntime, and with --with-openvino also OpenVINO (its ARM CPU plugin); runs `dermsort bench`
+# (Raspberry Pi OS marks its Python as externally managed, PEP 668); pip installs dermsort[cpu]
+# (onnxruntime's aarch64 wheel), and with --with-openvino also OpenVINO (its ARM CPU plugin); checks
+# the venv with `pip check`; runs `dermsort bench`
 # once if given labelled images, so `--backend auto` picks what is fastest on this Pi; installs
 # and starts dermsort.service.
 set -euo pipefail
@@ -36,7 +37,7 @@ raspi_check_platform() {
         ds_die "32-bit userland on a $arch kernel (getconf LONG_BIT = 32) is not supported: there are no onnxruntime wheels for 32-bit Raspberry Pi OS; reinstall the Pi with Raspberry Pi OS (64-bit)"
     fi
     [[ $arch == aarch64 ]] ||
-        ds_die "this machine is $arch: this installer is for Raspberry Pi OS 64-bit (aarch64); on a PC use 'pip install dermsort'"
+        ds_die "this machine is $arch: this installer is for Raspberry Pi OS 64-bit (aarch64); on a PC use 'pip install \"dermsort[cpu]\"'"
     os_id=$(ds_os_release ID)
     os_like=$(ds_os_release ID_LIKE)
     if [[ $os_id != debian && $os_id != raspbian && $os_like != *debian* ]]; then
@@ -72,10 +73,12 @@ main() {
         ds_check_source
         ds_require_python
         ds_create_venv 0
-        local extras=""
-        ((RASPI_WITH_OPENVINO)) && extras=openvino
-        [[ -n $DS_BENCH_DATA ]] && extras+=${extras:+,}bench
-        ds_pip_install "$DS_SOURCE${extras:+[$extras]}"
+        # [cpu]: onnxruntime's aarch64 CPU wheel (dermsort's base install has no ONNX Runtime)
+        local extras=cpu
+        ((RASPI_WITH_OPENVINO)) && extras+=,openvino
+        [[ -n $DS_BENCH_DATA ]] && extras+=,bench
+        ds_pip_install "${DS_SOURCE}[$extras]"
+        ds_pip_check
         [[ -n $DS_BENCH_DATA ]] && ds_resolve_bundle
         ds_run_bench
     fi

@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import importlib
 import importlib.util
+import json
 import logging
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from ..bundle import Artifact, Bundle
-from ..errors import BackendUnavailable, DermsortError
+from ..errors import BackendUnavailable, DermsortError, ModelError
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +46,10 @@ class BackendSpec:
     sorts: bool = True
 
 
+#: metadata fields that change a decision: the manifest must agree with the model file on each
+DECISION_FIELDS = ("model_id", "classes", "malignant_classes", "threshold", "preprocess", "output")
+
+
 class Backend(ABC):
     """Loads one artifact and turns a batch of preprocessed images into class probabilities.
 
@@ -66,11 +71,30 @@ class Backend(ABC):
     def available(cls) -> tuple[bool, str]:
         """(True, version/device info) or (False, why not and how to fix it)."""
 
+    #: the metadata JSON embedded in the artifact itself (ONNX metadata_props / OpenVINO rt_info), set by
+    #: ``_load_impl`` where the format carries it; cross-checked against the manifest on load
+    embedded_metadata: str | None = None
+
     def load(self) -> "Backend":
         if not self._loaded:
             self._load_impl()
+            self._check_embedded()
             self._loaded = True
         return self
+
+    def _check_embedded(self) -> None:
+        """The manifest's decision fields must equal the ones baked into the (checksummed) model file."""
+        if not self.embedded_metadata:
+            return
+        try:
+            inner = json.loads(self.embedded_metadata)
+        except ValueError:
+            raise ModelError(f"{self.artifact.path}: its embedded metadata is not readable JSON") from None
+        outer = self.metadata.to_dict()
+        differ = [k for k in DECISION_FIELDS if k in inner and inner[k] != outer.get(k)]
+        if differ:
+            raise ModelError(f"the manifest's {', '.join(differ)} differ from the metadata inside {self.artifact.path} "
+                             "(edited manifest?); refusing to run it - re-export or reinstall the model")
 
     @abstractmethod
     def _load_impl(self) -> None: ...
@@ -141,7 +165,7 @@ def get_backend_class(name: str) -> type[Backend] | None:
         return None
 
 
-HINTS = {"onnxruntime": "pip install dermsort", "openvino": 'pip install "dermsort[openvino]"',
+HINTS = {"onnxruntime": 'pip install "dermsort[cpu]" (or "dermsort[gpu]")', "openvino": 'pip install "dermsort[openvino]"',
          "tensorrt": 'pip install "dermsort[tensorrt]" (needs an NVIDIA GPU)', "torch": 'pip install "dermsort[train]"'}
 
 

@@ -2,12 +2,29 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from typing import Any
 
 import numpy as np
 
+from ..engine import compiled_cache_dir
+from ..metadata import ONNX_METADATA_KEY
 from .base import Backend, BackendSpec
+
+
+@functools.lru_cache(maxsize=1)
+def _status() -> tuple[bool, str]:
+    """Once per process: a new ov.Core() plus device discovery costs ~15-40 ms, and one `dermsort sort`
+    asked ~5 times (issue 15)."""
+    try:
+        import openvino as ov
+    except ImportError:
+        return False, 'openvino is not installed: pip install "dermsort[openvino]"'
+    devices = ov.Core().available_devices
+    if not devices:
+        return False, "openvino is installed but sees no device"
+    return True, f"openvino {ov.get_version()}, devices {', '.join(devices)}"
 
 
 class OpenVinoBackend(Backend):
@@ -16,21 +33,23 @@ class OpenVinoBackend(Backend):
 
     @classmethod
     def available(cls) -> tuple[bool, str]:
-        try:
-            import openvino as ov
-        except ImportError:
-            return False, 'openvino is not installed: pip install "dermsort[openvino]"'
-        devices = ov.Core().available_devices
-        if not devices:
-            return False, "openvino is installed but sees no device"
-        return True, f"openvino {ov.get_version()}, devices {', '.join(devices)}"
+        return _status()
 
     def _load_impl(self) -> None:
         import openvino as ov
 
         core = ov.Core()
         device = (self.device or "CPU").upper()
+        # Compiled-model cache: OpenVINO keys each blob by the model graph + weights, the compile
+        # properties, the device and its own version, so a new model or library never reuses a stale
+        # blob. Compile of the default INT8 IR: ~150 ms -> ~45 ms (docs/BENCHMARKS.md).
+        folder = compiled_cache_dir("openvino")
+        if folder is not None:
+            core.set_property({"CACHE_DIR": os.fspath(folder)})
+        self.cache_dir = folder
         model = core.read_model(os.fspath(self.bundle.artifact_path(self.artifact)))
+        if model.has_rt_info(ONNX_METADATA_KEY):
+            self.embedded_metadata = model.get_rt_info(ONNX_METADATA_KEY).astype(str)
         size = self.metadata.preprocess.input_size
         model.reshape({model.inputs[0].get_any_name(): ov.PartialShape([-1, 3, size, size])})
         config = {"PERFORMANCE_HINT": "LATENCY"}
@@ -63,4 +82,5 @@ class OpenVinoBackend(Backend):
         info["device"] = getattr(self, "device_name", (self.device or "CPU").upper())
         if getattr(self, "execution_precision", ""):
             info["execution_precision"] = self.execution_precision
+        info["compiled_cache"] = os.fspath(self.cache_dir) if getattr(self, "cache_dir", None) else "off"
         return info

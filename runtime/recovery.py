@@ -1,0 +1,174 @@
+"""Recovery: what the next run does with what a killed run, or a damaged journal, left behind.
+
+1. ``recover_pending``: every intent without done/abort is finished if its destination holds the
+   recorded sha256 (never trusted without checking it), else rolled back; a --move source that was
+   renamed aside for its removal check is removed (it is the placed image) or put back.
+2. ``reconcile``: files in benign/ and review/ that no finished journal record accounts for (the
+   journal was cut, deleted or has garbage lines) are recorded again: each is hashed and classified
+   by the model that runs now; one in benign/ that the model would not send to benign/ now (or that
+   cannot be scored) is moved to review/. Its input, if seen again, is matched by sha256 instead of
+   being sorted a second time (``claim``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import stat
+import uuid
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+from .fileops import Identity, fsync_dir, sha256_file
+from .journal import JournalState, fault_point
+from .placement import BENIGN, REVIEW, finish_capture
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .placement import Placer
+
+log = logging.getLogger(__name__)
+
+
+def placement_complete(rec: dict[str, Any], out: Path) -> bool:
+    if not rec.get("dest"):
+        return False
+    try:
+        st = os.stat(out / rec["dest"], follow_symlinks=False)
+        if not stat.S_ISREG(st.st_mode):
+            return False
+        if rec.get("relocated_from"):  # moved within OUT by reconcile: the same inode under both names
+            origin = out / rec["relocated_from"]
+            if os.path.lexists(origin):
+                return os.path.samestat(st, os.stat(origin, follow_symlinks=False))
+        if not rec.get("sha256"):  # an unreadable file moved by hard link: the source is the same inode
+            return os.path.samestat(st, os.stat(rec["file"], follow_symlinks=False))
+        return sha256_file(out / rec["dest"]) == rec["sha256"]
+    except OSError:
+        return False
+
+
+def _unlink_own_partial_link(rec: dict[str, Any], out: Path) -> None:
+    """A --move link whose source changed before the check: the dest is our second name of the source."""
+    if not rec.get("dest") or rec.get("mode") != "move" or not rec.get("file"):
+        return
+    dest = out / rec["dest"]
+    try:
+        if os.path.samestat(os.stat(dest, follow_symlinks=False), os.stat(rec["file"], follow_symlinks=False)):
+            os.unlink(dest)
+    except OSError:
+        pass
+
+
+def recover_pending(state: JournalState, out: Path, append: Callable[[list[dict[str, Any]]], None]) -> int:
+    """Finish or roll back placements a killed run left between intent and done. Returns #finished."""
+    finished, aborted = [], []
+    for rec in state.pending():
+        if placement_complete(rec, out):
+            finished.append({"event": "done", "id": rec["id"], "recovered": True})
+        else:
+            _unlink_own_partial_link(rec, out)
+            aborted.append({"event": "abort", "id": rec["id"], "why": "placement did not complete"})
+    append(finished + aborted)
+    fault_point("recovered")
+    for rec in finished:
+        state.done.add(rec["id"])
+        if state.intents[rec["id"]].get("file"):
+            state.by_source[state.intents[rec["id"]]["file"]] = rec["id"]
+    for rec in aborted:
+        state.aborted.add(rec["id"])
+    _finish_relocations(state, out)
+    # --move sources renamed aside for their removal check when the run was killed
+    removed = []
+    for rid in state.done - state.completed_moves:
+        rec = state.intents[rid]
+        if rec.get("mode") == "move" and rec.get("file") and finish_capture(rec, out) == "removed":
+            removed.append({"event": "source_removed", "id": rid})
+            state.completed_moves.add(rid)
+    append(removed)
+    return len(finished)
+
+
+def _finish_relocations(state: JournalState, out: Path) -> None:
+    """A file moved benign/ -> review/ by reconcile whose old name was not yet removed."""
+    for rid in state.done:
+        rec = state.intents[rid]
+        origin = rec.get("relocated_from")
+        if origin and os.path.lexists(out / origin):
+            try:
+                if os.path.samestat(os.stat(out / origin, follow_symlinks=False),
+                                    os.stat(out / rec["dest"], follow_symlinks=False)):
+                    os.unlink(out / origin)
+            except OSError:
+                pass
+
+
+def unaccounted(state: JournalState, out: Path) -> list[str]:
+    """Files in benign/ and review/ (relative to OUT) that no finished placement accounts for."""
+    known = {state.intents[i]["dest"] for i in state.done if state.intents[i].get("dest")}
+    found = []
+    stack = [BENIGN, REVIEW]  # subfolders too (--keep-tree)
+    while stack:
+        sub = stack.pop()
+        try:
+            entries = sorted(os.scandir(out / sub), key=lambda e: e.name)
+        except OSError:
+            continue
+        for entry in entries:
+            rel = f"{sub}/{entry.name}"
+            if entry.is_dir(follow_symlinks=False):
+                stack.append(rel)
+            elif rel not in known and entry.is_file(follow_symlinks=False):
+                found.append(rel)
+    return sorted(found)
+
+
+def reconcile(state: JournalState, out: Path, placer: "Placer",
+              classify: Callable[[list[Path]], list[tuple[Any, dict[str, Any]]]]) -> int:
+    """Record every file in benign/ and review/ that the journal does not account for. Returns how many.
+
+    ``classify`` turns paths into (Decoded, intent record) pairs exactly as the sorter would for an input.
+    """
+    orphans = unaccounted(state, out)
+    if not orphans:
+        return 0
+    recorded = 0
+    for start in range(0, len(orphans), 16):
+        chunk = orphans[start:start + 16]
+        for (d, rec), rel in zip(classify([out / r for r in chunk]), chunk):
+            try:
+                recorded += _record_orphan(state, out, placer, d, rec, rel)
+            finally:
+                d.close()
+    return recorded
+
+
+def _record_orphan(state: JournalState, out: Path, placer: "Placer", d: Any, rec: dict[str, Any], rel: str) -> int:
+    if d.skip or d.identity is None:
+        return 0  # vanished or unreadable right now: looked at again on the next start
+    folder = rel.split("/", 1)[0]
+    rec.update({"file": "", "relpath": "", "recovered_from_output": True, "dest": rel,
+                "reason": f"found in OUT without a journal record; {rec['reason']}"})
+    if folder == BENIGN and rec["decision"] != BENIGN:
+        # never leave an image in benign/ that the model, now, would not put there: move it to review/
+        new = placer.unique_dest(REVIEW, rel.split("/", 1)[1])  # same place below review/
+        rec.update({"dest": new, "relocated_from": rel, "decision": REVIEW})
+        placer.append([rec])
+        state.intents[rec["id"]] = rec
+        os.link(out / rel, out / new, follow_symlinks=False)
+        fsync_dir((out / new).parent)
+        placer.append([{"event": "done", "id": rec["id"]}])
+        state.done.add(rec["id"])
+        if Identity.at(out / rel) is not None and Identity.at(out / rel).same_inode(Identity.at(out / new)):
+            os.unlink(out / rel)
+            fsync_dir((out / rel).parent)
+        return 1
+    rec["decision"] = folder  # a file in review/ stays there whatever the model says now (review is safe)
+    placer.append([rec, {"event": "done", "id": rec["id"]}])
+    state.intents[rec["id"]] = rec
+    state.done.add(rec["id"])
+    return 1
+
+
+def claim_record(rec_id: str, d: Any) -> dict[str, Any]:
+    return {"event": "claim", "id": rec_id, "file": str(d.cand.path), "size": d.cand.size,
+            "mtime_ns": d.cand.mtime_ns, "claim_id": uuid.uuid4().hex[:8]}

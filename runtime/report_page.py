@@ -1,0 +1,417 @@
+"""``OUT/report.html``: the review page a clinician opens by double-click after a sort.
+
+One self-contained, offline file (no server, no CDN, no external fonts or scripts) built from
+``OUT/results.csv``, the thumbnails in ``OUT/.dermsort/thumbs/`` (runtime/thumbs.py) and the model
+bundle's metadata. Every file name and every CSV cell is untrusted: text is HTML-escaped, links
+are percent-encoded relative paths inside OUT, and a Content-Security-Policy allows only the
+page's own style sheet and script (by hash), so a name can never become markup or code.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import hashlib
+import html
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+from .bundle import DEFAULT_BUNDLE, Bundle, load_bundle
+from .errors import DermsortError
+from .journal import FORMULA_PREFIXES
+from .metadata import PreprocessSpec
+from .report_assets import CSS, JS
+from .thumbs import save_thumbnail, thumb_name
+
+log = logging.getLogger(__name__)
+
+REPORT = "report.html"
+THUMBS = Path(".dermsort") / "thumbs"
+#: what the CLI knew about the last run (bundle, override, files left in place), for `dermsort report`
+RUN_INFO = Path(".dermsort") / "report-run.json"
+#: "near the threshold": p within this distance of the threshold on the log-odds scale (odds x/÷ 1.65)
+NEAR_LOGODDS = 0.5
+#: reason prefixes of a decision the model made; any other reason is an input problem
+MODEL_REASON = "p_malignant "
+
+
+@dataclass
+class Row:
+    seq: int
+    file: str
+    source: str
+    dest: str
+    sha256: str
+    decision: str
+    p: float | None
+    threshold: float | None
+    backend: str
+    artifact: str
+    model_id: str
+    time: str
+    reason: str
+    top_dx: str
+    top_dx_p: float | None
+
+    @property
+    def problem(self) -> bool:
+        return not self.reason.startswith(MODEL_REASON)
+
+    @property
+    def name(self) -> str:
+        return self.dest.rsplit("/", 1)[-1] if self.dest else os.path.basename(self.file)
+
+
+def _cell(value: str | None) -> str:
+    """Undo results.csv's formula guard (a leading ' before = + - @) for display."""
+    value = value or ""
+    if value.startswith("'") and value[1:].startswith(FORMULA_PREFIXES):
+        return value[1:]
+    return value
+
+
+def _float(value: str | None) -> float | None:
+    try:
+        x = float(_cell(value))
+    except (TypeError, ValueError):
+        return None
+    return x if math.isfinite(x) else None
+
+
+def read_rows(out: Path) -> list[Row]:
+    path = out / "results.csv"
+    with open(path, newline="", encoding="utf-8", errors="surrogateescape") as fh:
+        rows = []
+        for i, r in enumerate(csv.DictReader(fh)):
+            file = _cell(r.get("file"))
+            rows.append(Row(seq=i, file=file, source=_cell(r.get("relpath")) or os.path.basename(file),
+                            dest=_cell(r.get("dest")), sha256=_cell(r.get("sha256")),
+                            decision=_cell(r.get("decision")), p=_float(r.get("p_malignant")),
+                            threshold=_float(r.get("threshold")), backend=_cell(r.get("backend")),
+                            artifact=_cell(r.get("artifact")), model_id=_cell(r.get("model_id")),
+                            time=_cell(r.get("time")), reason=_cell(r.get("reason")), top_dx=_cell(r.get("top_dx")),
+                            top_dx_p=_float(r.get("top_dx_p"))))
+    return rows
+
+
+def near_threshold(p: float | None, threshold: float | None) -> bool:
+    if p is None or threshold is None:
+        return False
+    def logit(x: float) -> float:
+        x = min(max(x, 1e-6), 1 - 1e-6)
+        return math.log(x / (1 - x))
+    return abs(logit(p) - logit(threshold)) <= NEAR_LOGODDS
+
+
+def _text(value: Any) -> str:
+    """Untrusted text -> HTML text/attribute content (undecodable bytes shown as U+FFFD)."""
+    s = str(value)
+    s = s.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    return html.escape(s, quote=True)
+
+
+def _href(dest: str) -> str | None:
+    """A percent-encoded link relative to OUT for a destination inside benign/ or review/; None otherwise."""
+    parts = dest.split("/")
+    if len(parts) < 2 or parts[0] not in ("benign", "review") or any(p in ("", ".", "..") for p in parts):
+        return None
+    return html.escape(quote(dest.encode("utf-8", "surrogateescape"), safe="/"), quote=True)
+
+
+def _csp_hash(text: str) -> str:
+    return "'sha256-" + base64.b64encode(hashlib.sha256(text.encode()).digest()).decode() + "'"
+
+
+def _find_bundle(model_id: str, bundle: Bundle | None, run: dict[str, Any]) -> tuple[Bundle | None, str]:
+    """The bundle the rows were sorted with, or None and why not."""
+    if bundle is not None and bundle.model_id == model_id:
+        return bundle, ""
+    tried = []
+    for candidate in (run.get("bundle"), DEFAULT_BUNDLE):
+        if not candidate:
+            continue
+        tried.append(str(candidate))
+        try:
+            found, _ = load_bundle(candidate)
+        except (DermsortError, OSError):
+            continue
+        if found.model_id == model_id:
+            return found, ""
+    return None, (f"the model bundle this run used ({model_id}) was not found (looked in: {', '.join(tried)}); "
+                  "its validated figures cannot be shown")
+
+
+def _existing_thumbs(out: Path) -> set[str]:
+    try:
+        return set(os.listdir(out / THUMBS))  # one call, not a stat per image
+    except OSError:
+        return set()
+
+
+def _ensure_thumbs(out: Path, rows: list[Row], spec: PreprocessSpec) -> set[str]:
+    """Make thumbnails a sort did not (runs before the review page existed) from the placed files;
+    returns the names of the thumbnails there are."""
+    from .preprocess import UnreadableImage, open_image
+
+    have = _existing_thumbs(out)
+    made = False
+    for row in rows:
+        name = thumb_name(row.sha256)
+        if name is None or row.p is None or name in have or _href(row.dest) is None:
+            continue  # p is None: the file could not be decoded when it was sorted either
+        try:
+            with open(out / row.dest, "rb") as fh:
+                img, _ = open_image(fh, spec, row.dest)
+            save_thumbnail(img, out / THUMBS, row.sha256)
+            made = True
+        except (OSError, UnreadableImage) as exc:
+            log.debug("no thumbnail for %s: %s", row.dest, exc)
+    return _existing_thumbs(out) if made else have
+
+
+def build_report(out_dir: str | os.PathLike, bundle: Bundle | None = None,
+                 run: dict[str, Any] | None = None) -> Path:
+    """Write ``OUT/report.html`` (atomically) from ``OUT/results.csv``; returns its path.
+
+    ``run`` is what the caller knows beyond results.csv (``bundle`` path, ``threshold_overridden``,
+    ``left_in_place``, ``ignored``); it is kept in ``OUT/.dermsort/report-run.json`` so that
+    ``dermsort report OUT`` can rebuild the same page later. Raises DermsortError without results.csv.
+    """
+    out = Path(out_dir)
+    if not (out / "results.csv").is_file():
+        raise DermsortError(f"no results.csv in {out}: not a dermsort output folder (sort into it first)")
+    info_path = out / RUN_INFO
+    if run is not None:
+        run = dict(run)
+        if bundle is not None:
+            run.setdefault("bundle", str(bundle.root))
+        try:
+            _write_atomic(info_path, json.dumps(run, indent=1, default=str).encode())
+        except OSError as exc:
+            log.warning("could not save %s: %s", info_path, exc)
+    else:
+        try:
+            run = json.loads(info_path.read_text())
+            if not isinstance(run, dict):
+                run = {}
+        except (OSError, ValueError):
+            run = {}
+    try:
+        rows = read_rows(out)
+    except (OSError, csv.Error) as exc:
+        raise DermsortError(f"cannot read {out / 'results.csv'}: {exc}") from None
+    if not run.get("threshold_overridden"):
+        run["threshold_overridden"] = _journal_says_overridden(out)  # older runs: the journal records it
+    model_id = rows[-1].model_id if rows else str(run.get("model_id", ""))
+    found, missing = _find_bundle(model_id, bundle, run) if model_id else (bundle, "")
+    thumbs = _ensure_thumbs(out, rows, found.metadata.preprocess if found else PreprocessSpec())
+    page = render(out, rows, found, missing, run, thumbs)
+    target = out / REPORT
+    _write_atomic(target, page.encode("utf-8"))
+    return target
+
+
+def _journal_says_overridden(out: Path) -> bool:
+    """Whether any placement in OUT's journal was decided at a --threshold override."""
+    try:
+        with open(out / ".dermsort" / "journal.jsonl", encoding="utf-8", errors="replace") as fh:
+            for line in fh:
+                if '"threshold_overridden": true' in line:
+                    try:
+                        if json.loads(line).get("threshold_overridden") is True:
+                            return True
+                    except ValueError:
+                        continue
+    except OSError:
+        pass
+    return False
+
+
+def _write_atomic(target: Path, data: bytes) -> None:
+    """Temp file + rename; nothing is written when the file already has these bytes (a re-run that
+    sorted nothing new leaves OUT exactly as it was, time stamps included)."""
+    try:
+        if target.read_bytes() == data:
+            return
+    except OSError:
+        pass
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _fmt_ci(x: float | None, ci: Any) -> str:
+    if x is None:
+        return "n/a"
+    text = f"{x:.1%}"
+    if isinstance(ci, (list, tuple)) and len(ci) == 2 and all(isinstance(c, (int, float)) for c in ci):
+        text += f" (95 % CI {ci[0]:.1%}\u2013{ci[1]:.1%})"
+    return text
+
+
+def _model_block(rows: list[Row], bundle: Bundle | None, missing: str, run: dict[str, Any]) -> list[str]:
+    parts: list[str] = []
+    used = sorted({(r.model_id, r.backend, r.artifact, r.threshold) for r in rows}, key=str)
+    overridden_rows = []
+    gate_overrides = []
+    validated_thr: dict[str, float] = {}
+    if bundle is not None:
+        validated_thr = {a.name: a.threshold for a in bundle.artifacts}
+        gate_overrides = [a for a in bundle.artifacts if a.override and any(u[2] == a.name for u in used)]
+        overridden_rows = [r for r in rows if r.artifact in validated_thr and r.threshold is not None
+                           and abs(r.threshold - validated_thr[r.artifact]) > 1e-9]
+    if run.get("threshold_overridden") or overridden_rows:
+        thr = sorted({f"{r.threshold:.4f}" for r in overridden_rows}) or [str(run.get("threshold", "?"))]
+        parts.append(f'<div class="banner" id="override" role="alert">Threshold overridden: images were sorted at '
+                     f'threshold {_text(", ".join(thr))} instead of the validated one. The validated sensitivity '
+                     f'and specificity below do NOT apply to '
+                     f'{_text(len(overridden_rows) or "these")} image(s).</div>')
+    for a in gate_overrides:
+        parts.append(f'<div class="banner" role="alert">Artifact {_text(a.name)} failed the export\'s parity gate '
+                     f'and was kept by override: {_text(a.override)}</div>')
+    if missing:
+        parts.append(f'<div class="warn" id="nobundle">{_text(missing)}</div>')
+    facts = []
+    if bundle is not None:
+        meta, v = bundle.metadata, bundle.metadata.validation
+        if meta.development_model:
+            parts.append('<div class="warn">Development model: not validated for clinical use.</div>')
+        facts += [("Model", meta.model_id),
+                  ("Validated on", f"{v.split or '?'} split of {', '.join(v.datasets) or '?'}: {v.n_images} images "
+                                   f"({v.n_malignant} malignant)"),
+                  ("Sensitivity", _fmt_ci(v.sensitivity, v.sensitivity_ci)),
+                  ("Specificity", _fmt_ci(v.specificity, v.specificity_ci))]
+    else:
+        facts.append(("Model", ", ".join(sorted({u[0] for u in used})) or "?"))
+    for model_id, backend, artifact, thr in used:
+        validated = validated_thr.get(artifact)
+        text = f"{thr:.4f}" if thr is not None else "?"
+        if validated is not None:
+            same = thr is not None and abs(thr - validated) <= 1e-9
+            text += " (the validated threshold of this artifact)" if same else f" (validated: {validated:.4f})"
+        facts.append((f"Threshold, {backend}/{artifact}", text))
+    parts.append('<dl class="facts">' + "".join(f"<dt>{_text(k)}</dt><dd>{_text(v)}</dd>" for k, v in facts) + "</dl>")
+    return parts
+
+
+def _card(row: Row, folder: str, thumbs: set[str]) -> str:
+    near = near_threshold(row.p, row.threshold) and not row.problem
+    href = _href(row.dest)
+    thumb = thumb_name(row.sha256)
+    if thumb and thumb in thumbs:
+        inner = f'<img src="{html.escape(quote((THUMBS / thumb).as_posix()))}" alt="" loading="lazy">'
+    else:
+        inner = '<span>no preview</span>'
+    link = (f'<a class="thumb" href="{href}" title="open the full image">{inner}</a>' if href
+            else f'<a class="thumb" tabindex="0">{inner}</a>')
+    p = "" if row.p is None else f"{row.p:.4f}"
+    tag = '<span class="tag">near threshold</span>' if near else ""
+    lines = [f'<li class="card {_text(row.decision)}{" near" if near else ""}" data-folder="{folder}" '
+             f'data-name="{_text(row.name.lower())}" data-p="{p}" data-near="{int(near)}" data-seq="{row.seq}">',
+             link, f'<div class="p">{"p " + p if p else "no p(malignant)"}{tag}</div>',
+             f'<div class="name">{_text(row.name)}</div>']
+    if row.source and row.source != row.name:
+        lines.append(f'<div class="from">from {_text(row.source)}</div>')
+    lines.append(f'<div class="reason">{_text(row.reason)}</div>')
+    if row.top_dx:
+        dx_p = f" {row.top_dx_p:.2f}" if row.top_dx_p is not None else ""
+        lines.append(f'<div class="dx">top diagnosis {_text(row.top_dx)}{dx_p} (for information)</div>')
+    return "".join(lines) + "</li>"
+
+
+def _grid(section_id: str, title: str, note: str, rows: list[Row], folder: str, thumbs: set[str]) -> str:
+    body = "".join(_card(r, folder, thumbs) for r in rows)
+    empty = '<p class="none">none</p>' if not rows else '<p class="none nomatch" hidden>none match the filter</p>'
+    return (f'<section class="grid" id="{section_id}"><h2>{_text(title)} ({len(rows)})</h2>'
+            f'<p class="hint">{_text(note)}</p><ul class="cards">{body}</ul>{empty}</section>')
+
+
+def render(out: Path, rows: list[Row], bundle: Bundle | None, missing: str, run: dict[str, Any],
+           thumbs: set[str]) -> str:
+    problems = [r for r in rows if r.problem]
+    review = [r for r in rows if r.decision == "review" and not r.problem]
+    benign = [r for r in rows if r.decision == "benign" and not r.problem]
+    other = [r for r in rows if r.decision not in ("benign", "review") and not r.problem]
+    n_benign = sum(r.decision == "benign" for r in rows)
+    near = sum(near_threshold(r.p, r.threshold) and not r.problem for r in rows)
+    left = [x for x in run.get("left_in_place", []) if isinstance(x, dict)]
+    ignored = [x for x in run.get("ignored", []) if isinstance(x, dict)]
+    csp = (f"default-src 'none'; img-src 'self' file: data:; style-src {_csp_hash(CSS)}; "
+           f"script-src {_csp_hash(JS)}; base-uri 'none'; form-action 'none'")
+    title = f"dermsort review \u2013 {out.resolve().name}"
+    parts = ['<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">',
+             f'<meta http-equiv="Content-Security-Policy" content="{csp}">',
+             '<meta name="viewport" content="width=device-width, initial-scale=1">', f"<title>{_text(title)}</title>",
+             f"<style>{CSS}</style></head><body><header>", f"<h1>{_text(title)}</h1>"]
+    parts += _model_block(rows, bundle, missing, run)
+    counts = [("sorted", len(rows), "n-sorted"), ("review", len(rows) - n_benign, "n-review"),
+              ("benign", n_benign, "n-benign"), ("input problems", len(problems), "n-problems"),
+              ("near threshold", near, "n-near"), ("left in place", len(left), "n-left")]
+    parts.append('<ul class="counts">' + "".join(f'<li id="{i}"><b>{n}</b> {k}</li>' for k, n, i in counts)
+                 + f'<li id="work-reduction"><b>{(n_benign / len(rows) if rows else 0):.1%}</b> work reduction '
+                   '(benign share)</li></ul>')
+    parts.append("</header>")
+    parts.append('<div class="controls" role="search"><input type="search" id="q" placeholder="search file name  ( / )"'
+                 ' aria-label="search by file name" autocomplete="off">'
+                 '<label>show <select id="folder" aria-label="filter by folder"><option value="all">all</option>'
+                 '<option value="review">review/</option><option value="benign">benign/</option>'
+                 '<option value="problems">input problems</option><option value="near">near threshold</option>'
+                 '</select></label><label>order <select id="order" aria-label="sort order">'
+                 '<option value="p-desc">p(malignant), highest first</option>'
+                 '<option value="p-asc">p(malignant), lowest first</option><option value="name">file name</option>'
+                 '<option value="seq">as sorted</option></select></label><output id="shown"></output>'
+                 '<span class="hint">keys: / search, Esc clear, j/k next/previous image, Enter open</span></div>')
+    parts.append("<main>")
+    parts.append(_grid("problems", "Input problems (in review/)", "Could not be judged by the model: corrupt, too "
+                       "small, not an image, unexpected colour mode... Always check these by hand.", problems,
+                       "problems", thumbs))
+    if left or ignored:
+        body = "".join(f"<tr><td>{_text(x.get('file', ''))}</td><td>{_text(x.get('reason', ''))}</td></tr>"
+                       for x in left + ignored)
+        parts.append(f'<section id="left"><h2>Left in place, not sorted ({len(left)}) and ignored ({len(ignored)})'
+                     f'</h2><table class="left"><tr><th>file</th><th>reason</th></tr>{body}</table></section>')
+    parts.append(_grid("review", "review/", "p(malignant) at or above the threshold: look at these.",
+                       review + other, "review", thumbs))
+    parts.append(_grid("benign", "benign/", "p(malignant) below the threshold. Highlighted: close to the threshold "
+                       "(odds within x1.65).", benign, "benign", thumbs))
+    last = max((r.time for r in rows), default="")
+    parts.append(f"</main><footer>Built from results.csv by dermsort{'; last image sorted ' + _text(last) if last else ''}"
+                 ". A triage aid, not a diagnosis.</footer>")
+    parts.append(f"<script>{JS}</script></body></html>")
+    return "\n".join(parts)
+
+
+class ReportRefresher:
+    """Rebuilds the page at most every ``min_interval`` seconds (``dermsort watch`` after each batch)."""
+
+    def __init__(self, out: Path, bundle: Bundle | None, min_interval: float = 5.0):
+        self.out, self.bundle, self.min_interval = out, bundle, min_interval
+        self._last = -math.inf
+
+    def refresh(self, run: dict[str, Any], force: bool = False) -> bool:
+        now = time.monotonic()
+        if not force and now - self._last < self.min_interval:
+            return False
+        self._last = now
+        return write_report_safely(self.out, self.bundle, run) is not None
+
+
+def write_report_safely(out: Path, bundle: Bundle | None, run: dict[str, Any]) -> Path | None:
+    """build_report for the sort/watch commands: a failure is one warning line, never a failed sort."""
+    try:
+        return build_report(out, bundle, run)
+    except Exception as exc:  # noqa: BLE001 - the images are sorted; the page is a convenience
+        log.warning("could not write the review page %s: %s", Path(out) / REPORT, exc)
+        return None

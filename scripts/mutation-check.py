@@ -1,0 +1,100 @@
+#!/usr/bin/env python3
+"""Re-run the reliability mutation checklist (docs/RELIABILITY.md): plant each deliberate bug in the
+source, run the test that must catch it, restore the source. Every line must say "caught".
+
+    python3 scripts/mutation-check.py            # all mutations (~4-6 min on 2 cores)
+    python3 scripts/mutation-check.py overwrite  # the ones whose name contains "overwrite"
+
+The source files are restored even if the run is interrupted (try/finally); run it on a clean tree.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+MORE = "\x00MORE\x00"
+
+#: name, file, original text, mutated text (several pairs joined by MORE), pytest selection that must FAIL
+MUTATIONS = [
+    ("overwrite: unlink an existing destination before link", "runtime/placement.py",
+     "        staged = source.parent == self.tmp_dir\n        try:\n            os.link(source, dest, follow_symlinks=False)",
+     "        staged = source.parent == self.tmp_dir\n        try:\n            if os.path.lexists(dest):\n"
+     "                os.unlink(dest)\n            os.link(source, dest, follow_symlinks=False)",
+     "tests/test_output_safety.py::test_a_taken_destination_is_never_replaced_even_when_the_name_chooser_is_wrong"),
+    ("boundary: p <= threshold is benign", "runtime/sorter.py",
+     "        if p < self.threshold:\n", "        if p <= self.threshold:\n",
+     "tests/test_integrity.py::test_decision_rule_is_strictly_below_the_threshold"),
+    ("recovery: trust that a placed file exists, without its sha256", "runtime/recovery.py",
+     '        return sha256_file(out / rec["dest"]) == rec["sha256"]', "        return True",
+     "tests/test_output_safety.py::test_recovery_checks_the_sha256_of_a_placed_file_not_only_that_it_exists"),
+    ("parity gate: count only flips towards benign", "export/parity.py",
+     "    flips = int((review != ref_review).sum())", "    flips = int((ref_review & ~review).sum())",
+     "tests/test_export_gate.py -k 'churn_in_both_directions or counted_by_direction'"),
+    ("writers: ignore a process that still has the file open", "runtime/fileops.py",
+     "            if exc.errno in (errno.EAGAIN, errno.EBUSY):\n                self.method = \"lease\"\n                return True",
+     "            if exc.errno in (errno.EAGAIN, errno.EBUSY):\n                self.method = \"lease\"\n                return False",
+     "tests/test_writers.py -k writer_paused_longer_than_settle"),
+    ("replacement: remove the source without comparing what it holds now", "runtime/placement.py",
+     "        if not self._is_classified(d, before, held, linked, dest):", "        if False:",
+     "tests/test_writers.py -k 'same_size_same_mtime and cross-fs and renamed-over'"),
+    ("replacement: link whatever the path holds now, unchecked", "runtime/placement.py",
+     '            os.link(f"/proc/self/fd/{d.fd}", dest, follow_symlinks=True)' + MORE
+     + "            if tmp is None and not self._placed_is_classified(d, dest):",
+     "            os.link(d.cand.path, dest, follow_symlinks=False)" + MORE + "            if False:",
+     "tests/test_writers.py -k 'same_size_same_mtime and same-fs and renamed-over'"),
+    ("journal: re-sort what a damaged journal forgot", "runtime/sorter.py",
+     "            if used_before:\n                self._reconcile(existed)", "            pass",
+     "tests/test_writers.py -k 'damaged_journal and deleted and copy'"),
+    ("integrity: no check of the manifest's integrity record", "runtime/bundle.py",
+     "    if recorded != decision_digest(data):", "    if False:",
+     "tests/test_integrity.py::test_edited_threshold_in_the_manifest_is_refused"),
+    ("rejected artifact runs when named", "runtime/engine.py",
+     "        if art.rejected and not allow_rejected:", "        if False:",
+     "tests/test_integrity.py -k 'rejected and artifact-path'"),
+    ("crash stats: losses not counted", "tests/fault_harness.py",
+     "            lost.append(rel)\n", "            pass\n",
+     "tests/test_fault_harness_self.py"),
+    ("probe: slowest first", "runtime/engine.py",
+     'ranking.sort(key=lambda r: r["median_call_ms"])', 'ranking.sort(key=lambda r: -r["median_call_ms"])',
+     "tests/test_probe.py::test_probe_ranks_the_faster_artifact_first_and_records_how"),
+]
+
+
+def main(argv: list[str]) -> int:
+    wanted = [m for m in MUTATIONS if not argv or any(a in m[0] for a in argv)]
+    missed = 0
+    for name, rel, old, new, selection in wanted:
+        path = REPO / rel
+        original = path.read_text()
+        pairs = list(zip(old.split(MORE), new.split(MORE)))
+        if any(o not in original for o, _ in pairs):
+            print(f"SKIPPED (source changed, update the checklist): {name}")
+            missed += 1
+            continue
+        mutated = original
+        for o, n in pairs:
+            mutated = mutated.replace(o, n, 1)
+        start = time.monotonic()
+        try:
+            path.write_text(mutated)
+            res = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
+                                  *selection.split(" ", 1)[:1], *(["-k", selection.split("-k ", 1)[1].strip("'")]
+                                                                  if " -k " in selection else [])],
+                                 cwd=REPO, capture_output=True, text=True)
+        finally:
+            path.write_text(original)
+        ran = "no tests ran" not in res.stdout and "error" not in res.stdout.splitlines()[-1:][0].lower() \
+            if res.stdout.strip() else False
+        caught = res.returncode == 1 and ran
+        missed += not caught
+        print(f"{'caught' if caught else 'MISSED'}  {name}  ({selection}; {time.monotonic() - start:.0f} s)")
+    print(f"{len(wanted) - missed}/{len(wanted)} mutations caught")
+    return 1 if missed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -122,6 +122,8 @@ def open_backend(bundle: Bundle, backend: str = "auto", precision: str = "auto",
             raise DermsortError(f"artifact {art.name} was REJECTED by the export's parity gate; refusing to run it "
                                 "(use --allow-rejected-artifact to run it anyway)")
         # auto runs a named artifact on the backend its gate ran it on
+        if backend == "auto":
+            _refuse_reference_backend(art.backend)
         pairs = [(b, art) for b in [art.backend if backend == "auto" else backend] if sorts(b) and compatible(b, art)]
     else:
         pairs = candidates(bundle, backend, precision, allow_rejected)

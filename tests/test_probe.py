@@ -220,3 +220,12 @@ def test_torch_reference_is_not_offered_to_sort(tiny_bundle, tmp_path):
     assert res.returncode == 2 and len(lines) == 1, res.stderr
     assert "reference for `dermsort bench`" in lines[0] and "dermsort export" in lines[0]
     assert main(["info", "--model", str(tiny_bundle)]) == 0
+    # a bundle around a checkpoint (torch-fp32 only), named by its checkpoint file: refused the same way
+    from dermsort.train.torch_backend import bundle_from_checkpoint
+    from test_offline import _tiny_checkpoint
+
+    root = bundle_from_checkpoint(_tiny_checkpoint(tmp_path / "ckpt.pt"), tmp_path / "torch-bundle")
+    res = subprocess.run([sys.executable, "-m", "dermsort.cli", "sort", str(inp), "--model", str(root / "checkpoint.pt")],
+                         capture_output=True, text=True, timeout=60)
+    lines = res.stderr.strip().splitlines()
+    assert res.returncode == 2 and len(lines) == 1 and "reference for `dermsort bench`" in lines[0], res.stderr

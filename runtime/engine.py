@@ -122,6 +122,8 @@ def open_backend(bundle: Bundle, backend: str = "auto", precision: str = "auto",
             raise DermsortError(f"artifact {art.name} was REJECTED by the export's parity gate; refusing to run it "
                                 "(use --allow-rejected-artifact to run it anyway)")
         # auto runs a named artifact on the backend its gate ran it on
+        if backend == "auto":
+            _refuse_reference_backend(art.backend)
         pairs = [(b, art) for b in [art.backend if backend == "auto" else backend] if sorts(b) and compatible(b, art)]
     else:
         pairs = candidates(bundle, backend, precision, allow_rejected)
@@ -213,16 +215,19 @@ def _probe_and_save(bundle: Bundle, pairs: list[tuple[str, Artifact]], threads: 
         return pairs, {}
     keys = list(loaded)
     try:
-        seconds, how = measure([loaded[k] for k in keys], bundle.metadata.preprocess.input_size)
+        rows, how = measure([loaded[k] for k in keys], bundle.metadata.preprocess.input_size)
     except Exception as exc:  # a backend that loads but cannot run: let the load loop say why
         log.info("probe failed: %s", exc)
         for other in loaded.values():
             other.close()
         return pairs, {}
-    ranking = [{"backend": b, "artifact": a, "images_per_s": round(how["batch"] / s, 2),
-                "median_call_ms": round(s * 1000, 3), "load_s": round(load_s[(b, a)], 3)}
-               for (b, a), s in zip(keys, seconds)]
-    ranking.sort(key=lambda r: r["median_call_ms"])
+    ranking = []
+    for row in rows:  # fastest first
+        b, a = keys[row["index"]]
+        per_s = how["batch"] * 1000 / row["median_call_ms"] if row["measured"] else 1000 / row["screen_ms"]
+        ranking.append({"backend": b, "artifact": a, "images_per_s": round(per_s, 2), "measured": row["measured"],
+                        "median_call_ms": row["median_call_ms"], "screen_ms": row["screen_ms"],
+                        "load_s": round(load_s[(b, a)], 3)})
     save_profile(bundle, ranking, source="probe", load=load, probe=how)
     order = {(r["backend"], r["artifact"]): i for i, r in enumerate(ranking)}
     ranked = sorted(pairs, key=lambda p: order.get((p[0], p[1].name), len(order)))

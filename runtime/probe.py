@@ -40,10 +40,10 @@ PROBE_MIN_ROUNDS = 3
 #: makes every call slower, and such a probe is marked noisy and replaced once the machine is quiet
 PROBE_CAP_S = 0.5
 PROBE_MAX_ROUNDS = 200
-#: images per probe call: half the sort's default --batch-size (8), so a folder's steady state is what
-#: is ranked (a TTA model runs each image and its mirror inside the graph)
+#: images per call in the rounds: half the sort's default --batch-size (8), so a folder's steady state
+#: is what is ranked (a TTA model runs each image and its mirror inside the graph)
 PROBE_BATCH = 4
-#: after one timed call each, a candidate slower than this many times the fastest cannot win: dropped
+#: after one timed one-image call each, a candidate slower than this many times the fastest cannot win
 SCREEN_RATIO = 2.0
 #: a 1-minute load average per logical CPU above this makes a measurement noisy
 NOISY_LOAD_PER_CPU = 0.5
@@ -147,25 +147,29 @@ def save_profile(bundle: Bundle, ranking: list[dict[str, Any]], source: str,
 
 
 def probe(backends: list[Backend], input_size: int, budget_s: float = PROBE_BUDGET_S,
-          min_rounds: int = PROBE_MIN_ROUNDS, cap_s: float = PROBE_CAP_S) -> tuple[list[float], dict[str, Any]]:
-    """Median seconds per call of each loaded backend, interleaved round by round; and how it was measured.
+          min_rounds: int = PROBE_MIN_ROUNDS, cap_s: float = PROBE_CAP_S) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Rank loaded backends, fastest first: one row per backend (``index`` into ``backends``,
+    ``median_call_ms`` over the rounds at ``PROBE_BATCH`` images, ``screen_ms`` of one image); and how.
 
-    One warm-up call each, then one timed call each (the screen: a candidate over ``SCREEN_RATIO`` x the
-    fastest is not measured further), then rounds over the rest: each round times one call of every one,
-    starting one further along each round, so a burst of load hits all of them alike; the median of the
-    rounds drops the bursts.
+    One warm-up call each, then one timed call each with one image (the screen: a candidate over
+    ``SCREEN_RATIO`` x the fastest cannot win and is ranked after the rest by that time), then rounds
+    over the rest at ``PROBE_BATCH`` images: each round times one call of every one, starting one further
+    along each round, so a burst of load hits all of them alike; the median of the rounds drops the bursts.
     """
-    batch = np.random.default_rng(0).standard_normal((PROBE_BATCH, 3, input_size, input_size)).astype(np.float32)
+    rng = np.random.default_rng(0)
+    one = rng.standard_normal((1, 3, input_size, input_size)).astype(np.float32)
+    batch = rng.standard_normal((PROBE_BATCH, 3, input_size, input_size)).astype(np.float32)
     began = time.perf_counter()
     for backend in backends:
-        backend.predict(batch)  # warm-up: graph optimisation, memory pools
-    times: list[list[float]] = []
+        backend.predict(one)  # warm-up: graph optimisation, memory pools
+    screen = []
     for backend in backends:
         t0 = time.perf_counter()
-        backend.predict(batch)
-        times.append([time.perf_counter() - t0])
-    fastest = min(t[0] for t in times)
-    live = [i for i, t in enumerate(times) if t[0] <= SCREEN_RATIO * fastest]
+        backend.predict(one)
+        screen.append(time.perf_counter() - t0)
+    fastest = min(screen)
+    live = [i for i, t in enumerate(screen) if t <= SCREEN_RATIO * fastest]
+    times: dict[int, list[float]] = {i: [] for i in live}
     start = time.perf_counter()
     rounds = 0
     while rounds < PROBE_MAX_ROUNDS and len(live) > 1:
@@ -178,6 +182,10 @@ def probe(backends: list[Backend], input_size: int, budget_s: float = PROBE_BUDG
             backends[i].predict(batch)
             times[i].append(time.perf_counter() - t0)
         rounds += 1
-    medians = [statistics.median(t) for t in times]
-    return medians, {"rounds": rounds, "seconds": round(time.perf_counter() - began, 3), "batch": PROBE_BATCH,
-                     "budget_s": budget_s, "cap_s": cap_s, "screened_out": len(backends) - len(live)}
+    rows = [{"index": i, "screen_ms": round(screen[i] * 1000, 3), "measured": i in live and rounds > 0,
+             "median_call_ms": round(statistics.median(times[i]) * 1000, 3) if times.get(i) else None}
+            for i in range(len(backends))]
+    # measured ones by their median; then (one survivor, or screened out) by the one-image screen time
+    rows.sort(key=lambda r: (not r["measured"], r["median_call_ms"] if r["measured"] else r["screen_ms"]))
+    return rows, {"rounds": rounds, "seconds": round(time.perf_counter() - began, 3), "batch": PROBE_BATCH,
+                  "budget_s": budget_s, "cap_s": cap_s, "screened_out": len(backends) - len(live)}

@@ -68,7 +68,7 @@ def test_probe_ranks_the_faster_artifact_first_and_records_how(two_speed_bundle)
     assert _pairs(entry) == [FAST, SLOW]
     assert (chosen.spec.name, chosen.artifact.name) == FAST
     fast, slow = entry["ranking"]
-    assert fast["median_call_ms"] < slow["median_call_ms"]
+    assert fast["screen_ms"] < slow["screen_ms"] and not slow["measured"]
     # the heavy one (~100x slower) cannot win: screened out after one timed call; load and validity recorded
     how = entry["probe"]
     assert how["screened_out"] == 1 and how["rounds"] == 0 and how["batch"] == probe.PROBE_BATCH
@@ -88,8 +88,10 @@ def test_probe_rounds_interleave_and_are_bounded(tiny_bundle, monkeypatch):
                 for b, a in (("onnxruntime", "onnx-fp32"), ("openvino", "openvino-fp16"))]
     try:
         size = bundle.metadata.preprocess.input_size
-        seconds, how = probe.probe(backends, size, budget_s=0.0)  # two real candidates, both measured
-        assert how["screened_out"] == 0 and how["rounds"] == probe.PROBE_MIN_ROUNDS and all(s > 0 for s in seconds)
+        rows, how = probe.probe(backends, size, budget_s=0.0)  # two real candidates, both measured
+        assert how["screened_out"] == 0 and how["rounds"] == probe.PROBE_MIN_ROUNDS
+        assert sorted(r["index"] for r in rows) == [0, 1] and all(r["measured"] and r["median_call_ms"] > 0 for r in rows)
+        assert rows[0]["median_call_ms"] <= rows[1]["median_call_ms"]  # fastest first
         _, how = probe.probe(backends, size, budget_s=0.05)
         assert how["rounds"] >= probe.PROBE_MIN_ROUNDS
         # a busy machine: the cap ends the rounds (at least one) whatever the budget
@@ -218,3 +220,12 @@ def test_torch_reference_is_not_offered_to_sort(tiny_bundle, tmp_path):
     assert res.returncode == 2 and len(lines) == 1, res.stderr
     assert "reference for `dermsort bench`" in lines[0] and "dermsort export" in lines[0]
     assert main(["info", "--model", str(tiny_bundle)]) == 0
+    # a bundle around a checkpoint (torch-fp32 only), named by its checkpoint file: refused the same way
+    from dermsort.train.torch_backend import bundle_from_checkpoint
+    from test_offline import _tiny_checkpoint
+
+    root = bundle_from_checkpoint(_tiny_checkpoint(tmp_path / "ckpt.pt"), tmp_path / "torch-bundle")
+    res = subprocess.run([sys.executable, "-m", "dermsort.cli", "sort", str(inp), "--model", str(root / "checkpoint.pt")],
+                         capture_output=True, text=True, timeout=60)
+    lines = res.stderr.strip().splitlines()
+    assert res.returncode == 2 and len(lines) == 1 and "reference for `dermsort bench`" in lines[0], res.stderr

@@ -347,7 +347,9 @@ for name in ("dermsort", "numpy", "pillow", "click", "onnxruntime", "openvino"):
     cp "$RUN/srv/dermsort/sorted/results.csv" "$WORK/arm64-results.csv" 2>/dev/null ||
         ds_die "the service's command wrote no results.csv; see $WORK/watch.log: $(tail -n 1 "$WORK/watch.log")"
     # the bundled verification set (export/verify_set.py) on arm64: the FP32 reference must reproduce
-    # the decisions and p stored at export (x86), and the FP16 artifact must agree with them
+    # the decisions and p stored at export (x86), and the FP16 artifact must agree with them. Not the
+    # OpenVINO artifacts: the check runs the reference with ONNX Runtime, which needs no /sys here,
+    # in the same process as OpenVINO, which needs one (see the OpenVINO step)
     local vset_rc=0 vset_cmd
     # shellcheck disable=SC2016 # expanded by the bash in the arm64 root
     vset_cmd='py=/opt/dermsort/venv/bin/python
@@ -362,8 +364,6 @@ for name in ("dermsort", "numpy", "pillow", "click", "onnxruntime", "openvino"):
         mount --bind /sys "$RUN/sys"
         in_root /opt/dermsort/venv/bin/dermsort sort /srv/dermatoscope --out /root/ov-out --backend openvino \
             --precision fp16 >"$WORK/ov.log" 2>&1 || ov_rc=$?
-        in_root /bin/bash -c "$vset_cmd" vset --artifact openvino-fp16 --artifact openvino-int8 \
-            >>"$WORK/vset.log" 2>&1 || vset_rc=$?
         umount "$RUN/sys"
         cp "$RUN/root/ov-out/results.csv" "$WORK/arm64-ov-results.csv" 2>/dev/null || true
     fi

@@ -273,6 +273,7 @@ main() {
 
     # the project as a user would have it (git checkout), and the images the dermatoscope exported
     mkdir -p "$RUN/home/pi/dermsort" "$RUN/srv/dermatoscope" "$WORK/x86-in"
+    CHECKOUT="$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo '?')$(git -C "$REPO" diff --quiet HEAD 2>/dev/null || echo ' + uncommitted changes')"
     (cd "$REPO" && git ls-files -z --cached --others --exclude-standard | tar --null -T - -cf -) |
         tar -xf - -C "$RUN/home/pi/dermsort"
     cp -- "${IMAGE_PATHS[@]}" "$RUN/srv/dermatoscope/"
@@ -420,7 +421,7 @@ write_report() {
     local text=$WORK/report.txt
     {
         echo "dermsort arm64 check (deploy/raspi/check-arm64.sh), started $started, finished $(date -u +%Y-%m-%dT%H:%M:%SZ)"
-        echo "checkout: $(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo '?')$(git -C "$REPO" diff --quiet HEAD 2>/dev/null || echo ' + uncommitted changes')"
+        echo "checkout copied into the root: $CHECKOUT"
         echo "host: $(uname -m), $(ds_os_release PRETTY_NAME); emulation: $EMULATED"
         echo "arm64 root: $(sed -n 's/^PRETTY_NAME=//p' "$RUN/etc/os-release" | tr -d '"'), uname -m in it: $(in_root uname -m)"
         echo

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -48,7 +49,7 @@ scale = 1 if sys.platform == "darwin" else 1024
 with open(result, "w") as fh:
     json.dump({"rc": proc.returncode, "wall_s": wall, "user_s": ru.ru_utime, "sys_s": ru.ru_stime,
                "cpu_s": ru.ru_utime + ru.ru_stime, "peak_rss_mb": ru.ru_maxrss * scale / 2**20,
-               "stdout": proc.stdout.decode(errors="replace")[-4000:],
+               "stdout": proc.stdout.decode(errors="replace"),
                "stderr": proc.stderr.decode(errors="replace")[-2000:]}, fh)
 """
 
@@ -148,7 +149,7 @@ def run_set(name: str, folder: Path, scratch: Path, model: Path | None, warm_cac
             cmd, env = table[arm]()
             res = measure(cmd, env)
             if arm.startswith("dermsort sort"):
-                summary = json.loads(res["stdout"][res["stdout"].index("{"):])
+                summary = json.JSONDecoder().raw_decode(res["stdout"][res["stdout"].index("{"):])[0]
                 res["backend"] = f"{summary['backend']['backend']}/{summary['backend']['artifact']}"
                 res["sorted"] = summary["sorted"]
             res.pop("stdout"), res.pop("stderr")
@@ -266,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.floor is not None:
         print(f"{floor(args.floor, args.model):.3f}")
         return 0
-    from .machine import command_line, machine_info
+    from .machine import machine_info
 
     echo = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
     large = [tuple(int(v) for v in s.lower().split("x")) for s in args.large.split(",") if s.strip()]
@@ -283,8 +284,9 @@ def main(argv: list[str] | None = None) -> int:
             measure([*dermsort_exe(), "sort", str(sets.get("1 image", next(iter(sets.values())))), "--out",
                      str(tmp / f"prime-out-{i}"), *(["--model", str(args.model)] if args.model else []), *extra.split()],
                     dict(os.environ, DERMSORT_CACHE_DIR=str(warm)))
+        command = "python -m dermsort.bench.wholeproc " + shlex.join(sys.argv[1:] if argv is None else argv)
         report: dict[str, Any] = {"schema": "dermsort-wholeproc-bench/1", "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                                  "command": command_line(), "machine": machine_info(), "reps": args.reps,
+                                  "command": command, "machine": machine_info(), "reps": args.reps,
                                   "targets": TARGETS, "grain": args.grain,
                                   "variants": args.variant, "sets": []}
         for name, folder in sets.items():

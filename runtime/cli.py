@@ -56,7 +56,7 @@ def _model_options(fn):
         click.option("--threshold", type=float, default=None,
                      help="Override the validated operating threshold (P(malignant) below it -> benign). "
                           "The validated sensitivity no longer applies."),
-        click.option("--batch-size", type=click.IntRange(1, 256), default=8, show_default=True,
+        click.option("--batch-size", type=click.IntRange(1, 256), default=4, show_default=True,
                      help="Images per inference call (the default model runs each image and its mirror: 2x rows)."),
         click.option("--workers", type=click.IntRange(1, 64), default=None, help="Decode threads (default: CPU count)."),
         click.option("--threads", type=click.IntRange(1, 256), default=None, help="Inference threads."),

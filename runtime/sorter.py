@@ -45,7 +45,7 @@ log = logging.getLogger(__name__)
 STATE_DIR = ".dermsort"
 #: bytes of file data and decoded pixels the read-ahead may hold at once (a 24 MP PNG has no draft
 #: mode and decodes to ~72 MB: the cap keeps peak memory flat whatever the input)
-LOOKAHEAD_BYTES = 96 << 20
+LOOKAHEAD_BYTES = 48 << 20
 #: reasons that mean "this is not an image" (counted on their own in the summary)
 NOT_AN_IMAGE = ("not a readable image", "empty file", "unsupported image format", "extension ")
 
@@ -58,9 +58,9 @@ class SortOptions:
     dry_run: bool = False
     #: overrides the artifact's validated threshold (recorded in the journal and results.csv)
     threshold: float | None = None
-    #: images per inference call; 8 keeps peak RSS of the default model (which scores each image and its
-    #: mirror image, 2x rows) near what batch 16 cost a single-view model (docs/BENCHMARKS.md)
-    batch_size: int = 8
+    #: images per inference call; 4 keeps peak RSS under 300 MB on every backend and input size measured,
+    #: at no more CPU than 8 (the default model scores each image and its mirror: 2x rows; docs/BENCHMARKS.md)
+    batch_size: int = 4
     workers: int | None = None
     #: an artifact the export's parity gate rejected may run only with this (every row is marked)
     allow_rejected: bool = False

@@ -248,3 +248,22 @@ def restore_signal_handlers():
     yield
     for sig, handler in saved.items():
         signal.signal(sig, handler)
+
+
+def copy_corpus(folder: Path, n: int = 8, offset: int = 0) -> dict[str, str]:
+    """``n`` small real images (after skipping ``offset``) copied into ``folder``; its tree afterwards."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for p in small_real_images(n + offset, 0)[offset:]:
+        shutil.copyfile(p, folder / p.name)
+    return tree(folder)
+
+
+def sort_json(inp: Path, out: Path, bundle: Path, capsys, *extra: str) -> tuple[int, dict, str]:
+    """``dermsort sort --json`` in-process on ONNX Runtime: (exit code, summary or {}, stderr)."""
+    from dermsort.cli import main
+
+    capsys.readouterr()
+    rc = main(["sort", str(inp), "--out", str(out), "--model", str(bundle), "--backend", "onnxruntime",
+               "--workers", "2", "--json", *extra])
+    cap = capsys.readouterr()
+    return rc, (json.loads(cap.out) if cap.out.strip() else {}), cap.err

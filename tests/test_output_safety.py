@@ -14,28 +14,14 @@ from pathlib import Path
 
 import pytest
 
-from dermsort.cli import main
 from dermsort.runtime import placement as placement_mod
 from dermsort.runtime import reading as reading_mod
 from dermsort.runtime import sorter as sorter_mod
+from fault_harness import copy_corpus as _corpus
 from fault_harness import read_journal, sha256, small_real_images, tree, wait_for
+from fault_harness import sort_json as _sort
 
 PY = [sys.executable, "-m", "dermsort.cli"]
-
-
-def _corpus(folder: Path, n: int, offset: int = 0) -> dict[str, str]:
-    folder.mkdir(parents=True, exist_ok=True)
-    for p in small_real_images(n + offset, 0)[offset:]:
-        shutil.copyfile(p, folder / p.name)
-    return tree(folder)
-
-
-def _sort(inp: Path, out: Path, bundle: Path, capsys, *extra: str) -> tuple[int, dict, str]:
-    capsys.readouterr()
-    rc = main(["sort", str(inp), "--out", str(out), "--model", str(bundle), "--backend", "onnxruntime",
-               "--workers", "2", "--json", *extra])
-    cap = capsys.readouterr()
-    return rc, (json.loads(cap.out) if cap.out.strip() else {}), cap.err
 
 
 # ---------------------------------------------------------------------------------------- mutation: overwrite

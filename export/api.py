@@ -231,15 +231,35 @@ def export_bundle(checkpoint: str | os.PathLike, out: str | os.PathLike,
         recover(out, say)
         work = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.new-"))
         try:
-            bundle = _build(ckpt, metadata, targets, work, calib_tensors, calib_files, calib_sources,
-                            gate_tensors, gate_labels, gate_csvs, labelled_split, allow_parity_failure,
-                            accuracy_control, tolerances, latency_reps, say, gate_datasets)
+            _build(ckpt, metadata, targets, work, calib_tensors, calib_files, calib_sources,
+                   gate_tensors, gate_labels, gate_csvs, labelled_split, allow_parity_failure,
+                   accuracy_control, tolerances, latency_reps, say, gate_datasets)
+            _verification_set(work, [r.path for r in gate_rows] or list(calib_files), say)
             swap_in(work, out)
         except BaseException:
             shutil.rmtree(work, ignore_errors=True)
             raise
     say(f"bundle written: {out}")
     return load_bundle(out)[0]
+
+
+def _verification_set(bundle_dir: Path, images: list[Any], say: Say) -> None:
+    """Ship a verification set with every exported bundle (``export-engines`` checks TensorRT engines against
+    it on the device, without labels): the smallest of the given real images, so the bundle stays small."""
+    from . import verify_set
+
+    if not images:
+        say("no verification set: the export was given no real images (engines built later stay unverified "
+            "unless `export-engines --labelled` or `--verify-images` is used)")
+        return
+    # images small enough that any 24 of them fit the set's size cap (1 MB), else the smallest ones
+    per_image = verify_set.DEFAULT_MAX_BYTES // verify_set.DEFAULT_COUNT
+    by_size = sorted((Path(p) for p in images), key=lambda p: p.stat().st_size)
+    small = [p for p in by_size if p.stat().st_size <= per_image]
+    try:
+        verify_set.build(bundle_dir, small if len(small) >= 4 * verify_set.DEFAULT_COUNT else by_size[:400], say=say)
+    except DermsortError as exc:
+        say(f"no verification set: {exc}")
 
 
 def _build(ckpt: Any, metadata: Any, targets: list[formats.Target], work: Path, calib_tensors: np.ndarray,

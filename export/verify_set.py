@@ -224,6 +224,8 @@ def _candidates(sources: Iterable[str | os.PathLike]) -> list[Path]:
             found += [row.path for row in calibration.read_labels(path, None)]
         elif path.is_dir():
             found += sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+        elif path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS:
+            found.append(path)
         else:
             raise DermsortError(f"{source}: not a folder of images or a labels.csv")
     return found

@@ -603,3 +603,43 @@ def test_export_engines_bookkeeping_with_a_stub_builder(exported, tmp_path, monk
     assert sorted(p.name for p in tmp_path.iterdir() if p.name != "cache") == ["bundle"]
     rows = {r["name"] for r in json.loads((copy / "export_report.json").read_text())["artifacts"]}
     assert "tensorrt-fp16" in rows
+
+
+def test_every_export_ships_a_verification_set_or_says_why_not(tiny_checkpoint, fake_train, tmp_path):
+    """``dermsort export`` writes verify/ from the smallest labelled (gate) images, so engines built later on a
+    Jetson can be verified without labels; the set reproduces with the bundle's own FP32 reference."""
+    from dermsort.export import verify_set
+
+    said: list[str] = []
+    bundle = api.export_bundle(tiny_checkpoint, tmp_path / "bundle", to="onnx", precisions="fp32", calib=CSVS,
+                               calib_count=8, latency_reps=2, say=said.append)
+    lines = [s for s in said if "verification set" in s]
+    assert len(lines) == 1, said
+    if lines[0].startswith("no verification set"):
+        # the tiny test model puts few images 1 logit away from its threshold: the export says so and goes on
+        assert ("candidate images" in lines[0] or "MB >" in lines[0]) and verify_set.MANIFEST_KEY not in bundle.extra
+        return
+    vset = verify_set.load(bundle)
+    assert vset is not None and len(vset.files) == verify_set.DEFAULT_COUNT
+    result = verify_set.check(bundle, [bundle.get("onnx-fp32")], vset)
+    assert all(r.passed for r in (result.values() if isinstance(result, dict) else result))
+
+
+def test_the_exports_verification_set_step_on_a_real_model(tmp_path):
+    """The same step on the real default model and the gate's val images: a set is written from the small ones."""
+    from dermsort.export import verify_set
+    from dermsort.runtime.bundle import DEFAULT_BUNDLE
+
+    copy = tmp_path / "bundle"
+    shutil.copytree(DEFAULT_BUNDLE, copy)
+    shutil.rmtree(copy / "verify")
+    every_csv = sorted(str(p) for p in DATA.glob("*/labels.csv"))  # the gate set of the default model's export
+    gate = [r.path for r in calibration.gate_set(every_csv, [], "val")[0]]
+    said: list[str] = []
+    api._verification_set(copy, gate, said.append)
+    assert said and said[-1].startswith("verification set: 24 images"), said
+    bundle = load_bundle(copy)[0]
+    vset = verify_set.load(bundle)
+    assert vset is not None and len(vset.files) == 24
+    assert sum((copy / f).stat().st_size for f in bundle.extra[verify_set.MANIFEST_KEY]["files"]) < 1.2e6
+    assert verify_set.check(bundle, [bundle.get("onnx-fp16")], vset)

@@ -358,6 +358,22 @@ def report(out: Path, model: Path | None) -> None:
     click.echo(f"review page: {build_report(out, bundle)}")
 
 
+def _both_onnxruntime_builds() -> str:
+    """The CPU and GPU builds of ONNX Runtime share one import name and shadow each other: say so if both are here."""
+    from importlib import metadata
+
+    found = []
+    for dist in ("onnxruntime", "onnxruntime-gpu"):
+        try:
+            found.append(f"{dist} {metadata.version(dist)}")
+        except metadata.PackageNotFoundError:
+            continue
+    if len(found) < 2:
+        return ""
+    return (f"both {found[0]} and {found[1]} are installed and shadow each other; keep one "
+            '(pip uninstall onnxruntime for CUDA/Jetson, or onnxruntime-gpu for CPU)')
+
+
 @click.command()
 @click.option("--model", "model", type=click.Path(path_type=Path), default=None,
               help="Model bundle (default: the bundled model).")
@@ -376,6 +392,9 @@ def info(model: Path | None, as_json: bool) -> None:
         else:
             ok, detail = backend_status(name)
         backends[name] = {"available": ok, "detail": detail}
+    both = _both_onnxruntime_builds()
+    if both:
+        backends["onnxruntime"]["detail"] += f"; WARNING: {both}"
     checks = {}
     for art in bundle.artifacts:
         try:

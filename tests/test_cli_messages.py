@@ -57,3 +57,24 @@ def test_tensorrt_without_engines_points_to_export_engines(tmp_path):
                          capture_output=True, text=True, timeout=120)
     assert res.returncode == 2, res.stderr
     assert "dermsort export-engines" in res.stderr and len(res.stderr.strip().splitlines()) == 1
+
+
+def test_info_warns_when_both_onnxruntime_builds_are_installed(monkeypatch):
+    """onnxruntime and onnxruntime-gpu share one import name: `info` says so (the installers refuse it)."""
+    import json
+    from importlib import metadata
+
+    real = metadata.version
+
+    def version(dist):
+        if dist == "onnxruntime-gpu":  # as if NVIDIA's wheel had been installed beside the CPU one
+            return "1.31.1"
+        return real(dist)
+
+    runner = CliRunner()
+    plain = json.loads(runner.invoke(cli, ["info", "--json"], catch_exceptions=False).stdout)
+    assert "WARNING" not in plain["backends"]["onnxruntime"]["detail"]
+    monkeypatch.setattr(metadata, "version", version)
+    both = json.loads(runner.invoke(cli, ["info", "--json"], catch_exceptions=False).stdout)
+    detail = both["backends"]["onnxruntime"]["detail"]
+    assert "WARNING: both onnxruntime" in detail and "onnxruntime-gpu 1.31.1" in detail

@@ -39,7 +39,8 @@ def _backends(value: str) -> list[str] | None:
 @click.option("--checkpoint", type=click.Path(path_type=Path, exists=True), default=None,
               help="Training checkpoint: the naive baseline then runs the model in PyTorch eager FP32.")
 @click.option("--min-agreement", type=click.FloatRange(0, 1), default=0.97, show_default=True,
-              help="Decision agreement with the FP32 ONNX reference needed to enter the machine profile.")
+              help="An artifact the export's gate accepted leaves the machine profile only when its decision "
+                   "agreement with the FP32 ONNX reference is significantly below this (Wilson 95 % upper bound).")
 @click.option("--dermosort/--no-dermosort", "dermosort", default=True, show_default=True,
               help="Also time a DermoSort-style pipeline (EfficientNet-B4 @ 256, torch eager; needs torch).")
 @click.option("--no-profile", is_flag=True, help="Do not write the machine profile that `--backend auto` reads.")

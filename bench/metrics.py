@@ -41,5 +41,6 @@ def agreement(decisions: Sequence[str], reference: Sequence[str], p_malignant: S
     to_benign = sum(1 for a, b in zip(decisions, reference) if a == "benign" and b != "benign")
     deltas = [abs(a - b) for a, b in zip(p_malignant, reference_p) if a is not None and b is not None]
     return {"agreement": same / len(reference) if reference else None,
+            "agreement_ci95": wilson_ci(same, len(reference)),
             "flips_to_benign": to_benign, "flips_to_review": len(reference) - same - to_benign,
             "max_abs_dp": max(deltas) if deltas else None}

@@ -79,8 +79,9 @@ def render_markdown(report: dict[str, Any]) -> str:
         "Peak RSS: `VmHWM` of the end-to-end process (its own peak; `ru_maxrss` would carry the parent's "
         "RSS across fork + exec).",
         f"- Decode workers: {s['workers'] or 'runtime default'}; inference threads: {s['threads'] or 'runtime default'}.",
-        f"- An artifact passes when its manifest accepts it and its decisions agree with the reference on "
-        f"≥ {s['min_agreement']:.0%} of images; only passing artifacts enter the machine profile.",
+        f"- An artifact passes when the export's parity gate accepted it and its agreement with the reference here "
+        f"is not significantly below {s['min_agreement']:.0%} (Wilson 95 % upper bound ≥ it); only passing "
+        "artifacts enter the machine profile.",
         "",
         "## Data",
         "",

@@ -230,3 +230,24 @@ def test_whole_process_table_in_one_run(tiny_bundle, tmp_path):
     targets = {v["target"] for v in report["verdicts"]}
     assert any("DermoSort-style" in t for t in targets) and any("floor" in t for t in targets)
     assert "DermoSort-style / sort" in (tmp_path / "w" / "whole-process.md").read_text()
+
+
+def test_bench_takes_an_artifact_out_of_auto_only_on_significant_disagreement():
+    """The gate decides acceptance; the bench overrides it only when disagreement here is significant."""
+    from dermsort.bench.core import _score
+
+    labels = {f"f{i}": int(i < 40) for i in range(200)}
+    ref = [{"file": f, "decision": "review" if y else "benign", "p_malignant": 0.9 if y else 0.1}
+           for f, y in labels.items()]
+
+    def row(flips: int) -> dict:
+        dec = [dict(d) for d in ref]
+        for d in dec[100:100 + flips]:
+            d["decision"] = "review"  # benign images flipped to review
+        return {"kind": "artifact", "error": "", "accepted": True, "decisions": dec}
+
+    rows = [{"kind": "artifact", "error": "", "accepted": True, "reference": True, "decisions": ref},
+            row(7), row(14)]  # 96.5 % (CI up to 98.3 %) and 93 % (CI up to 95.8 %)
+    _score(rows, labels, 0.97)
+    assert rows[0]["passed"] and rows[1]["passed"] and not rows[2]["passed"]
+    assert rows[1]["agreement"] == 0.965 and rows[1]["agreement_ci95"][1] > 0.97 > rows[2]["agreement_ci95"][1]

@@ -203,17 +203,24 @@ def check(bundle: Bundle, artifacts: Iterable[Artifact], vset: VerificationSet |
 def from_images(bundle: Bundle, sources: Iterable[str | os.PathLike], count: int = DEFAULT_COUNT,
                 margin: float = DEFAULT_MARGIN) -> VerificationSet:
     """A set made here from the user's own images (no labels): the reference's decisions on this machine."""
+    reference, paths, p_ref, picked = _pick(bundle, sources, count, margin)
+    p = np.asarray([p_ref[i] for i in picked], np.float64)
+    return VerificationSet(reference=reference.name, reference_sha256=reference.sha256,
+                           threshold=reference.threshold, files=[str(paths[i].resolve()) for i in picked],
+                           p_reference=p, review=p >= reference.threshold, margin=margin)
+
+
+def _pick(bundle: Bundle, sources: Iterable[str | os.PathLike], count: int,
+          margin: float) -> tuple[Artifact, list[Path], np.ndarray, list[int]]:
+    """Run the (checksum-verified) FP32 reference on the decodable images of ``sources`` and choose ``count``
+    of them (``choose``): the reference, the decodable paths, their p_malignant and the chosen indices."""
     reference = bundle.get(formats.REFERENCE)
     bundle.verify(reference)
     paths = _candidates(sources)
     tensors, kept = calibration.load_tensors(paths, bundle.metadata.preprocess, skip_concerns=True)
     paths = [paths[i] for i in kept]
     p_ref, _ = parity.predict_p_malignant(bundle, reference, tensors)
-    picked = choose(p_ref, reference.threshold, count, margin)
-    p = np.asarray([p_ref[i] for i in picked], np.float64)
-    return VerificationSet(reference=reference.name, reference_sha256=reference.sha256,
-                           threshold=reference.threshold, files=[str(paths[i].resolve()) for i in picked],
-                           p_reference=p, review=p >= reference.threshold, margin=margin)
+    return reference, paths, p_ref, choose(p_ref, reference.threshold, count, margin)
 
 
 def _candidates(sources: Iterable[str | os.PathLike]) -> list[Path]:
@@ -252,13 +259,7 @@ def build(bundle_dir: str | os.PathLike, sources: Iterable[str | os.PathLike], c
     """Write ``verify/`` into a bundle: ``count`` real images with the FP32 reference's decisions."""
     say = say or log.info
     bundle, _ = load_bundle(bundle_dir)
-    reference = bundle.get(formats.REFERENCE)
-    bundle.verify(reference)
-    paths = _candidates(sources)
-    tensors, kept = calibration.load_tensors(paths, bundle.metadata.preprocess, skip_concerns=True)
-    paths = [paths[i] for i in kept]
-    p_ref, _ = parity.predict_p_malignant(bundle, reference, tensors)
-    picked = choose(p_ref, reference.threshold, count, margin)
+    reference, paths, p_ref, picked = _pick(bundle, sources, count, margin)
     size = sum(paths[i].stat().st_size for i in picked)
     if size > max_bytes:
         raise DermsortError(f"the {count} chosen images take {size / 1e6:.2f} MB > {max_bytes / 1e6:.2f} MB: "

@@ -172,13 +172,13 @@ class Journal:
                 state.bad_lines += 1
                 continue
             if isinstance(rec, dict) and isinstance(rec.get("id"), str):
-                self._fold(state, rec)
+                self.fold(state, rec)
             else:
                 state.bad_lines += 1
         return state
 
     @staticmethod
-    def _fold(state: JournalState, rec: dict[str, Any]) -> None:
+    def fold(state: JournalState, rec: dict[str, Any]) -> None:
         event, rid = rec.get("event"), rec.get("id")
         if event == "intent":
             state.intents[rid] = rec

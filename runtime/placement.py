@@ -279,8 +279,8 @@ class Placer:
     def remove_source(self, d: "Decoded", rec: dict[str, Any], summary: "SortSummary") -> bool:
         """Remove a sorted source, only if it is still exactly what was classified (see the module doc)."""
         source, dest = d.cand.path, self.out / rec["dest"]
-        linked = d.identity is not None and d.identity.same_inode(Identity.at(dest))
         placed = Identity.at(dest)
+        linked = d.identity is not None and d.identity.same_inode(placed)
         if placed is None:
             raise OutputError(f"{dest} vanished right after it was placed (output folder removed or unmounted?); "
                               f"{source} and the rest were left in place; re-run")

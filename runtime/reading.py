@@ -99,7 +99,8 @@ def decode_one(cand: Candidate, spec: Any, hash_only: bool = False, thumbs: Path
             d.close()
             return d
         digest = hashlib.sha256()
-        chunks: list[bytes] | None = [] if st.st_size <= MAX_IN_MEMORY else None
+        # the bytes are kept only when they will be decoded and copied (hash_only: a source checked before removal)
+        chunks: list[bytes] | None = [] if st.st_size <= MAX_IN_MEMORY and not hash_only else None
         offset = 0
         while block := os.pread(fd, 1 << 20, offset):
             offset += len(block)

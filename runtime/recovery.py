@@ -15,7 +15,6 @@ from __future__ import annotations
 import logging
 import os
 import stat
-import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -158,7 +157,8 @@ def _record_orphan(state: JournalState, out: Path, placer: "Placer", d: Any, rec
         fsync_dir((out / new).parent)
         placer.append([{"event": "done", "id": rec["id"]}])
         state.done.add(rec["id"])
-        if Identity.at(out / rel) is not None and Identity.at(out / rel).same_inode(Identity.at(out / new)):
+        old = Identity.at(out / rel)
+        if old is not None and old.same_inode(Identity.at(out / new)):
             os.unlink(out / rel)
             fsync_dir((out / rel).parent)
         return 1
@@ -169,6 +169,7 @@ def _record_orphan(state: JournalState, out: Path, placer: "Placer", d: Any, rec
     return 1
 
 
-def claim_record(rec_id: str, d: Any) -> dict[str, Any]:
-    return {"event": "claim", "id": rec_id, "file": str(d.cand.path), "size": d.cand.size,
-            "mtime_ns": d.cand.mtime_ns, "claim_id": uuid.uuid4().hex[:8]}
+def claim_record(rec_id: str, d: Any, input_dir: Path) -> dict[str, Any]:
+    """The journal record that makes input ``d`` the source of placement ``rec_id`` (recovered from OUT)."""
+    return {"event": "claim", "id": rec_id, "file": str(d.cand.path), "relpath": os.path.relpath(d.cand.path, input_dir),
+            "size": d.cand.size, "mtime_ns": d.cand.mtime_ns}

@@ -422,10 +422,9 @@ class Sorter:
             if rid is None:
                 rest.append(d)
                 continue
-            claim = claim_record(rid, d)
-            claim["relpath"] = os.path.relpath(d.cand.path, self.input_dir)
+            claim = claim_record(rid, d, self.input_dir)
             self._append([claim])
-            self.journal._fold(self.state, claim)
+            self.journal.fold(self.state, claim)
             summary.skipped_already_sorted += 1
             if self.options.move:
                 rec = self.state.intents[rid]

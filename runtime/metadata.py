@@ -30,6 +30,11 @@ class PreprocessSpec:
     scale: float = 255.0
     layout: str = "NCHW"
     color: str = "RGB"
+    #: colour constancy applied to the cropped image before normalisation: "none" or "shades_of_gray"
+    #: (Finlayson & Trezzi 2004; each channel scaled so its Minkowski p-norm mean is grey, as the
+    #: ISIC 2018/2019 winners did): removes much of a camera's and a light's colour cast
+    color_constancy: str = "none"
+    color_constancy_power: float = 6.0
 
 
 @dataclass

@@ -148,9 +148,33 @@ def resize_and_crop(img: Image.Image, spec: PreprocessSpec) -> Image.Image:
     return img.crop((left, top, left + spec.input_size, top + spec.input_size))
 
 
+COLOR_CONSTANCY = ("none", "shades_of_gray")
+
+
+def shades_of_gray(arr: np.ndarray, power: float = 6.0) -> np.ndarray:
+    """Shades of Gray colour constancy on an HxWx3 float array of 0-255 values (returns a new array).
+
+    The illuminant is estimated per channel as the Minkowski ``power``-mean of its values; each
+    channel is scaled so that the estimate becomes grey (unit vector times sqrt(3)), then clipped
+    to 0-255. Power 6 is what Barata et al. 2015 and the ISIC 2018/2019 winners used.
+    """
+    x = arr.astype(np.float64) / 255.0  # power 6 of 0-255 values would overflow float32 precision
+    illuminant = np.power(np.mean(np.power(x, power), axis=(0, 1)), 1.0 / power)
+    norm = float(np.sqrt(np.sum(illuminant ** 2)))
+    if norm <= 1e-6 or not np.all(illuminant > 1e-6):
+        return arr.astype(np.float32, copy=True)  # a black or single-colour frame: nothing to estimate
+    gain = 1.0 / (illuminant / norm * np.sqrt(3.0))
+    return np.clip(arr.astype(np.float32) * gain.astype(np.float32), 0.0, 255.0)
+
+
 def to_array(img: Image.Image, spec: PreprocessSpec) -> np.ndarray:
-    """RGB image of ``input_size`` -> normalised float32 CHW array."""
-    arr = np.asarray(img, dtype=np.float32) / np.float32(spec.scale)
+    """RGB image of ``input_size`` -> (colour constancy, if the spec asks) -> normalised float32 CHW array."""
+    arr = np.asarray(img, dtype=np.float32)
+    if spec.color_constancy == "shades_of_gray":
+        arr = shades_of_gray(arr, spec.color_constancy_power)
+    elif spec.color_constancy != "none":
+        raise ValueError(f"unknown colour constancy {spec.color_constancy!r} (known: {', '.join(COLOR_CONSTANCY)})")
+    arr = arr / np.float32(spec.scale)
     arr = (arr - np.asarray(spec.mean, np.float32)) / np.asarray(spec.std, np.float32)
     return np.ascontiguousarray(arr.transpose(2, 0, 1))
 

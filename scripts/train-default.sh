@@ -3,18 +3,19 @@
 # -> model card -> install as runtime/models/default. Resumable: rerun the same command after an
 # interruption; training continues from WORK/train/last.pt and finished steps are skipped.
 #
-#   scripts/train-default.sh [WORK]          (default WORK: ./work/default-v2; needs dermsort[train,export])
+#   scripts/train-default.sh [WORK]          (default WORK: ./work/default-v3; needs dermsort[train,export])
 #
 # On 2 CPU cores the training step takes ~35-60 min; on a CUDA GPU: TRAIN_EXTRA="--device cuda --amp".
 set -euo pipefail
 cd "$(dirname "$0")/.."
-WORK=${1:-work/default-v2}
+WORK=${1:-work/default-v3}
 DATA=../shared/data
 mkdir -p "$WORK"
 
 TRAIN_ARGS=(--data "$DATA" --out "$WORK/train" --arch efficientnet_lite0 --task dx --balance sets
-            --freeze-stages 3 --epochs 14 --patience 6 --lr 5e-4 --head-lr-mult 5 --label-smoothing 0.05
-            --weight-decay 0.02 --tta hflip --seed 0)
+            --freeze-stages 3 --epochs 16 --patience 6 --lr 5e-4 --head-lr-mult 5 --label-smoothing 0.05
+            --weight-decay 0.02 --tta hflip --seed 0
+            --color-constancy shades_of_gray --camera-augment --ema 0.998)
 # extra training options, e.g. TRAIN_EXTRA="--device cuda --amp" (split on spaces on purpose)
 read -r -a extra <<< "${TRAIN_EXTRA:-}"
 TRAIN_ARGS+=("${extra[@]}")

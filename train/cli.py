@@ -68,13 +68,20 @@ def _add(options):
 @click.option("--workers", type=click.IntRange(0, 64), default=0, show_default=True, help="DataLoader worker processes.")
 @click.option("--threads", type=click.IntRange(1, 256), default=None, help="torch CPU threads.")
 @click.option("--n-boot", type=click.IntRange(100), default=2000, show_default=True, help="AUC bootstrap resamples.")
+@click.option("--color-constancy", type=click.Choice(["none", "shades_of_gray"]), default="none", show_default=True,
+              help="Colour constancy in the preprocessing (recorded in the model's metadata; every backend applies it).")
+@click.option("--camera-augment", is_flag=True,
+              help="Camera-robustness augmentations: white balance, blur, JPEG re-compression, rescaling, vignette.")
+@click.option("--ema", "ema_decay", type=click.FloatRange(0.0, 1.0, max_open=True), default=0.0, show_default=True,
+              help="Exponential moving average of the weights (e.g. 0.998); val, epoch choice and export use the average.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run from OUT/last.pt (same settings).")
 @_add(_split_options)
 def train(data, out, architecture, task, epochs, batch_size, lr, weight_decay, target_sensitivity, device, amp,
           freeze_backbone_epochs, freeze_stages, max_images, image_size, no_pretrained, patience, max_minutes, balance, workers,
           threads, n_boot, resume, split_mode, folds, fold, seed, head_lr_mult, label_smoothing, select_on, min_set_malignant,
-          tta, channels_last) -> None:
+          tta, channels_last, color_constancy, camera_augment, ema_decay) -> None:
     """Train a triage model; pick the epoch and the threshold on val, report on test (never trained on)."""
+    from .dataset import CAMERA_AUGMENT
     from .trainer import TrainConfig
     from .trainer import train as run_training
 
@@ -86,7 +93,9 @@ def train(data, out, architecture, task, epochs, batch_size, lr, weight_decay, t
                          split_mode=split_mode, folds=folds, fold=fold, patience=patience, max_minutes=max_minutes, balance=balance,
                          workers=workers, threads=threads, n_boot=n_boot, resume=resume,
                          head_lr_mult=head_lr_mult, label_smoothing=label_smoothing, select_on=select_on,
-                         min_set_malignant=min_set_malignant, tta=tta, channels_last=channels_last)
+                         min_set_malignant=min_set_malignant, tta=tta, channels_last=channels_last,
+                         color_constancy=color_constancy, ema_decay=ema_decay,
+                         augment=dict(CAMERA_AUGMENT) if camera_augment else {})
     try:
         run_training(config)
     except (ValueError, FileNotFoundError) as exc:

@@ -7,6 +7,7 @@ what ``dermsort.runtime.preprocess.preprocess`` gives the deployed model.
 
 from __future__ import annotations
 
+import io
 import logging
 import math
 import random
@@ -40,6 +41,17 @@ class Augment:
     contrast: float = 0.2
     saturation: float = 0.15
     hue: float = 0.02
+    # ---- the camera (off by default; ``CAMERA_AUGMENT`` turns them on): make the device unlearnable
+    #: per-channel gain in [1 - wb, 1 + wb]: another white balance or light
+    white_balance: float = 0.0
+    #: Gaussian blur (radius 0.3-1.5 px) with this probability: focus, motion, another lens
+    blur_p: float = 0.0
+    #: JPEG re-compression at quality 40-95 with this probability: another export pipeline
+    jpeg_p: float = 0.0
+    #: down-scaling to 30-80 % and back with this probability: another sensor resolution
+    rescale_p: float = 0.0
+    #: a dark vignette (the dermatoscope's round field of view) with this probability
+    vignette_p: float = 0.0
 
     def __call__(self, img: Image.Image, rng: random.Random) -> Image.Image:
         from torchvision.transforms import functional as F
@@ -63,7 +75,41 @@ class Augment:
             img = F.adjust_saturation(img, rng.uniform(1 - self.saturation, 1 + self.saturation))
         if self.hue:
             img = F.adjust_hue(img, rng.uniform(-self.hue, self.hue))
+        return self._camera(img, rng)
+
+    def _camera(self, img: Image.Image, rng: random.Random) -> Image.Image:
+        from PIL import ImageFilter
+
+        if self.rescale_p and rng.random() < self.rescale_p:
+            f = rng.uniform(0.3, 0.8)
+            size = img.size
+            img = img.resize((max(8, round(size[0] * f)), max(8, round(size[1] * f))), Image.Resampling.BILINEAR)
+            img = img.resize(size, Image.Resampling.BILINEAR)
+        if self.blur_p and rng.random() < self.blur_p:
+            img = img.filter(ImageFilter.GaussianBlur(rng.uniform(0.3, 1.5)))
+        if self.white_balance or (self.vignette_p and rng.random() < self.vignette_p):
+            arr = np.asarray(img, dtype=np.float32)
+            if self.white_balance:
+                arr = arr * np.array([rng.uniform(1 - self.white_balance, 1 + self.white_balance) for _ in range(3)],
+                                     np.float32)
+            if self.vignette_p and (not self.white_balance or rng.random() < self.vignette_p):
+                h, w = arr.shape[:2]
+                yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+                r = np.sqrt(((xx - w / 2) / (w / 2)) ** 2 + ((yy - h / 2) / (h / 2)) ** 2)
+                edge = rng.uniform(0.75, 1.1)
+                arr = arr * np.clip(1.0 - np.clip(r - edge, 0, None) / 0.25, 0.0, 1.0)[..., None]
+            img = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), "RGB")
+        if self.jpeg_p and rng.random() < self.jpeg_p:
+            buf = io.BytesIO()
+            img.save(buf, "JPEG", quality=rng.randint(40, 95))
+            img = Image.open(io.BytesIO(buf.getvalue()))
+            img.load()
         return img
+
+
+#: ``--camera-augment``: the camera-robustness augmentations of model v3 (issue 28, lever 2)
+CAMERA_AUGMENT: dict[str, float] = {"white_balance": 0.12, "blur_p": 0.2, "jpeg_p": 0.3, "rescale_p": 0.25,
+                                    "vignette_p": 0.15}
 
 
 def _random_box(size: tuple[int, int], scale: tuple[float, float], ratio: tuple[float, float],

@@ -72,12 +72,12 @@ def build_model(architecture: str, num_classes: int, pretrained: bool) -> nn.Mod
     return entry.build(num_classes, pretrained and entry.has_pretrained)
 
 
-def default_preprocess(architecture: str, input_size: int | None = None) -> PreprocessSpec:
+def default_preprocess(architecture: str, input_size: int | None = None, color_constancy: str = "none") -> PreprocessSpec:
     """The preprocessing a model expects (normalisation of its pretrained weights), at ``input_size``."""
     entry = get_entry(architecture)
     size = input_size or entry.input_size
     return PreprocessSpec(input_size=size, resize_shorter=size, interpolation="bilinear", mean=list(entry.mean),
-                          std=list(entry.std), scale=entry.scale)
+                          std=list(entry.std), scale=entry.scale, color_constancy=color_constancy)
 
 
 def pretrained_provenance(architecture: str, pretrained: bool) -> dict[str, Any]:

@@ -96,6 +96,10 @@ class TrainConfig:
     augment: dict[str, Any] = field(default_factory=dict)
     #: continue from ``out/last.pt`` (written after every epoch) when a run was interrupted
     resume: bool = False
+    #: colour constancy in the preprocessing ("none" or "shades_of_gray"): recorded in the metadata
+    color_constancy: str = "none"
+    #: exponential moving average of the weights (0 = off); val, the epoch choice and export use it
+    ema_decay: float = 0.0
 
 
 #: settings that may differ between an interrupted run and its resumption
@@ -216,6 +220,44 @@ def _class_counts(targets: Sequence[int], n_classes: int) -> np.ndarray:
     return np.bincount(np.asarray(targets, dtype=int), minlength=n_classes).astype(float)
 
 
+class WeightAverage:
+    """Exponential moving average of a model's weights (floating-point parameters and buffers).
+
+    The decay warms up as min(decay, (1 + n) / (10 + n)) so the early average is not dominated by
+    the pretrained start. ``swap_in`` loads the average into the model and returns the live weights.
+    """
+
+    def __init__(self, model: nn.Module, decay: float):
+        self.model, self.decay, self.updates = model, float(decay), 0
+        live = model.state_dict()
+        self.average = {k: v.detach().clone() for k, v in live.items()}
+        self._pairs = [(self.average[k], v) for k, v in live.items()]
+
+    @torch.no_grad()
+    def update(self) -> None:
+        self.updates += 1
+        d = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        for avg, cur in self._pairs:
+            if avg.dtype.is_floating_point:
+                avg.mul_(d).add_(cur.detach(), alpha=1.0 - d)
+            else:
+                avg.copy_(cur)
+
+    def swap_in(self) -> dict[str, torch.Tensor]:
+        live = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        self.model.load_state_dict(self.average)
+        return live
+
+    def state(self) -> dict[str, Any]:
+        return {"updates": self.updates, "average": self.average}
+
+    def load(self, state: dict[str, Any] | None) -> None:
+        if state:
+            self.updates = int(state["updates"])
+            for k, v in state["average"].items():
+                self.average[k].copy_(v)
+
+
 # --------------------------------------------------------------------------- the run
 
 def _val_scores(model: nn.Module, val_ds: DermoscopyDataset, val_rows: Sequence[Row], malignant_idx: Sequence[int],
@@ -289,7 +331,7 @@ def train(config: TrainConfig, echo: Echo = click.echo) -> TrainResult:
                                        f"(has {len(part[name])} images); add data or change the split")
 
     # ---- model
-    spec = default_preprocess(config.architecture, config.image_size)
+    spec = default_preprocess(config.architecture, config.image_size, config.color_constancy)
     model = build_model(config.architecture, len(classes), config.pretrained)
     provenance_weights = pretrained_provenance(config.architecture, config.pretrained)
     echo(f"model {config.architecture}: {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters; "
@@ -344,6 +386,7 @@ def train(config: TrainConfig, echo: Echo = click.echo) -> TrainResult:
     scaler = torch.amp.GradScaler("cuda", enabled=amp)
     malignant_idx = [classes.index(c) for c in malignant_classes]
 
+    ema = WeightAverage(model, config.ema_decay) if config.ema_decay else None
     best_auc, best_epoch, best_state, stale = -1.0, -1, None, 0
     history: list[dict[str, Any]] = []
     first_epoch, resumed_from = 1, None
@@ -360,6 +403,8 @@ def train(config: TrainConfig, echo: Echo = click.echo) -> TrainResult:
         scaler.load_state_dict(state["scaler"])
         torch.set_rng_state(state["torch_rng"])
         train_ds._calls = state["augment_calls"]
+        if ema is not None:
+            ema.load(state["ema"])
         history, stale = state["history"], state["stale"]
         best_auc, best_epoch, best_state = state["best_auc"], state["best_epoch"], state["best_state"]
         first_epoch = resumed_from = state["epoch"] + 1
@@ -403,6 +448,8 @@ def train(config: TrainConfig, echo: Echo = click.echo) -> TrainResult:
             scaler.step(optimizer)
             scaler.update()
             scheduler.step()
+            if ema is not None:
+                ema.update()
             running += float(loss.detach()) * len(labels)
             seen += len(labels)
             t_data = time.time()
@@ -419,12 +466,15 @@ def train(config: TrainConfig, echo: Echo = click.echo) -> TrainResult:
                                   "step_seconds": round(step_s, 1)}
         improved = False
         if dist.is_main:
+            live = ema.swap_in() if ema is not None else None  # val (and the kept state) use the average
             _, figures = _val_scores(model, val_ds, val_rows, malignant_idx, device, config, amp)
             record.update(figures)
             improved = figures["val_score"] is not None and figures["val_score"] > best_auc + 1e-6
             if improved:
                 best_auc, best_epoch, stale = figures["val_score"], epoch, 0
                 best_state = copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
+            if live is not None:
+                model.load_state_dict(live)
             else:
                 stale += 1
         record["seconds"] = round(time.time() - t_epoch, 1)
@@ -435,7 +485,8 @@ def train(config: TrainConfig, echo: Echo = click.echo) -> TrainResult:
             _save_atomic({"config": asdict(config), "epoch": epoch, "model": model.state_dict(),
                           "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                           "scaler": scaler.state_dict(), "torch_rng": torch.get_rng_state(),
-                          "augment_calls": train_ds._calls, "history": history, "stale": stale, "best_auc": best_auc,
+                          "augment_calls": train_ds._calls,
+                          "ema": ema.state() if ema is not None else None, "history": history, "stale": stale, "best_auc": best_auc,
                           "best_epoch": best_epoch, "best_state": best_state, "elapsed": time.time() - started},
                          last_path)
         if dist.agree(stale >= config.patience and not head_only):

@@ -158,8 +158,13 @@ def shades_of_gray(arr: np.ndarray, power: float = 6.0) -> np.ndarray:
     channel is scaled so that the estimate becomes grey (unit vector times sqrt(3)), then clipped
     to 0-255. Power 6 is what Barata et al. 2015 and the ISIC 2018/2019 winners used.
     """
-    x = arr.astype(np.float64) / 255.0  # power 6 of 0-255 values would overflow float32 precision
-    illuminant = np.power(np.mean(np.power(x, power), axis=(0, 1)), 1.0 / power)
+    x = arr.astype(np.float32) * np.float32(1.0 / 255.0)
+    if power == 6.0:  # the usual power, by multiplication: ~5x cheaper than np.power on float exponents
+        x2 = x * x
+        powered = x2 * x2 * x2
+    else:
+        powered = np.power(x, np.float32(power))
+    illuminant = np.power(powered.reshape(-1, 3).mean(axis=0, dtype=np.float64), 1.0 / power)
     norm = float(np.sqrt(np.sum(illuminant ** 2)))
     if norm <= 1e-6 or not np.all(illuminant > 1e-6):
         return arr.astype(np.float32, copy=True)  # a black or single-colour frame: nothing to estimate

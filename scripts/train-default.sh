@@ -13,7 +13,7 @@ DATA=../shared/data
 mkdir -p "$WORK"
 
 TRAIN_ARGS=(--data "$DATA" --out "$WORK/train" --arch efficientnet_lite0 --task dx --balance sets
-            --freeze-stages 3 --epochs 16 --patience 6 --lr 5e-4 --head-lr-mult 5 --label-smoothing 0.05
+            --freeze-stages 3 --epochs 13 --patience 6 --lr 5e-4 --head-lr-mult 5 --label-smoothing 0.05
             --weight-decay 0.02 --tta hflip --seed 0
             --color-constancy shades_of_gray --camera-augment --ema 0.998)
 # extra training options, e.g. TRAIN_EXTRA="--device cuda --amp" (split on spaces on purpose)

@@ -22,6 +22,7 @@ COMMANDS = {
     "report": ("dermsort.runtime.cli:report", ""),
     "train": ("dermsort.train.cli:train", "train"),
     "evaluate": ("dermsort.train.cli:evaluate", "train"),
+    "fit-gate": ("dermsort.train.cli:fit_gate", "train"),
     "export": ("dermsort.export.cli:export", "export"),
     "export-engines": ("dermsort.export.cli:export_engines", "tensorrt"),
     "bench": ("dermsort.bench.cli:bench", "bench"),

@@ -26,9 +26,16 @@ class ExportError(DermsortError):
 
 
 def with_softmax(model: Any) -> Any:
-    """The trained module (logits out) with softmax appended, so the graph outputs probabilities."""
+    """The trained module (logits out) with softmax appended, so the graph outputs probabilities.
+
+    A module that already outputs probabilities (``outputs_probabilities``: the classifier with its
+    not-dermoscopy gate, whose extra last column is the gate's score) is returned as it is.
+    """
     import torch
     from torch import nn
+
+    if getattr(model, "outputs_probabilities", False):
+        return model.eval()
 
     class Probabilities(nn.Module):
         def __init__(self, logits_model: nn.Module) -> None:

@@ -38,6 +38,29 @@ class PreprocessSpec:
 
 
 @dataclass
+class GateSpec:
+    """The "is this a dermoscopy image?" gate, computed inside the model graph on every backend.
+
+    The graph's output has one column more than there are classes: that last column is the gate's
+    out-of-distribution score in [0, 1]. ``score >= threshold`` means "not recognised as a dermoscopy
+    image": the image goes to review/ whatever p(malignant) says. Empty ``method`` = no gate.
+    """
+
+    method: str = ""
+    #: score >= threshold -> not dermoscopy (chosen on validation images only)
+    threshold: float = 0.5
+    #: what the score is made of, how it was fitted and on which images (for the model card and `info`)
+    details: dict[str, Any] = field(default_factory=dict)
+    #: rates measured on validation/test at the threshold: per dermoscopy set (rejected share) and per
+    #: out-of-distribution source (share that would reach benign/), AUROC and FPR at 95 % TPR
+    validated: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.method)
+
+
+@dataclass
 class Validation:
     """Operating figures measured on a held-out split (grouped by lesion/patient)."""
 
@@ -84,12 +107,19 @@ class ModelMetadata:
     output: str = "probabilities"
     input_name: str = "input"
     output_name: str = "probabilities"
+    #: the not-dermoscopy gate (issue 25); its score is the output's extra last column
+    gate: GateSpec = field(default_factory=GateSpec)
     validation: Validation = field(default_factory=Validation)
     provenance: Provenance = field(default_factory=Provenance)
     #: a development model must never be presented as validated for clinical use
     development_model: bool = True
     intended_use: str = "Triage aid for dermoscopy images; not a diagnosis."
     schema_version: int = SCHEMA_VERSION
+
+    @property
+    def output_width(self) -> int:
+        """Columns of the graph's output: one per class, plus the gate's score when there is a gate."""
+        return len(self.classes) + (1 if self.gate.enabled else 0)
 
     def malignant_indices(self) -> list[int]:
         return [self.classes.index(c) for c in self.malignant_classes]
@@ -109,6 +139,7 @@ class ModelMetadata:
         kw = {k: v for k, v in data.items() if k in known}
         kw["preprocess"] = _build(PreprocessSpec, data.get("preprocess", {}))
         kw["validation"] = _build(Validation, data.get("validation", {}))
+        kw["gate"] = _build(GateSpec, data.get("gate", {}))
         kw["provenance"] = _build(Provenance, data.get("provenance", {}))
         missing = [n for n in ("model_id", "architecture", "classes", "malignant_classes", "threshold") if n not in kw]
         if missing:

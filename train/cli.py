@@ -132,3 +132,29 @@ def evaluate(model, data, split, out, backend, artifact, threshold, device, batc
                        batch_size=batch_size, n_boot=n_boot)
     except (ValueError, FileNotFoundError) as exc:
         raise click.ClickException(str(exc)) from None
+
+
+@click.command("fit-gate")
+@click.argument("checkpoint", type=click.Path(exists=True, dir_okay=False))
+@click.option("--data", "data", multiple=True, required=True, type=click.Path(exists=True),
+              help="Dermoscopy sets (folders with labels.csv): train splits fit, val splits choose, test reports.")
+@click.option("--ood", required=True, type=click.Path(exists=True),
+              help="Non-dermoscopy images: a folder with ood.csv (columns file, kind, label, split).")
+@click.option("--out", "out", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="The gated checkpoint to write (export it as usual).")
+@click.option("--report", "report_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Where the candidates' comparison goes (default: next to --out).")
+@click.option("--use", type=click.Choice(["auto", "mahalanobis", "probe", "mahalanobis + probe"]), default="auto",
+              show_default=True, help="Which score becomes the gate (auto: the best on val).")
+@click.option("--k", type=click.IntRange(8), default=None, help="Mahalanobis subspace dimensions (default: all).")
+@click.option("--rendered", type=click.IntRange(0), default=280, show_default=True,
+              help="Rendered negatives (screens, documents, patterns) added to the real non-dermoscopy photos.")
+def fit_gate(checkpoint, data, ood, out, report_dir, use, k, rendered) -> None:
+    """Fit the not-dermoscopy gate on a trained checkpoint: the gate then travels inside every export."""
+    from .gate_fit import fit_gate as run
+
+    try:
+        run(checkpoint, [str(d) for d in data], str(ood), out, report_dir or out.parent / "gate", k=k,
+            n_rendered=rendered, use=use, echo=click.echo)
+    except (ValueError, FileNotFoundError, KeyError) as exc:
+        raise click.ClickException(str(exc)) from None

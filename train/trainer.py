@@ -127,9 +127,15 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     metadata = ModelMetadata.from_dict(ckpt["metadata"])
     model = _build(ckpt["architecture"], int(ckpt["num_classes"]), pretrained=False)
     model.load_state_dict(ckpt["state_dict"], strict=True)
-    from .models import with_tta
+    if ckpt.get("gate"):
+        # the not-dermoscopy gate (fitted by `dermsort fit-gate`): probabilities + gate score, flips inside
+        from .gate import GatedClassifier, gate_from_state
 
-    model = with_tta(model, ckpt.get("tta"))  # test-time flips chosen on val travel inside the model
+        model = GatedClassifier(model, ckpt["architecture"], ckpt.get("tta"), gate_from_state(ckpt["gate"]))
+    else:
+        from .models import with_tta
+
+        model = with_tta(model, ckpt.get("tta"))  # test-time flips chosen on val travel inside the model
     model.eval()
     return model, metadata, ckpt
 

@@ -47,7 +47,7 @@ class BackendSpec:
 
 
 #: metadata fields that change a decision: the manifest must agree with the model file on each
-DECISION_FIELDS = ("model_id", "classes", "malignant_classes", "threshold", "preprocess", "output")
+DECISION_FIELDS = ("model_id", "classes", "malignant_classes", "threshold", "preprocess", "output", "gate")
 
 
 class Backend(ABC):
@@ -101,16 +101,27 @@ class Backend(ABC):
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         """(N, 3, H, W) float32 -> (N, n_classes) probabilities."""
+        return self.infer(batch)[0]
+
+    def infer(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """(N, 3, H, W) float32 -> ((N, n_classes) probabilities, (N,) gate scores or None without a gate)."""
         if not self._loaded:
             self.load()
         if batch.ndim != 4 or batch.dtype != np.float32:
             raise ValueError(f"expected a float32 NCHW batch, got {batch.dtype} {batch.shape}")
         out = np.asarray(self._predict_impl(np.ascontiguousarray(batch)), dtype=np.float64)
+        n_classes = len(self.metadata.classes)
+        if out.ndim != 2 or out.shape[1] != self.metadata.output_width:
+            raise ModelError(f"{self.artifact.path} outputs shape {out.shape}, the metadata says "
+                             f"{self.metadata.output_width} columns ({n_classes} classes"
+                             f"{' + gate' if self.metadata.gate.enabled else ''})")
+        gate = out[:, n_classes].copy() if self.metadata.gate.enabled else None
+        out = out[:, :n_classes]
         if self.metadata.output == "logits":
             out = out - out.max(axis=1, keepdims=True)
             out = np.exp(out)
             out /= out.sum(axis=1, keepdims=True)
-        return out
+        return out, gate
 
     @abstractmethod
     def _predict_impl(self, batch: np.ndarray) -> np.ndarray: ...

@@ -99,7 +99,7 @@ class TensorRTBackend(Backend):
         self.out_dtype = np.dtype(trt.nptype(self.engine.get_tensor_dtype(self.output_name)))
         _, _, max_shape = self.engine.get_tensor_profile_shape(self.input_name, 0)
         self._max_batch = int(max_shape[0])
-        self.n_classes = len(self.metadata.classes)
+        self.n_classes = self.metadata.output_width  # classes (+ the gate's column)
         size = self.metadata.preprocess.input_size
         self.in_bytes = self._max_batch * 3 * size * size * self.in_dtype.itemsize
         self.out_bytes = self._max_batch * self.n_classes * self.out_dtype.itemsize

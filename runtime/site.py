@@ -223,7 +223,8 @@ def validation_report(bundle: Bundle, engine: Any, scored: list[dict[str, Any]],
                      "n_forced_review": int(forced.sum()),
                      "diagnoses": {name: int(np.isin(dx, codes).sum()) for name, codes in DIAGNOSIS_GROUPS.items()}},
             "excluded": excluded, "at_validated_threshold": at_validated, "claim": claim, "site_threshold": site,
-            "reference": reference, "messages": messages}
+            "reference": reference, "messages": messages,
+            "cases": [{k: c[k] for k in ("file", "malignant", "dx", "p_malignant", "decision", "reason")} for c in scored]}
 
 
 def format_report(report: dict[str, Any]) -> list[str]:

@@ -51,7 +51,8 @@ RESULT_DOCS = {
     "status": "empty normally; 'superseded by DEST' when the input changed and was sorted again, 'source kept' "
               "when --move could not remove the input, 'missing from OUT' when the file was removed from the output "
               "afterwards, 'recovered' for a file found in OUT without a journal record",
-    "site_profile": "the site profile whose threshold applied (site-NAME@DIGEST, see `dermsort info`); empty without one",
+    "site_profile": "the site profile whose threshold applied (NAME@DIGEST: the profile file's name and the first 12 "
+                    "digits of its digest; see `dermsort info`); empty without one",
 }
 #: a text cell starting with one of these is a formula to a spreadsheet: it is written with a leading '
 FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")

@@ -10,6 +10,7 @@ console entry point in a subprocess, so exit codes and one-line errors are what 
 from __future__ import annotations
 
 import csv
+import html
 import json
 import math
 import os
@@ -25,6 +26,9 @@ from dermsort.runtime import drift, site
 from dermsort.runtime.metrics import binomial_band, cases_needed, wilson_ci
 
 TARGET = 0.95
+#: the module's sites are measured on ONNX Runtime's FP32 artifact, so that figures do not depend on which
+#: artifact this machine's probe ranks first (a profile then makes `sort --backend auto` run that artifact)
+ORT = ("--backend", "onnxruntime", "--precision", "fp32")
 
 
 def _env(root: Path) -> dict[str, str]:
@@ -82,7 +86,7 @@ def isic_val(root):
     """The ISIC 2020 validation split as the site: validate + write a site profile."""
     out, profile = root / "isic-val", root / "isic-profile.json"
     res = dermsort(root, "validate", "--data", DATA / "isic2020", "--split", "val", "--out", out,
-                   "--write-site-profile", profile)
+                   "--write-site-profile", profile, *ORT)
     assert res.returncode == 0, res.stderr
     return {"res": res, "out": out, "profile": profile, "report": json.loads((out / "validation.json").read_text())}
 
@@ -92,7 +96,7 @@ def ham_val(root):
     """The HAM10000 validation split as the site (the data the threshold was calibrated on, among others)."""
     out, profile = root / "ham-val", root / "ham-profile.json"
     res = dermsort(root, "validate", "--data", DATA / "ham10000", "--split", "val", "--out", out,
-                   "--write-site-profile", profile)
+                   "--write-site-profile", profile, *ORT)
     assert res.returncode == 0, res.stderr
     return {"res": res, "out": out, "profile": profile, "report": json.loads((out / "validation.json").read_text())}
 
@@ -191,9 +195,16 @@ def test_ham10000_val_leaves_the_threshold_about_where_it_is(ham_val, isic_val):
     assert report["claim"]["holds"] and report["claim"]["confirmed"]  # lower bound >= target here
     assert "the validated claim holds here" in ham_val["res"].stdout
     assert st["confident"] and st["sensitivity"] >= TARGET
-    ham_shift = abs(_logit(st["threshold"]) - _logit(validated))
-    isic_shift = abs(_logit(isic_val["report"]["site_threshold"]["threshold"]) - _logit(validated))
-    assert ham_shift < 1.0 < isic_shift  # odds within x2.7 here; ISIC 2020 needs a far lower one
+    # this site needs no lower threshold; what it would allow stays within x3 on the odds (ISIC 2020: /16)
+    assert st["threshold"] >= validated and st["direction"] == "higher"
+    ham_shift = _logit(st["threshold"]) - _logit(validated)
+    isic_shift = _logit(validated) - _logit(isic_val["report"]["site_threshold"]["threshold"])
+    assert ham_shift < math.log(3) < 2 * math.log(3) < isic_shift
+    # and it is where the model's own validation put HAM10000 (the threshold basis in the bundle metadata)
+    basis = json.loads((Path(site.__file__).parent / "models" / "default" / "manifest.json").read_text())[
+        "metadata"]["validation"]["threshold_basis"].get("sets", {}).get("ham10000")
+    if basis and report["data"]["n_malignant"] == basis["n_malignant"]:
+        assert st["threshold"] == pytest.approx(basis["threshold"], rel=0.05)
 
 
 def test_a_raising_profile_needs_the_explicit_override(root, ham_val, sample_images, tmp_path):
@@ -230,7 +241,7 @@ def test_too_few_malignant_cases_says_how_many_more(root, tmp_path):
     assert not (tmp_path / "p.json").exists()
     report = json.loads((tmp_path / "v" / "validation.json").read_text())
     assert report["site_threshold"]["threshold"] is None and not report["site_threshold"]["confident"]
-    assert expected in (tmp_path / "v" / "validation.html").read_text()
+    assert html.escape(expected) in (tmp_path / "v" / "validation.html").read_text()
 
 
 def test_a_profile_for_another_model_is_refused(root, isic_val, sample_images, tmp_path):
@@ -348,10 +359,14 @@ def test_benign_share_outside_the_binomial_band_departs():
     ref = {"source": "test", "benign_share": 0.4, "p_levels": [], "p_quantiles": [], "n_p": 0, "ood_rate": 0.0}
     low, high = binomial_band(0.4, 100)
     assert 0 < low < 40 < high < 100
-    decisions = [{"decision": "benign" if i < high + 1 else "review", "p_malignant": 0.01,
+    decisions = [{"decision": "benign" if i < 55 else "review", "p_malignant": 0.01,
                   "reason": "p_malignant 0.0100 < threshold"} for i in range(100)]
     result = drift.assess(decisions, ref)
-    assert result["alarm"] and "sent to benign/" in result["departures"][0]
+    assert high < 55 and result["alarm"] and "sent to benign/" in result["departures"][0]
+    # just outside the band but a small shift (clustered images): not a clear departure
+    high_1000 = binomial_band(0.4, 1000)[1]
+    near = [dict(decisions[0], decision="benign" if i < high_1000 + 1 else "review") for i in range(1000)]
+    assert (high_1000 + 1) / 1000 - 0.4 < drift.MIN_SHARE_SHIFT and not drift.assess(near, ref)["alarm"]
     decisions = [dict(d, decision="benign" if i < 40 else "review") for i, d in enumerate(decisions)]
     assert not drift.assess(decisions, ref)["alarm"]
     # images the out-of-distribution gate rejects are counted by their reason's prefix

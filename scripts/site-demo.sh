@@ -81,6 +81,9 @@ caught_v = sum(float(r["p_malignant"]) >= vt for r in mel)
 spec_v = sum(float(r["p_malignant"]) < vt for r in ben)
 print(f"ISIC 2020 test at the validated threshold {vt:.4f} (same scores): melanoma sensitivity {pct(caught_v, len(mel))}, "
       f"specificity {100 * spec_v / len(ben):.1f} %")
+run = json.loads(open(os.path.join(work, "isic-test-sorted", ".dermsort", "runs.jsonl")).read().splitlines()[-1])
+print(f"drift check of that sort: {run['benign']} of {run['n_images']} to benign/ (validation predicts "
+      f"{run['benign_band'][0]}-{run['benign_band'][1]}), KS distance {run['p_ks']}, alarm: {run['alarm']}")
 ha, hs = ham["at_validated_threshold"], ham["site_threshold"]
 print(f"HAM10000 val: {ham['data']['n_scored']} images, {ham['data']['n_malignant']} malignant; at the validated threshold "
       f"sensitivity {pct(ha['confusion']['tp'], ha['n_malignant'])}; claim holds: {ham['claim']['holds']}; "

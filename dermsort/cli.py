@@ -20,6 +20,7 @@ COMMANDS = {
     "watch": ("dermsort.runtime.cli:watch", ""),
     "info": ("dermsort.runtime.cli:info", ""),
     "report": ("dermsort.runtime.cli:report", ""),
+    "validate": ("dermsort.runtime.cli:validate", ""),
     "train": ("dermsort.train.cli:train", "train"),
     "evaluate": ("dermsort.train.cli:evaluate", "train"),
     "fit-gate": ("dermsort.train.cli:fit_gate", "train"),

@@ -14,6 +14,7 @@ import click
 
 from .backends.base import backend_installed, backend_status, get_backend_class, list_backends
 from .bundle import DEFAULT_BUNDLE, load_bundle
+from . import drift, site, site_page
 from .diagnosis import diagnosis_name, head_summary, is_diagnosis_head, validation_lines
 from .engine import load_profile, open_backend, profile_path, stale_reason
 from .errors import DermsortError, OutputError
@@ -63,6 +64,11 @@ def _model_options(fn):
         click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout."),
         click.option("--allow-rejected-artifact", "allow_rejected", is_flag=True,
                      help="Run an artifact that the export's parity gate REJECTED (every row is marked)."),
+        click.option("--site-profile", "site_profile", type=click.Path(path_type=Path), default=None,
+                     help="Use the site threshold of this profile (written by `dermsort validate --write-site-profile`). "
+                          "Default: $XDG_CONFIG_HOME/dermsort/site-profile.json if that file exists."),
+        click.option("--no-site-profile", "no_site_profile", is_flag=True,
+                     help="Ignore the default site profile (use the validated threshold)."),
     ]
     for option in reversed(options):
         fn = option(fn)
@@ -71,7 +77,8 @@ def _model_options(fn):
 
 def _prepare(folder: Path, out: Path | None, backend: str, precision: str, model: Path | None,
              threshold: float | None, move: bool, recursive: bool, dry_run: bool, batch_size: int,
-             workers: int | None, threads: int | None, allow_rejected: bool = False, keep_tree: bool = False):
+             workers: int | None, threads: int | None, allow_rejected: bool = False, keep_tree: bool = False,
+             site_profile: Path | None = None, no_site_profile: bool = False):
     # a registered backend that does not sort (the torch reference): open_backend says why
     if backend not in list_backends() and backend != "auto":
         raise DermsortError(f"unknown backend {backend!r}; choose one of: {', '.join(BACKENDS)}")
@@ -85,9 +92,36 @@ def _prepare(folder: Path, out: Path | None, backend: str, precision: str, model
     opts = SortOptions(out=out, move=move, recursive=recursive, dry_run=dry_run, threshold=threshold,
                        batch_size=batch_size, workers=workers, allow_rejected=allow_rejected, keep_tree=keep_tree)
     bundle, artifact_name = load_bundle(model)
+    profile = site.find_profile(site_profile, no_site_profile)
+    if profile is not None:
+        site.check_profile(profile, bundle)
+        if backend == "auto" and precision == "auto" and artifact_name is None:
+            artifact_name = profile.artifact  # the artifact the site's figures were measured on
     engine = open_backend(bundle, backend, precision, artifact_name, threads=threads, allow_rejected=allow_rejected)
+    try:
+        if profile is not None:
+            site.check_profile(profile, bundle, engine.artifact)
+            if threshold is None and profile.threshold > float(engine.artifact.threshold) + 1e-12:
+                raise DermsortError(site.raised_threshold_error(profile, float(engine.artifact.threshold)))
+            opts.site_threshold, opts.site_profile = profile.threshold, profile.label
+    except BaseException:
+        engine.close()
+        raise
     _warn_threshold(engine, threshold)
-    return bundle, engine, opts
+    return bundle, engine, opts, profile
+
+
+def _drift(bundle: Any, engine: Any, opts: SortOptions, profile: Any, decisions: list[dict[str, Any]]
+           ) -> dict[str, Any]:
+    threshold = opts.threshold if opts.threshold is not None else (
+        opts.site_threshold if opts.site_threshold is not None else float(engine.artifact.threshold))
+    ref = drift.reference_for(bundle, float(threshold), float(engine.artifact.threshold), profile)
+    return drift.assess(decisions, ref)
+
+
+def _record_drift(result: dict[str, Any], bundle: Any, engine: Any, opts: SortOptions, folder: Path) -> None:
+    drift.record(result, opts.out, {"input": str(folder), "out": str(opts.out), "model_id": bundle.model_id,
+                                    "artifact": engine.artifact.name, "site_profile": opts.site_profile})
 
 
 def _warn_threshold(engine: Any, threshold: float | None) -> None:
@@ -106,11 +140,13 @@ def _warn_threshold(engine: Any, threshold: float | None) -> None:
 
 
 def _print_summary(summary: Any, bundle: Any, opts: SortOptions, as_json: bool, dry_run: bool,
-                   folder: Path | None = None, report: Path | None = None) -> None:
+                   folder: Path | None = None, report: Path | None = None, profile: Any = None,
+                   drift_result: dict[str, Any] | None = None) -> None:
     data = summary.to_dict()
     data.update({"model_id": bundle.model_id, "development_model": bundle.metadata.development_model,
                  "out": str(opts.out), "dry_run": dry_run, "mode": "move" if opts.move else "copy",
-                 "report": str(report) if report else None})
+                 "report": str(report) if report else None,
+                 "site_profile": profile.summary() if profile is not None else None, "drift": drift_result})
     if dry_run:
         data["decisions"] = summary.decisions
     if as_json:
@@ -133,6 +169,10 @@ def _print_summary(summary: Any, bundle: Any, opts: SortOptions, as_json: bool, 
                 if summary.threshold_overridden else "")
     echo(f"model {bundle.model_id} on {backend.get('backend')}/{backend.get('artifact')} "
          f"({backend.get('device')}), threshold {summary.threshold:.4f}{override}")
+    if profile is not None:
+        echo(profile.line())
+    if drift_result is not None:
+        echo(drift.line(drift_result))
     if not summary.artifact_accepted:
         echo("note: this artifact was REJECTED by the export's parity gate (run with --allow-rejected-artifact)")
     if summary.in_subfolders:
@@ -197,11 +237,15 @@ class LineProgress:
 
 
 def _run_info(bundle: Any, opts: SortOptions, left_in_place: list[dict[str, str]],
-              ignored: list[dict[str, str]]) -> dict[str, Any]:
+              ignored: list[dict[str, str]], profile: Any = None, drift_result: dict[str, Any] | None = None
+              ) -> dict[str, Any]:
     """What the review page needs beyond results.csv (see runtime/report_page.py)."""
     return {"bundle": str(bundle.root), "model_id": bundle.model_id,
             "threshold_overridden": opts.threshold is not None, "threshold": opts.threshold,
-            "left_in_place": list(left_in_place), "ignored": list(ignored)}
+            "left_in_place": list(left_in_place), "ignored": list(ignored),
+            "site_profile": profile.summary() if profile is not None else None,
+            "site_profile_line": profile.line() if profile is not None else "",
+            "drift": drift_result, "drift_line": drift.line(drift_result) if drift_result else ""}
 
 
 @click.command()
@@ -210,10 +254,11 @@ def _run_info(bundle: Any, opts: SortOptions, left_in_place: list[dict[str, str]
 @click.option("--dry-run", is_flag=True, help="Decide and print, but write and move nothing.")
 def sort(folder: Path, out: Path | None, move: bool, recursive: bool, keep_tree: bool, backend: str, precision: str,
          model: Path | None, threshold: float | None, batch_size: int, workers: int | None, threads: int | None,
-         as_json: bool, allow_rejected: bool, dry_run: bool) -> None:
+         as_json: bool, allow_rejected: bool, site_profile: Path | None, no_site_profile: bool, dry_run: bool) -> None:
     """Sort the images in FOLDER into OUT/benign/ and OUT/review/."""
-    bundle, engine, opts = _prepare(folder, out, backend, precision, model, threshold, move, recursive,
-                                    dry_run, batch_size, workers, threads, allow_rejected, keep_tree)
+    bundle, engine, opts, profile = _prepare(folder, out, backend, precision, model, threshold, move, recursive,
+                                             dry_run, batch_size, workers, threads, allow_rejected, keep_tree,
+                                             site_profile, no_site_profile)
     stop = threading.Event()
     _install_signal_handlers(stop)
     try:
@@ -238,13 +283,16 @@ def sort(folder: Path, out: Path | None, move: bool, recursive: bool, keep_tree:
         summary.recovered = recovered
         summary.ignored = notes.ignored
         summary.in_subfolders, summary.hidden = notes.in_subfolders, notes.hidden
+        drift_result = _drift(bundle, engine, opts, profile, summary.decisions)
     finally:
         sorter.close()
         engine.close()
+    if not dry_run and summary.sorted:
+        _record_drift(drift_result, bundle, engine, opts, sorter.input_dir)
     # --dry-run writes nothing, so no page either (it prints each decision instead)
     report = None if dry_run else write_report_safely(
-        sorter.out, bundle, _run_info(bundle, opts, summary.left_in_place, notes.ignored))
-    _print_summary(summary, bundle, opts, as_json, dry_run, folder, report)
+        sorter.out, bundle, _run_info(bundle, opts, summary.left_in_place, notes.ignored, profile, drift_result))
+    _print_summary(summary, bundle, opts, as_json, dry_run, folder, report, profile, drift_result)
     if summary.interrupted:
         raise Interrupted("stopped on request before every image was sorted; re-run to sort the rest")
     if summary.results_error:
@@ -264,10 +312,12 @@ def sort(folder: Path, out: Path | None, move: bool, recursive: bool, keep_tree:
 @click.option("--max-cycles", type=int, default=None, hidden=True, help="Stop after this many scans (tests).")
 def watch(folder: Path, out: Path | None, move: bool, recursive: bool, keep_tree: bool, backend: str, precision: str,
           model: Path | None, threshold: float | None, batch_size: int, workers: int | None, threads: int | None,
-          as_json: bool, allow_rejected: bool, interval: float, settle: float, max_cycles: int | None) -> None:
+          as_json: bool, allow_rejected: bool, site_profile: Path | None, no_site_profile: bool, interval: float,
+          settle: float, max_cycles: int | None) -> None:
     """Keep sorting new images as they arrive in FOLDER, until Ctrl-C or SIGTERM."""
-    bundle, engine, opts = _prepare(folder, out, backend, precision, model, threshold, move, recursive,
-                                    False, batch_size, workers, threads, allow_rejected, keep_tree)
+    bundle, engine, opts, profile = _prepare(folder, out, backend, precision, model, threshold, move, recursive,
+                                             False, batch_size, workers, threads, allow_rejected, keep_tree,
+                                             site_profile, no_site_profile)
     stop = threading.Event()
     _install_signal_handlers(stop)
     try:
@@ -278,7 +328,11 @@ def watch(folder: Path, out: Path | None, move: bool, recursive: bool, keep_tree
     totals = {"benign": 0, "review": 0}
     refresher = ReportRefresher(sorter.out, bundle, min_interval=5.0)
     left: list[dict[str, str]] = []
+    seen_decisions: list[dict[str, Any]] = []  # this session's, for the drift check
+    drift_result: dict[str, Any] | None = None
     try:
+        if profile is not None:
+            click.echo(profile.line(), err=True)
         sorter.open()
         if sorter.journal_warning:
             click.echo(f"warning: {sorter.journal_warning}", err=True)
@@ -319,7 +373,11 @@ def watch(folder: Path, out: Path | None, move: bool, recursive: bool, keep_tree
                     if not cand.path.exists():
                         seen.pop(str(cand.path), None)
                 left = summary.left_in_place
-                refresher.refresh(_run_info(bundle, opts, left, []))  # at most every 5 s
+                seen_decisions += [{k: d.get(k) for k in ("decision", "p_malignant", "reason")}
+                                   for d in summary.decisions]
+                del seen_decisions[:-5000]  # the recent ones are enough to judge drift
+                drift_result = _drift(bundle, engine, opts, profile, seen_decisions)
+                refresher.refresh(_run_info(bundle, opts, left, [], profile, drift_result))  # at most every 5 s
             cycles += 1
             if max_cycles is not None and cycles >= max_cycles:
                 break
@@ -327,9 +385,13 @@ def watch(folder: Path, out: Path | None, move: bool, recursive: bool, keep_tree
     finally:
         sorter.close()
         engine.close()
+    if drift_result is not None:
+        _record_drift(drift_result, bundle, engine, opts, sorter.input_dir)
     if (sorter.out / "results.csv").is_file():
-        refresher.refresh(_run_info(bundle, opts, left, []), force=True)
+        refresher.refresh(_run_info(bundle, opts, left, [], profile, drift_result), force=True)
     click.echo(f"stopped: {totals['benign']} benign, {totals['review']} review sorted while watching", err=True)
+    if drift_result is not None:
+        click.echo(drift.line(drift_result), err=True)
 
 
 def _install_signal_handlers(stop: threading.Event) -> None:
@@ -344,6 +406,64 @@ def _install_signal_handlers(stop: threading.Event) -> None:
 
     signal.signal(signal.SIGINT, handler)
     signal.signal(signal.SIGTERM, handler)
+
+
+@click.command()
+@click.option("--data", "data", type=click.Path(path_type=Path), required=True,
+              help="Labelled folder with labels.csv (columns file, malignant; optional dx, split).")
+@click.option("--out", "out", type=click.Path(path_type=Path), required=True,
+              help="Folder for validation.html and validation.json.")
+@click.option("--model", "model", type=click.Path(path_type=Path), default=None,
+              help="Model bundle (default: the bundled model).")
+@click.option("--split", default=None, help="Only the rows of labels.csv with this split (default: all rows).")
+@click.option("--target-sensitivity", "target", type=float, default=0.95, show_default=True,
+              help="The sensitivity the site threshold must reach on the site's malignant cases.")
+@click.option("--backend", default="auto", show_default=True, help=f"Inference backend: {'|'.join(BACKENDS)}.")
+@click.option("--precision", default="auto", show_default=True, help="auto|fp32|fp16|bf16|int8.")
+@click.option("--write-site-profile", "profile_out", type=click.Path(path_type=Path), default=None,
+              help="Write the site threshold to this site profile (for sort/watch --site-profile).")
+@click.option("--workers", type=click.IntRange(1, 64), default=None, help="Decode threads (default: CPU count).")
+@click.option("--threads", type=click.IntRange(1, 256), default=None, help="Inference threads.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
+def validate(data: Path, out: Path, model: Path | None, split: str | None, target: float, backend: str,
+             precision: str, profile_out: Path | None, workers: int | None, threads: int | None,
+             as_json: bool) -> None:
+    """Measure the model on this site's labelled cases: does the validated sensitivity hold here?"""
+    if not 0.0 < target < 1.0:
+        raise DermsortError(f"--target-sensitivity must be in (0, 1), got {target}")
+    if not data.is_dir():
+        raise DermsortError(f"labelled folder not found: {data}")
+    cases = site.read_labels(data, split)
+    bundle, artifact_name = load_bundle(model)
+    engine = open_backend(bundle, backend, precision, artifact_name, threads=threads)
+    try:
+        bar = _progress_bar(len(cases), not as_json)
+        if bar is not None:
+            with bar:
+                scored = site.score_cases(bundle, engine, cases, out, workers=workers, progress=bar.update)
+        else:
+            scored = site.score_cases(bundle, engine, cases, out, workers=workers)
+        report = site.validation_report(bundle, engine, scored, target, {"folder": str(data), "split": split})
+    finally:
+        engine.close()
+    profile_error = ""
+    if profile_out is not None:
+        try:
+            written = site.write_profile(site.make_profile(report), profile_out)
+            report["site_profile_written"] = str(written)
+        except DermsortError as exc:
+            profile_error = str(exc)
+    json_path, html_path = site_page.write(report, out)
+    if as_json:
+        click.echo(json.dumps(report, indent=1, default=str))
+    else:
+        for line in site.format_report(report):
+            click.echo(line)
+        if report.get("site_profile_written"):
+            click.echo(f"site profile: {report['site_profile_written']} (use it with sort/watch --site-profile)")
+        click.echo(f"report: {html_path}  (figures: {json_path})")
+    if profile_error:
+        raise DermsortError(profile_error)
 
 
 @click.command()
@@ -378,9 +498,15 @@ def _both_onnxruntime_builds() -> str:
 @click.option("--model", "model", type=click.Path(path_type=Path), default=None,
               help="Model bundle (default: the bundled model).")
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
-def info(model: Path | None, as_json: bool) -> None:
+@click.option("--site-profile", "site_profile", type=click.Path(path_type=Path), default=None,
+              help="Show this site profile (default: $XDG_CONFIG_HOME/dermsort/site-profile.json if it exists).")
+def info(model: Path | None, as_json: bool, site_profile: Path | None) -> None:
     """Show the model's metadata and which backends can run here (and why others cannot)."""
     bundle, _ = load_bundle(model)
+    profile = site.find_profile(site_profile)
+    if profile is not None:
+        site.check_profile(profile, bundle)
+    runs = drift.recent(10)
     meta = bundle.metadata
     backends = {}
     for name in list_backends():
@@ -402,6 +528,7 @@ def info(model: Path | None, as_json: bool) -> None:
             checks[art.name] = "ok"
         except DermsortError as exc:
             checks[art.name] = f"FAILED: {exc}"
+    site_info = profile
     profile = load_profile().get("models", {}).get(bundle.model_id)
     stale = stale_reason(profile, bundle) if isinstance(profile, dict) else ""
     data = {"bundle": str(bundle.root), "default_bundle": bundle.root == DEFAULT_BUNDLE.resolve(),
@@ -410,7 +537,9 @@ def info(model: Path | None, as_json: bool) -> None:
                  "size_bytes": a.size_bytes, "sha256": a.sha256, "accepted": a.accepted, "override": a.override,
                  "checksum": checks[a.name]} for a in bundle.artifacts],
             "head": head_summary(meta.classes, meta.malignant_classes), "classes": list(meta.classes),
-            "backends": backends, "machine_profile": {"path": str(profile_path()), "entry": profile, "stale": stale}}
+            "backends": backends, "machine_profile": {"path": str(profile_path()), "entry": profile, "stale": stale},
+            "site_profile": site_info.summary() if site_info is not None else None,
+            "site_profile_default": str(site.default_profile_path()), "recent_runs": runs}
     if as_json:
         click.echo(json.dumps(data, indent=2))
         return
@@ -467,3 +596,18 @@ def info(model: Path | None, as_json: bool) -> None:
             click.echo(f"             stale ({stale}): the next sort probes again")
     else:
         click.echo("auto         no machine profile yet: the first sort probes the backends (or run `dermsort bench`)")
+    if site_info is not None:
+        click.echo(f"site         {site_info.line()}")
+    else:
+        click.echo(f"site         no site profile (the validated threshold applies; `dermsort validate "
+                   f"--write-site-profile {site.default_profile_path()}` makes one)")
+    if runs:
+        click.echo(f"recent runs  (drift against validation; {drift.state_dir() / drift.HISTORY})")
+        for r in runs:
+            share = r.get("benign_share")
+            band = r.get("benign_band")
+            flag = "DRIFT: " + "; ".join(r.get("departures") or []) if r.get("alarm") else "ok"
+            click.echo(f"  {str(r.get('time', ''))[:19]}  {r.get('n_images', 0):5d} images  benign "
+                       f"{'n/a' if share is None else f'{share:.0%}'}"
+                       f"{f' (expected {band[0]}-{band[1]})' if band else ''}  not dermoscopy {r.get('ood_rejected', 0)}"
+                       f"  {r.get('artifact', '')}{' ' + r['site_profile'] if r.get('site_profile') else ''}  {flag}")

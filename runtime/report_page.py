@@ -59,6 +59,8 @@ class Row:
     reason: str
     top_dx: str
     top_dx_p: float | None
+    #: the site profile whose threshold applied (results.csv column site_profile; empty without one)
+    site_profile: str = ""
 
     @property
     def problem(self) -> bool:
@@ -97,7 +99,7 @@ def read_rows(out: Path) -> list[Row]:
                             threshold=_float(r.get("threshold")), backend=_cell(r.get("backend")),
                             artifact=_cell(r.get("artifact")), model_id=_cell(r.get("model_id")),
                             time=_cell(r.get("time")), reason=_cell(r.get("reason")), top_dx=_cell(r.get("top_dx")),
-                            top_dx_p=_float(r.get("top_dx_p"))))
+                            top_dx_p=_float(r.get("top_dx_p")), site_profile=_cell(r.get("site_profile"))))
     return rows
 
 
@@ -271,7 +273,8 @@ def _model_block(rows: list[Row], bundle: Bundle | None, missing: str, run: dict
         validated_thr = {a.name: a.threshold for a in bundle.artifacts}
         gate_overrides = [a for a in bundle.artifacts if a.override and any(u[2] == a.name for u in used)]
         overridden_rows = [r for r in rows if r.artifact in validated_thr and r.threshold is not None
-                           and abs(r.threshold - validated_thr[r.artifact]) > 1e-9]
+                           and abs(r.threshold - validated_thr[r.artifact]) > 1e-9
+                           and not _at_site_threshold(r, run)]
     if run.get("threshold_overridden") or overridden_rows:
         thr = sorted({f"{r.threshold:.4f}" for r in overridden_rows}) or [str(run.get("threshold", "?"))]
         parts.append(f'<div class="banner" id="override" role="alert">Threshold overridden: images were sorted at '
@@ -281,6 +284,8 @@ def _model_block(rows: list[Row], bundle: Bundle | None, missing: str, run: dict
     for a in gate_overrides:
         parts.append(f'<div class="banner" role="alert">Artifact {_text(a.name)} failed the export\'s parity gate '
                      f'and was kept by override: {_text(a.override)}</div>')
+    if run.get("drift_line") and (run.get("drift") or {}).get("alarm"):
+        parts.append(f'<div class="warn" id="drift" role="alert">{_text(run["drift_line"])}</div>')
     if missing:
         parts.append(f'<div class="warn" id="nobundle">{_text(missing)}</div>')
     facts = []
@@ -302,8 +307,20 @@ def _model_block(rows: list[Row], bundle: Bundle | None, missing: str, run: dict
             same = thr is not None and abs(thr - validated) <= 1e-9
             text += " (the validated threshold of this artifact)" if same else f" (validated: {validated:.4f})"
         facts.append((f"Threshold, {backend}/{artifact}", text))
+    site_rows = sorted({r.site_profile for r in rows if r.site_profile})
+    if run.get("site_profile_line") or site_rows:
+        facts.append(("Site profile", run.get("site_profile_line") or ", ".join(site_rows)))
+    if run.get("drift_line"):
+        facts.append(("Drift check", run["drift_line"]))
     parts.append('<dl class="facts">' + "".join(f"<dt>{_text(k)}</dt><dd>{_text(v)}</dd>" for k, v in facts) + "</dl>")
     return parts
+
+
+def _at_site_threshold(row: Row, run: dict[str, Any]) -> bool:
+    """A row sorted at its site profile's threshold (runtime/site.py) is site-calibrated, not overridden."""
+    profile = run.get("site_profile") or {}
+    return (bool(row.site_profile) and not run.get("threshold_overridden") and row.site_profile == profile.get("label")
+            and row.threshold is not None and abs(row.threshold - float(profile.get("threshold", -1))) <= 1e-9)
 
 
 def _card(row: Row, folder: str, thumbs: set[str]) -> str:

@@ -66,6 +66,10 @@ class SortOptions:
     allow_rejected: bool = False
     #: with ``recursive``: mirror the input's subfolders inside benign/ and review/ instead of flattening
     keep_tree: bool = False
+    #: a site profile's threshold (runtime/site.py), used when ``threshold`` is None; ``site_profile`` names
+    #: the profile in every record (results.csv column site_profile)
+    site_threshold: float | None = None
+    site_profile: str = ""
 
 
 @dataclass
@@ -146,7 +150,8 @@ class Sorter:
         self.backend = backend
         self.metadata = backend.metadata
         self.validated_threshold = float(backend.artifact.threshold)
-        self.threshold = float(options.threshold if options.threshold is not None else self.validated_threshold)
+        chosen = options.threshold if options.threshold is not None else options.site_threshold
+        self.threshold = float(chosen if chosen is not None else self.validated_threshold)
         if not 0.0 < self.threshold <= 1.0:
             raise DermsortError(f"threshold {self.threshold} is outside (0, 1]")
         #: False only when a gate-rejected artifact was explicitly allowed (engine.open_backend refuses it otherwise)
@@ -396,6 +401,25 @@ class Sorter:
             records.append(self._record(d, decision, reason, p, top_dx.get(id(d), (None, None))))
         return records
 
+    def classify(self, files: list[Candidate]) -> Iterator[tuple[Decoded, dict[str, Any]]]:
+        """Decide each file exactly as a sort would (same reading, checks, model call and rule), placing
+        nothing: ``dermsort validate`` measures the decisions a sort at this site would make."""
+        batch: list[Decoded] = []
+        for item in self._decode_stream(files):
+            batch.append(item)
+            if len(batch) >= self.options.batch_size:
+                yield from self._classified(batch)
+                batch = []
+        if batch:
+            yield from self._classified(batch)
+
+    def _classified(self, batch: list[Decoded]) -> list[tuple[Decoded, dict[str, Any]]]:
+        try:
+            return list(zip(batch, self._score(batch)))
+        finally:
+            for d in batch:
+                d.close()
+
     def _process(self, batch: list[Decoded], summary: SortSummary, progress: Callable[[int], None] | None) -> None:
         try:
             batch = self._claim_recovered(batch, summary)
@@ -461,7 +485,8 @@ class Sorter:
                "artifact_accepted": self.artifact_accepted,
                "model_id": self.metadata.model_id, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                "reason": reason, "mode": "move" if self.options.move else "copy", "run_id": self.run_id,
-               "host": socket.gethostname(), "dest": "", "top_dx": top[0], "top_dx_p": top[1]}
+               "host": socket.gethostname(), "dest": "", "top_dx": top[0], "top_dx_p": top[1],
+               "site_profile": self.options.site_profile}
         if d.error and d.error.startswith(NOT_AN_IMAGE):
             rec["not_an_image"] = True
         return rec

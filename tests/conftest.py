@@ -47,6 +47,9 @@ def tiny_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def _isolated_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # the machine profile must not leak between tests or into the developer's home
     monkeypatch.setenv("DERMSORT_CACHE_DIR", str(tmp_path / "cache"))
+    # nor the default site profile and the run history (runtime/site.py, runtime/drift.py)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
 
 
 @pytest.fixture

@@ -21,6 +21,8 @@ from dermsort.train.metrics import choose_threshold, operating_point, wilson_ci
 REPO = Path(__file__).resolve().parents[1]
 SOURCE_DIRS = ("train", "export", "bench", "runtime", "dermsort")
 THE_MODULE = REPO / "train" / "metrics.py"
+#: the torch-free core of THE module (Wilson, threshold picker), beside the runtime, re-exported by it
+THE_CORE = REPO / "runtime" / "metrics.py"
 
 
 # --------------------------------------------------------------------------- Wilson interval
@@ -54,11 +56,22 @@ def test_wilson_ci_matches_scipy():
         assert wilson_ci(k, n) == pytest.approx([ref.low, ref.high], abs=1e-12)
 
 
-def test_metrics_module_imports_only_numpy():
-    code = ("import sys, dermsort.train.metrics; "
-            "print(sorted(m for m in ('torch', 'sklearn', 'scipy', 'matplotlib') if m in sys.modules))")
+@pytest.mark.parametrize("module", ["dermsort.train.metrics", "dermsort.runtime.metrics"])
+def test_metrics_module_imports_only_numpy(module):
+    # the runtime's copy must not pull in train/ either (the runtime never imports it)
+    heavy = ('torch', 'sklearn', 'scipy', 'matplotlib') + (('dermsort.train',) if 'runtime' in module else ())
+    code = f"import sys, {module}; print(sorted(m for m in {heavy!r} if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_train_reexports_the_runtime_core():
+    """One implementation, two import paths: train.metrics hands out the very functions of runtime.metrics."""
+    from dermsort.runtime import metrics as core
+    from dermsort.train import metrics
+
+    for name in ("wilson_ci", "choose_threshold", "confusion", "operating_point", "diagnosis_sensitivity"):
+        assert getattr(metrics, name) is getattr(core, name), name
 
 
 # --------------------------------------------------------------------------- the threshold picker
@@ -132,7 +145,7 @@ def find_copies(root: Path = REPO) -> list[str]:
     problems = []
     for folder in SOURCE_DIRS:
         for path in sorted((root / folder).rglob("*.py")):
-            if path.resolve() == (root / "train" / "metrics.py").resolve():
+            if path.resolve() in ((root / "train" / "metrics.py").resolve(), (root / "runtime" / "metrics.py").resolve()):
                 continue
             text = path.read_text(encoding="utf-8")
             rel = path.relative_to(root)
@@ -145,7 +158,7 @@ def find_copies(root: Path = REPO) -> list[str]:
 
 
 def test_one_implementation_of_each_metric():
-    assert THE_MODULE.is_file()
+    assert THE_MODULE.is_file() and THE_CORE.is_file()
     problems = find_copies()
     assert not problems, ("metrics belong in dermsort.train.metrics only; found copies:\n  "
                           + "\n  ".join(problems))

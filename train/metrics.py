@@ -2,6 +2,9 @@
 
 train/, export/ (parity gate) and bench/ all take their Wilson intervals, AUCs, operating points and
 threshold choice from here; ``tests/test_metrics_single.py`` fails if a second copy appears elsewhere.
+The torch-free core (Wilson interval, threshold picker, confusion, per-diagnosis sensitivity) lives in
+``dermsort.runtime.metrics`` so that the runtime's ``dermsort validate`` can use it without train/; it is
+re-exported here unchanged.
 Only numpy is imported at module level (no torch, no scikit-learn until a function needs it), so
 export/ and bench/ can import this module cheaply.
 
@@ -11,44 +14,14 @@ is the share of malignant images sent to review, work reduction the share of all
 
 from __future__ import annotations
 
-import math
-from statistics import NormalDist
 from typing import Any, Sequence
 
 import numpy as np
 
-CI_METHOD = "wilson"
-
-
-def wilson_ci(successes: int, n: int, confidence: float = 0.95) -> list[float] | None:
-    """Wilson score interval for a proportion (sound at 0 and n, unlike the normal interval); None when n <= 0."""
-    if n <= 0:
-        return None
-    z = NormalDist().inv_cdf(1 - (1 - confidence) / 2)
-    p = successes / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    # at 0 and n the bounds are exactly 0 and 1 (the formula leaves ~1e-17 of rounding there)
-    low = 0.0 if successes <= 0 else max(0.0, centre - half)
-    high = 1.0 if successes >= n else min(1.0, centre + half)
-    return [low, high]
-
-
-def clopper_pearson_ci(successes: int, n: int, confidence: float = 0.95) -> list[float] | None:
-    """Exact (Clopper-Pearson) interval for a proportion; None when n == 0."""
-    if n == 0:
-        return None
-    from scipy.stats import beta
-
-    alpha = 1 - confidence
-    low = 0.0 if successes == 0 else float(beta.ppf(alpha / 2, successes, n - successes + 1))
-    high = 1.0 if successes == n else float(beta.ppf(1 - alpha / 2, successes + 1, n - successes))
-    return [low, high]
-
-
-def proportion_ci(successes: int, n: int, method: str = CI_METHOD) -> list[float] | None:
-    return {"wilson": wilson_ci, "clopper-pearson": clopper_pearson_ci}[method](successes, n)
+# the torch-free pieces live beside the runtime (dermsort validate uses them); re-exported here
+from dermsort.runtime.metrics import (CI_METHOD, DIAGNOSIS_GROUPS, choose_threshold,  # noqa: F401
+                                      clopper_pearson_ci, confusion, diagnosis_sensitivity, operating_point,
+                                      proportion_ci, wilson_ci)
 
 
 def auc_score(malignant: Sequence[int], p_malignant: Sequence[float]) -> float | None:
@@ -79,54 +52,6 @@ def bootstrap_auc_ci(malignant: Sequence[int], p_malignant: Sequence[float], n_b
         aucs[b] = roc_auc_score(labels, p[take])
     tail = (1 - confidence) / 2 * 100
     return [float(np.percentile(aucs, tail)), float(np.percentile(aucs, 100 - tail))]
-
-
-def choose_threshold(malignant: Sequence[int], p_malignant: Sequence[float], target_sensitivity: float,
-                     max_benign: int | None = None) -> float:
-    """A threshold whose sensitivity on these images is >= target, as large as possible (p < threshold -> benign).
-
-    ``max_benign`` caps it further: never more than ``max_benign`` of these images sent to benign/ (the
-    export parity gate passes the reference's count, so a derived artifact is not handed a higher
-    specificity than the reference on the set that measures it; see export/parity.py). At least one
-    malignant image always stays in review, so a target of 0 means "the most suspicious one".
-    Raises ValueError when there is no malignant image to calibrate on.
-    """
-    y = np.asarray(malignant, dtype=int)
-    p = np.asarray(p_malignant, dtype=float)
-    positives = np.sort(p[y == 1])[::-1]
-    if len(positives) == 0:
-        raise ValueError("no malignant images to calibrate the threshold on")
-    if not 0 <= target_sensitivity <= 1:
-        raise ValueError(f"target sensitivity {target_sensitivity} is outside [0, 1]")
-    needed = min(len(positives), max(1, math.ceil(target_sensitivity * len(positives) - 1e-9)))
-    # the needed-th highest malignant score must stay caught (p >= threshold); anything above it loses one.
-    lowest_caught = float(positives[needed - 1])
-    if max_benign is not None and max_benign < len(p):
-        # #{p < scores[b]} <= b with scores sorted ascending: never more benign decisions than max_benign
-        lowest_caught = min(lowest_caught, float(np.sort(p)[max(0, max_benign)]))
-    # Sitting exactly on that score would let a 1e-7 difference between backends flip it to benign, so
-    # take the middle of the gap down to the next lower score: the same decisions here, with a margin.
-    below = p[p < lowest_caught]
-    threshold = (lowest_caught + float(below.max())) / 2 if len(below) else lowest_caught / 2
-    # a threshold of 0 would be rejected by the metadata schema; the smallest positive float keeps every image in review
-    return max(threshold, float(np.nextafter(0.0, 1.0)))
-
-
-def operating_point(malignant: Sequence[int], p_malignant: Sequence[float],
-                    threshold: float) -> tuple[float | None, float | None]:
-    """(sensitivity, specificity) of ``review if p >= threshold``; None where a class is absent."""
-    cm = confusion(malignant, p_malignant, threshold)
-    n_pos, n_neg = cm["tp"] + cm["fn"], cm["tn"] + cm["fp"]
-    return (cm["tp"] / n_pos if n_pos else None), (cm["tn"] / n_neg if n_neg else None)
-
-
-def confusion(malignant: Sequence[int], p_malignant: Sequence[float], threshold: float) -> dict[str, int]:
-    """tn/fp/fn/tp with 'positive' = sent to review (p >= threshold); plain counts, so empty input gives zeros."""
-    y = np.asarray(malignant, dtype=int)
-    review = np.asarray(p_malignant, dtype=float) >= threshold
-    pos, neg = y == 1, y == 0
-    return {"tn": int((neg & ~review).sum()), "fp": int((neg & review).sum()),
-            "fn": int((pos & ~review).sum()), "tp": int((pos & review).sum())}
 
 
 def binary_report(malignant: Sequence[int], p_malignant: Sequence[float], threshold: float, *, n_boot: int = 2000,
@@ -242,10 +167,6 @@ def plot_confusion(path: str, report: dict[str, Any], title: str = "Decisions") 
 
 # --------------------------------------------------------------------------- per set, per diagnosis
 
-#: diagnoses a triage tool must not miss, reported one by one (canonical dx codes -> report name)
-DIAGNOSIS_GROUPS = {"melanoma": ("mel",), "bcc": ("bcc",), "scc/ak": ("akiec", "scc", "ak")}
-
-
 def large_sets(malignant: Sequence[int], groups: Sequence[str], min_malignant: int) -> list[str]:
     """The groups (data sets) with at least ``min_malignant`` malignant images, sorted by name."""
     y = np.asarray(malignant, dtype=int)
@@ -280,19 +201,6 @@ def choose_threshold_sets(malignant: Sequence[int], p_malignant: Sequence[float]
              "sets": {k: {"n_malignant": n, "threshold": t} for k, (t, n) in candidates.items()},
              "binding": binding}
     return threshold, basis
-
-
-def diagnosis_sensitivity(dx: Sequence[str], p_malignant: Sequence[float], threshold: float) -> dict[str, Any]:
-    """Sensitivity (Wilson CI) per malignant diagnosis group: the share of each sent to review."""
-    d = np.asarray(dx)
-    review = np.asarray(p_malignant, dtype=float) >= threshold
-    out: dict[str, Any] = {}
-    for name, codes in DIAGNOSIS_GROUPS.items():
-        member = np.isin(d, codes)
-        n, caught = int(member.sum()), int(review[member].sum())
-        out[name] = {"n": n, "sensitivity": caught / n if n else None, "sensitivity_ci": proportion_ci(caught, n),
-                     "missed": n - caught}
-    return out
 
 
 def triage_report(malignant: Sequence[int], p_malignant: Sequence[float], datasets: Sequence[str], dx: Sequence[str],

@@ -6,6 +6,7 @@ finds the torch reference backend without importing train/ or torch itself.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import importlib
 import importlib.util
@@ -19,6 +20,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from ..bundle import Artifact, Bundle
+from ..metadata import PreprocessSpec
 from ..errors import BackendUnavailable, DermsortError, ModelError
 
 log = logging.getLogger(__name__)
@@ -91,6 +93,9 @@ class Backend(ABC):
         except ValueError:
             raise ModelError(f"{self.artifact.path}: its embedded metadata is not readable JSON") from None
         outer = self.metadata.to_dict()
+        if isinstance(inner.get("preprocess"), dict):
+            # a model file written before a preprocessing field existed (e.g. color_constancy) means its default
+            inner["preprocess"] = {**dataclasses.asdict(PreprocessSpec()), **inner["preprocess"]}
         differ = [k for k in DECISION_FIELDS if k in inner and inner[k] != outer.get(k)]
         if differ:
             raise ModelError(f"the manifest's {', '.join(differ)} differ from the metadata inside {self.artifact.path} "

@@ -145,6 +145,9 @@ def _print_summary(summary: Any, bundle: Any, opts: SortOptions, as_json: bool, 
         echo("note: this is a DEVELOPMENT model, not validated for clinical use (see `dermsort info`)")
     if summary.skipped_already_sorted:
         echo(f"{summary.skipped_already_sorted} already sorted earlier (skipped)")
+    for item in summary.same_as_sorted:
+        echo(f"already sorted under another name: {item['file']} has the same bytes as {item['dest']} "
+             "(recorded, not copied again)")
     if summary.recovered:
         echo(f"recovered {summary.recovered} placement(s) interrupted in an earlier run")
     for item in summary.left_in_place:

@@ -78,6 +78,8 @@ class SortSummary:
     ignored: list[dict[str, str]] = field(default_factory=list)
     #: --move: sorted (a verified copy is in the output) but the source could not be removed
     sources_kept: list[dict[str, str]] = field(default_factory=list)
+    #: inputs whose bytes were already sorted under another name (renamed or moved since): recorded, not copied again
+    same_as_sorted: list[dict[str, str]] = field(default_factory=list)
     recovered: int = 0
     #: files in OUT that the journal did not account for (damaged or deleted journal), recorded again
     reconciled: int = 0
@@ -127,6 +129,7 @@ class SortSummary:
         return {"benign": self.benign, "review": self.review, "sorted": self.sorted, "images": self.images,
                 "not_images": self.not_images, "skipped_already_sorted": self.skipped_already_sorted,
                 "left_in_place": self.left_in_place, "ignored": self.ignored, "sources_kept": self.sources_kept,
+                "same_as_sorted": self.same_as_sorted,
                 "in_subfolders_not_sorted": self.in_subfolders, "hidden_files_not_sorted": self.hidden,
                 "recovered_placements": self.recovered, "reconciled_files": self.reconciled,
                 "work_reduction": round(self.work_reduction, 4), "seconds": round(self.seconds, 3),
@@ -213,6 +216,10 @@ class Sorter:
             if used_before:
                 self._reconcile(existed)
             self._unclaimed = self.state.unclaimed_recovered()
+            if not (self.out / "results.csv").exists():
+                # a results.csv from the start (a header is a few hundred bytes): a run that fails later with a
+                # full disk still leaves one that lists what was recorded before
+                write_results_csv(self.state, self.out / "results.csv")
             for stale in [*self.state_dir.glob(".write-test-*"), self.out / ".results.csv.tmp"]:
                 stale.unlink(missing_ok=True)  # left by a kill
         except OSError as exc:
@@ -279,6 +286,10 @@ class Sorter:
                         progress(1)
                 else:
                     todo.append(cand)
+            if todo and not self.options.dry_run:
+                # inputs renamed or moved since they were sorted are matched by sha256, not sorted twice
+                for sha, rid in self.state.sorted_elsewhere().items():
+                    self._unclaimed.setdefault(sha, rid)
             batch: list[Decoded] = []
             for item in self._decode_stream(todo):
                 batch.append(item)
@@ -293,6 +304,14 @@ class Sorter:
             failed = False
         finally:
             summary.seconds = time.perf_counter() - start
+            if failed and not self.options.dry_run:
+                # partial copies (a disk-full failure) are never sorted files: free their space now, so that
+                # results.csv below can still be written, rather than at the next start
+                for part in self.tmp_dir.glob("*.part"):
+                    try:
+                        part.unlink()
+                    except OSError:
+                        pass
             if not self.options.dry_run and self.journal.is_open:
                 try:
                     size = self.journal.size()
@@ -422,10 +441,15 @@ class Sorter:
             if rid is None:
                 rest.append(d)
                 continue
+            rec = self.state.intents[rid]
+            if not rec.get("recovered_from_output"):
+                summary.same_as_sorted.append({"file": str(d.cand.path), "dest": rec.get("dest", ""),
+                                               "was": rec.get("file", "")})
+            else:
+                summary.skipped_already_sorted += 1
             claim = claim_record(rid, d, self.input_dir)
             self._append([claim])
             self.journal.fold(self.state, claim)
-            summary.skipped_already_sorted += 1
             if self.options.move:
                 rec = self.state.intents[rid]
                 if self.placer.remove_source(d, rec, summary):

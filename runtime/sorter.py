@@ -452,6 +452,9 @@ class Sorter:
                 rest.append(d)
                 continue
             rec = self.state.intents[rid]
+            if not rec.get("recovered_from_output") and _sha_or_none(self.out / rec["dest"]) != rec["sha256"]:
+                rest.append(d)  # its copy in OUT is gone or damaged: this input is sorted (again), not claimed
+                continue
             if not rec.get("recovered_from_output"):
                 summary.same_as_sorted.append({"file": str(d.cand.path), "dest": rec.get("dest", ""),
                                                "was": rec.get("file", "")})

@@ -143,3 +143,19 @@ def test_disk_full_leaves_results_csv_and_no_partial_copies(tiny_bundle, tmp_pat
     assert (out / "results.csv").is_file(), "no results.csv after a disk-full failure"
     done = {r["dest"] for r in read_journal(out).done_records}
     assert {r["dest"] for r in _rows(out)} <= done
+
+
+@pytest.mark.parametrize("move", [False, True], ids=["copy", "move"])
+def test_renamed_input_whose_copy_in_out_is_gone_is_sorted_again_not_claimed(tiny_bundle, tmp_path, capsys, move):
+    inp, out = tmp_path / "in", tmp_path / "out"
+    originals = copy_corpus(inp, 3)
+    rc, _, err = _sort(inp, out, tiny_bundle, capsys)
+    assert rc == 0, err
+    first = sorted(inp.iterdir())[0]
+    rec = next(r for r in read_journal(out).done_records if r["file"] == str(first))
+    (out / rec["dest"]).write_bytes(b"damaged")  # the copy in OUT no longer holds the image
+    os.rename(first, inp / "renamed.jpg")
+    rc, summary, err = _sort(inp, out, tiny_bundle, capsys, *(["--move"] if move else []))
+    assert rc == 0, err
+    assert summary["same_as_sorted"] == []
+    assert originals[first.name] in _placed(out).values(), "the image is in OUT again"

@@ -124,7 +124,8 @@ def _print_summary(summary: Any, bundle: Any, opts: SortOptions, as_json: bool, 
         for d in summary.decisions:
             echo(decision_line(d))
     verb = "would sort" if dry_run else "sorted"
-    if summary.sorted == 0 and not summary.skipped_already_sorted and not summary.left_in_place:
+    if summary.sorted == 0 and not summary.skipped_already_sorted and not summary.left_in_place \
+            and not summary.same_as_sorted:
         echo(f"no images found in {folder}" if folder is not None else "no images found")
     else:
         echo(f"{summary.counts.headline(verb)} in {summary.seconds:.1f} s, {summary.images_per_s:.1f} files/s")

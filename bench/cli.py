@@ -54,8 +54,15 @@ def bench(bundle: Path, data: tuple[str, ...], split: str, backends: str, out: P
 
     from .core import BenchSettings, run_bench
     from .data import load_labelled
-    from .report import public_rows, write_reports
+    from .report import missing_modules, public_rows, write_reports
 
+    required, plot_only = missing_modules()  # before two minutes of measuring, not after
+    if required:
+        raise DermsortError(f"`dermsort bench` needs {', '.join(required)}, which is not installed: "
+                            'pip install "dermsort[bench]"')
+    if plot_only:
+        click.echo(f"warning: {', '.join(plot_only)} is not installed (pip install \"dermsort[bench]\"): the "
+                   "reports are written, the plot will be missing", err=True)
     model, _ = load_bundle(bundle)
     images = load_labelled(list(data), None if split == "all" else split, max_images)
     settings = BenchSettings(reps=reps, warmup=warmup, e2e_reps=e2e_reps, cold_reps=cold_reps, batch_size=batch_size,
@@ -79,5 +86,7 @@ def bench(bundle: Path, data: tuple[str, ...], split: str, backends: str, out: P
                        f"  agree {row.get('agreement') if row.get('agreement') is not None else float('nan'):.3f}"
                        f"  {'PASS' if row.get('passed') else ('-' if row['kind'] == 'baseline' else 'FAIL')}")
         click.echo(f"report: {paths['md']}")
+    if report.get("plot_missing"):
+        click.echo(f"note: {report['plot_missing']}", err=True)
     if not any(r.get("e2e_images_per_s") for r in report["rows"] if r["kind"] == "artifact"):
         raise DermsortError("no backend could be measured (see the report)")

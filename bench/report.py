@@ -142,7 +142,8 @@ def render_markdown(report: dict[str, Any]) -> str:
                   for i, e in enumerate(report["profile"]["ranking"], 1)]
     else:
         lines.append("Not written (`--no-profile`, or no artifact passed).")
-    lines += ["", "![latency vs sensitivity](latency_vs_sensitivity.png)", ""]
+    lines += (["", f"(No plot: {report['plot_missing']}.)", ""] if report.get("plot_missing")
+              else ["", "![latency vs sensitivity](latency_vs_sensitivity.png)", ""])
     if b.get("development_model"):
         lines += ["The bundle is a development model: its sensitivity/specificity are for comparing artifacts, "
                   "not clinical figures.", ""]
@@ -221,17 +222,36 @@ def plot(report: dict[str, Any], path: Path) -> list[str]:
     return [lbl for _, lbl in handles]
 
 
+def missing_modules() -> tuple[list[str], list[str]]:
+    """What `dermsort bench` needs that is not installed, checked before any measuring: (modules it cannot
+    measure without, modules whose absence only loses the plot)."""
+    from importlib.util import find_spec
+
+    return ([m for m in ("psutil",) if find_spec(m) is None], [m for m in ("matplotlib",) if find_spec(m) is None])
+
+
 def write_reports(report: dict[str, Any], out: Path) -> dict[str, Path]:
-    """Write the four reports (and decisions.csv, per image) into ``out``; returns their paths."""
+    """Write the four reports (and decisions.csv, per image) into ``out``; returns their paths.
+
+    The measurements always reach report.md/json/csv: a plot that cannot be drawn (matplotlib missing,
+    or failing) is left out, and ``report["plot_missing"]`` says why (in report.md and report.json too)."""
     out.mkdir(parents=True, exist_ok=True)
     paths = {"md": out / "report.md", "json": out / "report.json", "csv": out / "report.csv",
              "png": out / "latency_vs_sensitivity.png", "decisions": out / "decisions.csv"}
+    try:
+        plot(report, paths["png"])
+    except ImportError as exc:
+        report["plot_missing"] = (f"{paths['png'].name} not drawn: {getattr(exc, 'name', None) or exc} is not "
+                                  'installed (pip install "dermsort[bench]")')
+    except Exception as exc:  # noqa: BLE001 - a picture must never cost the measurements
+        report["plot_missing"] = f"{paths['png'].name} not drawn: {type(exc).__name__}: {exc}"
+    if report.get("plot_missing"):
+        del paths["png"]
     public = dict(report, rows=public_rows(report))
     tmp = paths["json"].with_suffix(".json.tmp")
     tmp.write_text(json.dumps(public, indent=2, default=str) + "\n")
     os.replace(tmp, paths["json"])
     write_csv(report, paths["csv"])
     write_decisions(report, paths["decisions"])
-    plot(report, paths["png"])
     paths["md"].write_text(render_markdown(report))
     return paths

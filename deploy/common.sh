@@ -383,7 +383,8 @@ Environment=HOME=$DS_STATE_DIR
 Environment=DERMSORT_CACHE_DIR=$DS_CACHE_DIR
 Environment=PYTHONUNBUFFERED=1
 ExecStart=$DS_WRAPPER
-# dermsort watch finishes the current batch on SIGTERM; its journal makes a hard stop safe too.
+# dermsort watch finishes the current batch on SIGTERM and exits 0 on SIGTERM (a requested stop, so
+# Restart=on-failure does not restart it; Ctrl-C exits 130); its journal makes a hard stop safe too.
 KillSignal=SIGTERM
 TimeoutStopSec=60
 Restart=on-failure

@@ -15,10 +15,11 @@ import click
 from .backends.base import backend_installed, backend_status, get_backend_class, list_backends
 from .bundle import DEFAULT_BUNDLE, load_bundle
 from . import drift, site, site_page
+from .counts import Counts
 from .diagnosis import diagnosis_name, head_summary, is_diagnosis_head, validation_lines
-from .engine import load_profile, open_backend, profile_path, stale_reason
+from .engine import auto_choice, load_profile, open_backend, profile_path, stale_reason
 from .errors import DermsortError, OutputError
-from .report_page import ReportRefresher, build_report, write_report_safely
+from .report_page import ReportRefresher, artifact_figures, build_report, reference_artifact, write_report_checked
 from .scan import Candidate, ScanNotes, default_out, scan
 from .sorter import SortOptions, Sorter
 
@@ -80,6 +81,8 @@ def _prepare(folder: Path, out: Path | None, backend: str, precision: str, model
              workers: int | None, threads: int | None, allow_rejected: bool = False, keep_tree: bool = False,
              site_profile: Path | None = None, no_site_profile: bool = False):
     # a registered backend that does not sort (the torch reference): open_backend says why
+    if keep_tree and not recursive:
+        raise DermsortError("--keep-tree needs --recursive (it mirrors the subfolders that --recursive sorts)")
     if backend not in list_backends() and backend != "auto":
         raise DermsortError(f"unknown backend {backend!r}; choose one of: {', '.join(BACKENDS)}")
     if not folder.exists():
@@ -157,13 +160,11 @@ def _print_summary(summary: Any, bundle: Any, opts: SortOptions, as_json: bool, 
         for d in summary.decisions:
             echo(decision_line(d))
     verb = "would sort" if dry_run else "sorted"
-    if summary.sorted == 0 and not summary.skipped_already_sorted and not summary.left_in_place:
+    if summary.sorted == 0 and not summary.skipped_already_sorted and not summary.left_in_place \
+            and not summary.same_as_sorted:
         echo(f"no images found in {folder}" if folder is not None else "no images found")
     else:
-        not_images = f", {summary.not_images} not an image (in review/)" if summary.not_images else ""
-        echo(f"{verb} {summary.images} image(s): {summary.benign} benign, {summary.review - summary.not_images} "
-             f"review{not_images} (work reduction {summary.work_reduction:.1%}) in {summary.seconds:.1f} s, "
-             f"{summary.images_per_s:.1f} files/s")
+        echo(f"{summary.counts.headline(verb)} in {summary.seconds:.1f} s, {summary.images_per_s:.1f} files/s")
     backend = summary.backend
     override = (f" (OVERRIDDEN by --threshold; validated {summary.validated_threshold:.4f})"
                 if summary.threshold_overridden else "")
@@ -185,6 +186,9 @@ def _print_summary(summary: Any, bundle: Any, opts: SortOptions, as_json: bool, 
         echo("note: this is a DEVELOPMENT model, not validated for clinical use (see `dermsort info`)")
     if summary.skipped_already_sorted:
         echo(f"{summary.skipped_already_sorted} already sorted earlier (skipped)")
+    for item in summary.same_as_sorted:
+        echo(f"already sorted under another name: {item['file']} has the same bytes as {item['dest']} "
+             "(recorded, not copied again)")
     if summary.recovered:
         echo(f"recovered {summary.recovered} placement(s) interrupted in an earlier run")
     for item in summary.left_in_place:
@@ -290,9 +294,18 @@ def sort(folder: Path, out: Path | None, move: bool, recursive: bool, keep_tree:
     if not dry_run and summary.sorted:
         _record_drift(drift_result, bundle, engine, opts, sorter.input_dir)
     # --dry-run writes nothing, so no page either (it prints each decision instead)
-    report = None if dry_run else write_report_safely(
-        sorter.out, bundle, _run_info(bundle, opts, summary.left_in_place, notes.ignored, profile, drift_result))
+    report, page_problem = None, ""
+    if dry_run:
+        pass
+    elif summary.results_error:  # the page is built from results.csv: it would show the old one
+        page_problem = (f"the review page {sorter.out / 'report.html'} was not updated (results.csv could not be "
+                        "written); it is stale")
+    else:
+        report, page_problem = write_report_checked(
+            sorter.out, bundle, _run_info(bundle, opts, summary.left_in_place, notes.ignored, profile, drift_result))
     _print_summary(summary, bundle, opts, as_json, dry_run, folder, report, profile, drift_result)
+    if page_problem:
+        click.echo(f"warning: {page_problem}", err=True)
     if summary.interrupted:
         raise Interrupted("stopped on request before every image was sorted; re-run to sort the rest")
     if summary.results_error:
@@ -314,18 +327,19 @@ def watch(folder: Path, out: Path | None, move: bool, recursive: bool, keep_tree
           model: Path | None, threshold: float | None, batch_size: int, workers: int | None, threads: int | None,
           as_json: bool, allow_rejected: bool, site_profile: Path | None, no_site_profile: bool, interval: float,
           settle: float, max_cycles: int | None) -> None:
-    """Keep sorting new images as they arrive in FOLDER, until Ctrl-C or SIGTERM."""
+    """Keep sorting new images as they arrive in FOLDER, until SIGTERM (exit 0) or Ctrl-C (exit 130)."""
+    # before the model loads: a stop requested at any moment gets the same exit status
+    stop = StopRequest()
+    _install_signal_handlers(stop)
     bundle, engine, opts, profile = _prepare(folder, out, backend, precision, model, threshold, move, recursive,
                                              False, batch_size, workers, threads, allow_rejected, keep_tree,
                                              site_profile, no_site_profile)
-    stop = threading.Event()
-    _install_signal_handlers(stop)
     try:
         sorter = Sorter(folder, opts, engine, stop=stop)
     except BaseException:
         engine.close()
         raise
-    totals = {"benign": 0, "review": 0}
+    totals = Counts()
     refresher = ReportRefresher(sorter.out, bundle, min_interval=5.0)
     left: list[dict[str, str]] = []
     seen_decisions: list[dict[str, Any]] = []  # this session's, for the drift check
@@ -364,8 +378,8 @@ def watch(folder: Path, out: Path | None, move: bool, recursive: bool, keep_tree
                 summary = sorter.run(ready)
                 if summary.results_error:
                     click.echo(f"warning: {summary.results_error}", err=True)
-                for key in ("benign", "review"):
-                    totals[key] += getattr(summary, key)
+                for key, n in vars(summary.counts).items():
+                    setattr(totals, key, getattr(totals, key) + n)
                 for d in summary.decisions:
                     line = {"time": time.strftime("%H:%M:%S"), **d} if as_json else None
                     click.echo(json.dumps(line) if as_json else decision_line(d))
@@ -389,9 +403,18 @@ def watch(folder: Path, out: Path | None, move: bool, recursive: bool, keep_tree
         _record_drift(drift_result, bundle, engine, opts, sorter.input_dir)
     if (sorter.out / "results.csv").is_file():
         refresher.refresh(_run_info(bundle, opts, left, [], profile, drift_result), force=True)
-    click.echo(f"stopped: {totals['benign']} benign, {totals['review']} review sorted while watching", err=True)
+    click.echo(f"stopped: {totals.headline('sorted')} while watching", err=True)
     if drift_result is not None:
         click.echo(drift.line(drift_result), err=True)
+    if stop.signum == signal.SIGINT:
+        raise Interrupted("stopped by Ctrl-C (SIGINT); nothing is half-done")
+
+
+class StopRequest(threading.Event):
+    """Set by SIGINT/SIGTERM; remembers the first signal (``watch``: SIGTERM is a clean stop, exit 0;
+    SIGINT / Ctrl-C exits 130)."""
+
+    signum: int | None = None
 
 
 def _install_signal_handlers(stop: threading.Event) -> None:
@@ -401,6 +424,8 @@ def _install_signal_handlers(stop: threading.Event) -> None:
     def handler(signum: int, frame: Any) -> None:
         if stop.is_set():  # second Ctrl-C: leave now; the journal makes this safe
             raise KeyboardInterrupt
+        if isinstance(stop, StopRequest):
+            stop.signum = signum
         stop.set()
         click.echo("stopping after the current batch (Ctrl-C again to stop at once)...", err=True)
 
@@ -531,11 +556,16 @@ def info(model: Path | None, as_json: bool, site_profile: Path | None) -> None:
     site_info = profile
     profile = load_profile().get("models", {}).get(bundle.model_id)
     stale = stale_reason(profile, bundle) if isinstance(profile, dict) else ""
-    data = {"bundle": str(bundle.root), "default_bundle": bundle.root == DEFAULT_BUNDLE.resolve(),
+    choice, why = auto_choice(bundle)
+    auto_art = choice[1] if choice else reference_artifact(bundle)
+    auto = {"backend": choice[0] if choice else None, "artifact": auto_art.name if auto_art else None,
+            "threshold": auto_art.threshold if auto_art else meta.threshold, "how": why,
+            "figures": artifact_figures(bundle, auto_art.name) if auto_art else None}
+    data = {"bundle": str(bundle.root), "default_bundle": bundle.root == DEFAULT_BUNDLE.resolve(), "auto": auto,
             "metadata": meta.to_dict(), "artifacts": [
                 {"name": a.name, "backend": a.backend, "precision": a.precision, "threshold": a.threshold,
                  "size_bytes": a.size_bytes, "sha256": a.sha256, "accepted": a.accepted, "override": a.override,
-                 "checksum": checks[a.name]} for a in bundle.artifacts],
+                 "checksum": checks[a.name], "figures": artifact_figures(bundle, a.name)} for a in bundle.artifacts],
             "head": head_summary(meta.classes, meta.malignant_classes), "classes": list(meta.classes),
             "backends": backends, "machine_profile": {"path": str(profile_path()), "entry": profile, "stale": stale},
             "site_profile": site_info.summary() if site_info is not None else None,
@@ -560,15 +590,27 @@ def info(model: Path | None, as_json: bool, site_profile: Path | None) -> None:
     p = meta.preprocess
     click.echo(f"preprocess   shorter side -> {p.resize_shorter} px ({p.interpolation}), centre crop {p.input_size}, "
                f"/{p.scale:g}, mean {p.mean}, std {p.std}")
-    click.echo(f"threshold    {meta.threshold:.4f}  (benign only if P(malignant) is below it; target sensitivity "
-               f"{v.target_sensitivity:.0%})")
 
     def fmt(x: Any, ci: Any) -> str:
         if x is None:
             return "n/a"
         return f"{x:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
 
-    click.echo(f"validated    on {v.split or '?'} split of {', '.join(v.datasets) or '?'}: n={v.n_images} "
+    # the threshold `sort` applies, with the figures of that artifact (each artifact has its own threshold)
+    if choice:
+        click.echo(f"threshold    {auto['threshold']:.4f}  ({choice[0]}/{auto['artifact']}: what `sort --backend auto` "
+                   f"runs here, {why}; benign only if P(malignant) is below it; target sensitivity "
+                   f"{v.target_sensitivity:.0%})")
+    else:
+        click.echo(f"threshold    {auto['threshold']:.4f}  (the reference {auto['artifact']}; `sort --backend auto`: "
+                   f"{why}; every artifact runs at its own threshold, listed below)")
+    fig = auto["figures"]
+    if fig:
+        click.echo(f"             at it: sensitivity {fmt(fig['sensitivity'], fig['sensitivity_ci'])}, specificity "
+                   f"{fmt(fig['specificity'], fig['specificity_ci'])} ({fig['source']})")
+
+    ref_art = reference_artifact(bundle)
+    click.echo(f"reference    {ref_art.name if ref_art else bundle.reference} validated on {v.split or '?'} split of {', '.join(v.datasets) or '?'}: n={v.n_images} "
                f"({v.n_malignant} malignant)")
     click.echo(f"             sensitivity {fmt(v.sensitivity, v.sensitivity_ci)}, specificity "
                f"{fmt(v.specificity, v.specificity_ci)}, work reduction {fmt(v.work_reduction, None)}, "
@@ -582,7 +624,9 @@ def info(model: Path | None, as_json: bool, site_profile: Path | None) -> None:
     click.echo("artifacts")
     for a in data["artifacts"]:
         state = "accepted" if a["accepted"] else ("OVERRIDE: " + a["override"] if a["override"] else "rejected")
+        gate = next(x for x in bundle.artifacts if x.name == a["name"]).parity or {}  # one data set for all
         click.echo(f"  {a['name']:18s} {a['backend']:12s} {a['precision']:5s} thr {a['threshold']:.4f} "
+                   f"gate sens {fmt(gate.get('sensitivity'), None)} spec {fmt(gate.get('specificity'), None)} "
                    f"{a['size_bytes'] / 1e6:6.1f} MB  sha256 {a['sha256'][:12]}  checksum {a['checksum']}  {state}")
     click.echo("backends")
     for name, st in backends.items():

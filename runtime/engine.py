@@ -232,3 +232,24 @@ def _probe_and_save(bundle: Bundle, pairs: list[tuple[str, Artifact]], threads: 
     order = {(r["backend"], r["artifact"]): i for i, r in enumerate(ranking)}
     ranked = sorted(pairs, key=lambda p: order.get((p[0], p[1].name), len(order)))
     return ranked, loaded
+
+
+def auto_choice(bundle: Bundle) -> tuple[tuple[str, Artifact] | None, str]:
+    """What ``sort --backend auto`` would run here, without loading or probing anything (``dermsort info``):
+    the (backend, artifact) and how it is known; None when the first sort's probe decides."""
+    try:
+        pairs = candidates(bundle)
+    except DermsortError as exc:
+        return None, str(exc)
+    usable = [(b, a) for b, a in pairs if backend_installed(b)[0]]
+    if not usable:
+        return None, "no backend installed here can run this model"
+    if len(usable) == 1:
+        return usable[0], "the only artifact that can run here"
+    entry = load_profile().get("models", {}).get(bundle.model_id)
+    if isinstance(entry, dict) and not stale_reason(entry, bundle):
+        for row in entry.get("ranking", []):
+            for b, a in usable:
+                if (b, a.name) == (row.get("backend"), row.get("artifact")):
+                    return (b, a), f"first in this machine's profile ({entry.get('source', '?')})"
+    return None, "decided by a probe at the first sort (no valid machine profile yet)"

@@ -119,6 +119,21 @@ class JournalState:
         return {r["sha256"]: i for i, r in self.intents.items()
                 if i in self.done and r.get("recovered_from_output") and not r.get("file") and r.get("sha256")}
 
+    def sorted_elsewhere(self) -> dict[str, str]:
+        """sha256 -> id of finished placements whose input is no longer where it was recorded and was not
+        removed by dermsort (renamed or moved by its owner, the input folder renamed): an input with those
+        bytes is that image under another name, not a new one."""
+        found: dict[str, str] = {}
+        for rid in self.done:
+            rec = self.intents[rid]
+            if rid in self.completed_moves or not rec.get("sha256") or not rec.get("file"):
+                continue
+            if self.by_source.get(rec["file"]) != rid or rec["sha256"] in found:
+                continue  # superseded by a later placement of that name
+            if not os.path.lexists(rec["file"]):
+                found[rec["sha256"]] = rid
+        return found
+
     def status(self, rec: dict[str, Any], out: Path | None = None) -> str:
         """The results.csv ``status`` of a finished placement (see RESULT_DOCS)."""
         if out is not None and rec.get("dest") and not os.path.lexists(out / rec["dest"]):
@@ -131,6 +146,18 @@ class JournalState:
         if rec.get("mode") == "move" and rec["id"] not in self.completed_moves and rec.get("file"):
             return "source kept"
         return ""
+
+
+def is_record(rec: Any) -> bool:
+    """A journal line that can be folded: an object with an id, and an intent with everything a placement
+    needs (a destination, the sha256 key, a decision). An intent without them is damage: folded, it would
+    give results.csv a row with no destination beside the "recovered" row of the same file."""
+    if not isinstance(rec, dict) or not isinstance(rec.get("id"), str):
+        return False
+    if rec.get("event") == "intent":
+        return (isinstance(rec.get("dest"), str) and bool(rec["dest"]) and isinstance(rec.get("sha256"), str)
+                and rec.get("decision") in ("benign", "review") and isinstance(rec.get("file"), str))
+    return True
 
 
 def _dumps(rec: dict[str, Any]) -> str:
@@ -173,7 +200,7 @@ class Journal:
             except ValueError:
                 state.bad_lines += 1
                 continue
-            if isinstance(rec, dict) and isinstance(rec.get("id"), str):
+            if is_record(rec):
                 self.fold(state, rec)
             else:
                 state.bad_lines += 1
@@ -193,7 +220,8 @@ class Journal:
             state.completed_moves.add(rid)
         elif event == "claim" and rid in state.intents:
             # the input of a placement recovered from OUT was seen again: it is that placement's source
-            state.intents[rid].update({k: rec[k] for k in ("file", "relpath", "size", "mtime_ns") if k in rec})
+            state.intents[rid].update({k: rec[k] for k in ("file", "relpath", "size", "mtime_ns", "ino", "ctime_ns")
+                                       if k in rec})
             if rid in state.done:
                 state.by_source[rec["file"]] = rid
 
@@ -207,7 +235,7 @@ class Journal:
                 rec = json.loads(line.decode("utf-8", "surrogateescape"))
             except ValueError:
                 continue
-            if isinstance(rec, dict) and isinstance(rec.get("id"), str) and line.endswith(b"\n"):
+            if is_record(rec) and line.endswith(b"\n"):
                 good.append(line)
         kept = self.path.with_name(f"{self.path.name}.damaged-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}")
         os.link(self.path, kept)

@@ -110,7 +110,11 @@ class Placer:
             result = self.link_into_place(d, rec, tmp, summary)
             if result is not None:
                 placed.append((d, *result))
-        # 2. the new names (and any new subfolders) are durable before the done records
+        # 2. the placed data (a linked source inode was never fsync'd by us: a camera may not have flushed it)
+        # and the new names (and any new subfolders) are durable before the done records
+        for d, rec, tmp in placed:
+            if tmp is None and d.fd is not None:
+                os.fsync(d.fd)
         for folder in sorted(self._folders([rec["dest"] for _, rec, _ in placed]), key=len, reverse=True):
             fsync_dir(self.out / folder)
         fault_point("dir_fsync")

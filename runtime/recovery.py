@@ -80,8 +80,15 @@ def recover_pending(state: JournalState, out: Path, append: Callable[[list[dict[
     removed = []
     for rid in state.done - state.completed_moves:
         rec = state.intents[rid]
-        if rec.get("mode") == "move" and rec.get("file") and finish_capture(rec, out) == "removed":
+        if rec.get("mode") != "move" or not rec.get("file"):
+            continue
+        if finish_capture(rec, out) == "removed":
             removed.append({"event": "source_removed", "id": rid})
+            state.completed_moves.add(rid)
+        elif not os.path.lexists(rec["file"]) and os.path.isdir(os.path.dirname(rec["file"])):
+            # its source_removed record was lost (torn tail cut) or its owner deleted it: the input folder is
+            # there and the source is not, so it is not "kept" (an unmounted card has no folder: left alone)
+            removed.append({"event": "source_removed", "id": rid, "observed": True})
             state.completed_moves.add(rid)
     append(removed)
     return len(finished)
@@ -172,4 +179,4 @@ def _record_orphan(state: JournalState, out: Path, placer: "Placer", d: Any, rec
 def claim_record(rec_id: str, d: Any, input_dir: Path) -> dict[str, Any]:
     """The journal record that makes input ``d`` the source of placement ``rec_id`` (recovered from OUT)."""
     return {"event": "claim", "id": rec_id, "file": str(d.cand.path), "relpath": os.path.relpath(d.cand.path, input_dir),
-            "size": d.cand.size, "mtime_ns": d.cand.mtime_ns}
+            "size": d.cand.size, "mtime_ns": d.cand.mtime_ns, "ino": d.cand.ino, "ctime_ns": d.cand.ctime_ns}

@@ -24,6 +24,7 @@ from typing import Any
 from urllib.parse import quote
 
 from .bundle import DEFAULT_BUNDLE, Bundle, load_bundle
+from .counts import MODEL_REASON, NEAR_LOGODDS, Counts, is_input_problem, near_threshold  # noqa: F401
 from .errors import DermsortError
 from .journal import FORMULA_PREFIXES
 from .metadata import PreprocessSpec
@@ -36,10 +37,6 @@ REPORT = "report.html"
 THUMBS = Path(".dermsort") / "thumbs"
 #: what the CLI knew about the last run (bundle, override, files left in place), for `dermsort report`
 RUN_INFO = Path(".dermsort") / "report-run.json"
-#: "near the threshold": p within this distance of the threshold on the log-odds scale (odds x/÷ 1.65)
-NEAR_LOGODDS = 0.5
-#: reason prefixes of a decision the model made; any other reason is an input problem
-MODEL_REASON = "p_malignant "
 
 
 @dataclass
@@ -61,10 +58,20 @@ class Row:
     top_dx_p: float | None
     #: the site profile whose threshold applied (results.csv column site_profile; empty without one)
     site_profile: str = ""
+    #: results.csv ``status`` (e.g. "superseded by DEST ..."); empty normally
+    status: str = ""
 
     @property
     def problem(self) -> bool:
-        return not self.reason.startswith(MODEL_REASON)
+        return is_input_problem(self.reason)
+
+    @property
+    def superseded(self) -> bool:
+        return self.status.startswith("superseded")
+
+    def as_counted(self) -> dict[str, Any]:
+        return {"decision": self.decision, "reason": self.reason, "p_malignant": self.p, "threshold": self.threshold,
+                "status": self.status}
 
     @property
     def name(self) -> str:
@@ -99,17 +106,9 @@ def read_rows(out: Path) -> list[Row]:
                             threshold=_float(r.get("threshold")), backend=_cell(r.get("backend")),
                             artifact=_cell(r.get("artifact")), model_id=_cell(r.get("model_id")),
                             time=_cell(r.get("time")), reason=_cell(r.get("reason")), top_dx=_cell(r.get("top_dx")),
-                            top_dx_p=_float(r.get("top_dx_p")), site_profile=_cell(r.get("site_profile"))))
+                            top_dx_p=_float(r.get("top_dx_p")), site_profile=_cell(r.get("site_profile")),
+                            status=_cell(r.get("status"))))
     return rows
-
-
-def near_threshold(p: float | None, threshold: float | None) -> bool:
-    if p is None or threshold is None:
-        return False
-    def logit(x: float) -> float:
-        x = min(max(x, 1e-6), 1 - 1e-6)
-        return math.log(x / (1 - x))
-    return abs(logit(p) - logit(threshold)) <= NEAR_LOGODDS
 
 
 def _text(value: Any) -> str:
@@ -263,6 +262,48 @@ def _fmt_ci(x: float | None, ci: Any) -> str:
     return text
 
 
+def reference_artifact(bundle: Bundle) -> Any:
+    """The FP32 reference artifact (the one the metadata's validation figures were measured with), or None."""
+    for a in bundle.artifacts:
+        if a.parity.get("status") == "reference" or bundle.reference in (a.name, a.path):
+            return a
+    return None
+
+
+def artifact_figures(bundle: Bundle, artifact_name: str) -> dict[str, Any]:
+    """The validated figures that belong to one artifact at its own threshold: the reference's validation
+    (with CIs) for the reference, the export's parity-gate measurement for a derived artifact (FP16, INT8...,
+    recalibrated), never the reference's figures beside another artifact's threshold."""
+    v = bundle.metadata.validation
+    art = next((a for a in bundle.artifacts if a.name == artifact_name), None)
+    empty = {"artifact": artifact_name, "threshold": None, "sensitivity": None, "sensitivity_ci": None,
+             "specificity": None, "specificity_ci": None, "n_images": None, "n_malignant": None}
+    if art is None:
+        return {**empty, "source": "not an artifact of this bundle"}
+    ref = reference_artifact(bundle)
+    if ref is not None and art.name == ref.name:
+        return {**empty, "threshold": art.threshold, "sensitivity": v.sensitivity, "sensitivity_ci": v.sensitivity_ci,
+                "specificity": v.specificity, "specificity_ci": v.specificity_ci, "n_images": v.n_images,
+                "n_malignant": v.n_malignant,
+                "source": f"validation: {v.split or '?'} split of {', '.join(v.datasets) or '?'}"}
+    par = art.parity or {}
+    if par.get("sensitivity") is None:
+        return {**empty, "threshold": art.threshold,
+                "source": f"not measured for {art.name} (exported without labelled data); the reference's figures "
+                          "do not apply at its threshold"}
+    return {**empty, "threshold": art.threshold, "sensitivity": par.get("sensitivity"),
+            "sensitivity_ci": par.get("sensitivity_ci"), "specificity": par.get("specificity"),
+            "specificity_ci": par.get("specificity_ci"), "n_images": par.get("n_images"),
+            "n_malignant": par.get("n_malignant"),
+            "source": f"the export's parity gate: {art.name} at its own threshold on {par.get('n_images', '?')} "
+                      f"images, where the reference had sensitivity {_pct(par.get('sensitivity_reference'))}, "
+                      f"specificity {_pct(par.get('specificity_reference'))}"}
+
+
+def _pct(x: Any) -> str:
+    return f"{x:.1%}" if isinstance(x, (int, float)) else "?"
+
+
 def _model_block(rows: list[Row], bundle: Bundle | None, missing: str, run: dict[str, Any]) -> list[str]:
     parts: list[str] = []
     used = sorted({(r.model_id, r.backend, r.artifact, r.threshold) for r in rows}, key=str)
@@ -293,11 +334,17 @@ def _model_block(rows: list[Row], bundle: Bundle | None, missing: str, run: dict
         meta, v = bundle.metadata, bundle.metadata.validation
         if meta.development_model:
             parts.append('<div class="warn">Development model: not validated for clinical use.</div>')
-        facts += [("Model", meta.model_id),
-                  ("Validated on", f"{v.split or '?'} split of {', '.join(v.datasets) or '?'}: {v.n_images} images "
-                                   f"({v.n_malignant} malignant)"),
-                  ("Sensitivity", _fmt_ci(v.sensitivity, v.sensitivity_ci)),
-                  ("Specificity", _fmt_ci(v.specificity, v.specificity_ci))]
+        facts.append(("Model", meta.model_id))
+        # the figures of the artifact(s) that ran, at their own thresholds (not the FP32 reference's)
+        ref = reference_artifact(bundle)
+        ran = list(dict.fromkeys(u[2] for u in used)) or ([ref.name] if ref is not None else [])
+        for name in ran:
+            fig = artifact_figures(bundle, name)
+            label = "" if len(ran) == 1 else f", {name}"
+            n = (f": {fig['n_images']} images ({fig['n_malignant']} malignant)" if fig["n_images"] else "")
+            facts += [(f"Validated on{label}", f"{fig['source']}{n}"),
+                      (f"Sensitivity{label}", _fmt_ci(fig["sensitivity"], fig["sensitivity_ci"])),
+                      (f"Specificity{label}", _fmt_ci(fig["specificity"], fig["specificity_ci"]))]
     else:
         facts.append(("Model", ", ".join(sorted({u[0] for u in used})) or "?"))
     for model_id, backend, artifact, thr in used:
@@ -357,12 +404,13 @@ def _grid(section_id: str, title: str, note: str, rows: list[Row], folder: str, 
 
 def render(out: Path, rows: list[Row], bundle: Bundle | None, missing: str, run: dict[str, Any],
            thumbs: set[str]) -> str:
+    counts = Counts.of_rows(r.as_counted() for r in rows)  # the terminal's and --json's definitions
+    superseded = [r for r in rows if r.superseded]
+    rows = [r for r in rows if not r.superseded]
     problems = [r for r in rows if r.problem]
     review = [r for r in rows if r.decision == "review" and not r.problem]
     benign = [r for r in rows if r.decision == "benign" and not r.problem]
     other = [r for r in rows if r.decision not in ("benign", "review") and not r.problem]
-    n_benign = sum(r.decision == "benign" for r in rows)
-    near = sum(near_threshold(r.p, r.threshold) and not r.problem for r in rows)
     left = [x for x in run.get("left_in_place", []) if isinstance(x, dict)]
     ignored = [x for x in run.get("ignored", []) if isinstance(x, dict)]
     csp = (f"default-src 'none'; img-src 'self' file: data:; style-src {_csp_hash(CSS)}; "
@@ -373,12 +421,16 @@ def render(out: Path, rows: list[Row], bundle: Bundle | None, missing: str, run:
              '<meta name="viewport" content="width=device-width, initial-scale=1">', f"<title>{_text(title)}</title>",
              f"<style>{CSS}</style></head><body><header>", f"<h1>{_text(title)}</h1>"]
     parts += _model_block(rows, bundle, missing, run)
-    counts = [("sorted", len(rows), "n-sorted"), ("review", len(rows) - n_benign, "n-review"),
-              ("benign", n_benign, "n-benign"), ("input problems", len(problems), "n-problems"),
-              ("near threshold", near, "n-near"), ("left in place", len(left), "n-left")]
-    parts.append('<ul class="counts">' + "".join(f'<li id="{i}"><b>{n}</b> {k}</li>' for k, n, i in counts)
-                 + f'<li id="work-reduction"><b>{(n_benign / len(rows) if rows else 0):.1%}</b> work reduction '
-                   '(benign share)</li></ul>')
+    shown = [("sorted", counts.sorted, "n-sorted"), ("images", counts.images, "n-images"),
+             ("benign", counts.benign, "n-benign"), ("review", counts.review, "n-review"),
+             ("not an image (in review/)", counts.not_images, "n-not-images"),
+             ("input problems", counts.input_problems, "n-problems"),
+             ("near threshold", counts.near_threshold, "n-near"), ("left in place", len(left), "n-left")]
+    if counts.superseded:
+        shown.append(("superseded (sorted again)", counts.superseded, "n-superseded"))
+    parts.append('<ul class="counts">' + "".join(f'<li id="{i}"><b>{n}</b> {_text(k)}</li>' for k, n, i in shown)
+                 + f'<li id="work-reduction"><b>{counts.work_reduction:.1%}</b> work reduction '
+                   '(benign share of the images)</li></ul>')
     parts.append("</header>")
     parts.append('<div class="controls" role="search"><input type="search" id="q" placeholder="search file name  ( / )"'
                  ' aria-label="search by file name" autocomplete="off">'
@@ -399,6 +451,13 @@ def render(out: Path, rows: list[Row], bundle: Bundle | None, missing: str, run:
                        for x in left + ignored)
         parts.append(f'<section id="left"><h2>Left in place, not sorted ({len(left)}) and ignored ({len(ignored)})'
                      f'</h2><table class="left"><tr><th>file</th><th>reason</th></tr>{body}</table></section>')
+    if superseded:
+        body = "".join(f"<tr><td>{_text(r.source)}</td><td>{_text(r.dest)}</td><td>{_text(r.status)}</td></tr>"
+                       for r in superseded)
+        parts.append(f'<section id="superseded"><h2>Superseded ({len(superseded)})</h2><p class="hint">Copies of an '
+                     'input that changed afterwards (e.g. still being written) and was sorted again: the later copy '
+                     'counts, these are not counted above.</p><table class="left"><tr><th>file</th><th>copy in OUT'
+                     f'</th><th>status</th></tr>{body}</table></section>')
     parts.append(_grid("review", "review/", "p(malignant) at or above the threshold: look at these.",
                        review + other, "review", thumbs))
     parts.append(_grid("benign", "benign/", "p(malignant) below the threshold. Highlighted: close to the threshold "
@@ -425,10 +484,18 @@ class ReportRefresher:
         return write_report_safely(self.out, self.bundle, run) is not None
 
 
+def write_report_checked(out: Path, bundle: Bundle | None, run: dict[str, Any]) -> tuple[Path | None, str]:
+    """build_report for the sort/watch commands: (the page, "") or (None, why it was not updated); never raises."""
+    try:
+        return build_report(out, bundle, run), ""
+    except Exception as exc:  # noqa: BLE001 - the images are sorted; the page is a convenience
+        why = getattr(exc, "strerror", None) or str(exc)
+        return None, f"the review page {Path(out) / REPORT} was not updated ({why}); it may be stale"
+
+
 def write_report_safely(out: Path, bundle: Bundle | None, run: dict[str, Any]) -> Path | None:
     """build_report for the sort/watch commands: a failure is one warning line, never a failed sort."""
-    try:
-        return build_report(out, bundle, run)
-    except Exception as exc:  # noqa: BLE001 - the images are sorted; the page is a convenience
-        log.warning("could not write the review page %s: %s", Path(out) / REPORT, exc)
-        return None
+    page, why = write_report_checked(out, bundle, run)
+    if why:
+        log.warning("%s", why)
+    return page

@@ -27,6 +27,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from .backends.base import Backend
+from .counts import NOT_AN_IMAGE, Counts
 from .diagnosis import top_diagnoses
 from .errors import DermsortError, OutputError
 from .fileops import Identity, fsync_dir, sha256_file
@@ -46,8 +47,6 @@ STATE_DIR = ".dermsort"
 #: bytes of file data and decoded pixels the read-ahead may hold at once (a 24 MP PNG has no draft
 #: mode and decodes to ~72 MB: the cap keeps peak memory flat whatever the input)
 LOOKAHEAD_BYTES = 48 << 20
-#: reasons that mean "this is not an image" (counted on their own in the summary)
-NOT_AN_IMAGE = ("not a readable image", "empty file", "unsupported image format", "extension ")
 
 
 @dataclass
@@ -74,19 +73,20 @@ class SortOptions:
 
 @dataclass
 class SortSummary:
-    benign: int = 0
-    review: int = 0
+    #: what was placed, by category: the same object (definitions in runtime/counts.py) that the review
+    #: page builds from results.csv, so the terminal, --json and the page cannot disagree
+    counts: Counts = field(default_factory=Counts)
     skipped_already_sorted: int = 0
     #: could not be placed (e.g. unreadable in copy mode, still being written); left where they are, listed here
     left_in_place: list[dict[str, str]] = field(default_factory=list)
     ignored: list[dict[str, str]] = field(default_factory=list)
     #: --move: sorted (a verified copy is in the output) but the source could not be removed
     sources_kept: list[dict[str, str]] = field(default_factory=list)
+    #: inputs whose bytes were already sorted under another name (renamed or moved since): recorded, not copied again
+    same_as_sorted: list[dict[str, str]] = field(default_factory=list)
     recovered: int = 0
     #: files in OUT that the journal did not account for (damaged or deleted journal), recorded again
     reconciled: int = 0
-    #: of the sorted files, how many were not images at all (text, zip, empty...): in review/, counted apart
-    not_images: int = 0
     #: files in subfolders (without --recursive) and hidden files: not sorted, only counted
     in_subfolders: int = 0
     hidden: int = 0
@@ -102,38 +102,47 @@ class SortSummary:
     results_error: str = ""
 
     @property
+    def benign(self) -> int:
+        return self.counts.benign
+
+    @property
+    def review(self) -> int:
+        """Images in review/ (non-image files are ``not_images``)."""
+        return self.counts.review
+
+    @property
+    def not_images(self) -> int:
+        return self.counts.not_images
+
+    @property
     def sorted(self) -> int:
-        return self.benign + self.review
+        return self.counts.sorted
 
     @property
     def images(self) -> int:
-        return self.sorted - self.not_images
+        return self.counts.images
 
     @property
     def work_reduction(self) -> float:
-        return self.benign / self.images if self.images else 0.0
+        return self.counts.work_reduction
 
     @property
     def images_per_s(self) -> float:
         return self.sorted / self.seconds if self.seconds > 0 else 0.0
 
     def count(self, rec: dict[str, Any]) -> None:
-        if rec["decision"] == BENIGN:
-            self.benign += 1
-        else:
-            self.review += 1
-            if str(rec.get("reason", "")).startswith(NOT_AN_IMAGE) or rec.get("not_an_image"):
-                self.not_images += 1
+        self.counts.add(rec["decision"], rec.get("reason", ""), bool(rec.get("not_an_image")), rec.get("p_malignant"),
+                        rec.get("threshold"))
         self.decisions.append({k: rec.get(k) for k in ("file", "relpath", "dest", "decision", "p_malignant", "reason",
                                                        "sha256", "top_dx", "top_dx_p")})
 
     def to_dict(self) -> dict[str, Any]:
-        return {"benign": self.benign, "review": self.review, "sorted": self.sorted, "images": self.images,
-                "not_images": self.not_images, "skipped_already_sorted": self.skipped_already_sorted,
+        return {**self.counts.to_dict(), "skipped_already_sorted": self.skipped_already_sorted,
                 "left_in_place": self.left_in_place, "ignored": self.ignored, "sources_kept": self.sources_kept,
+                "same_as_sorted": self.same_as_sorted,
                 "in_subfolders_not_sorted": self.in_subfolders, "hidden_files_not_sorted": self.hidden,
                 "recovered_placements": self.recovered, "reconciled_files": self.reconciled,
-                "work_reduction": round(self.work_reduction, 4), "seconds": round(self.seconds, 3),
+                "seconds": round(self.seconds, 3),
                 "images_per_s": round(self.images_per_s, 2), "backend": self.backend, "threshold": self.threshold,
                 "threshold_overridden": self.threshold_overridden, "validated_threshold": self.validated_threshold,
                 "artifact_accepted": self.artifact_accepted, "interrupted": self.interrupted,
@@ -218,6 +227,14 @@ class Sorter:
             if used_before:
                 self._reconcile(existed)
             self._unclaimed = self.state.unclaimed_recovered()
+            if not (self.out / "results.csv").exists():
+                # a results.csv from the start (a header is a few hundred bytes): a run that fails later with a
+                # full disk still leaves one that lists what was recorded before (best effort: the end of
+                # the run writes it again and reports a failure)
+                try:
+                    write_results_csv(self.state, self.out / "results.csv")
+                except OSError as exc:
+                    log.debug("results.csv not written at start: %s", exc)
             for stale in [*self.state_dir.glob(".write-test-*"), self.out / ".results.csv.tmp"]:
                 stale.unlink(missing_ok=True)  # left by a kill
         except OSError as exc:
@@ -241,7 +258,7 @@ class Sorter:
         self.journal_warning = (f"the journal in {self.state_dir} was damaged ({what}){kept}; {self.reconciled} "
                                 f"file(s) in {self.out} it did not account for were checked, classified and recorded "
                                 "again; results.csv rebuilt")
-        log.warning("%s", self.journal_warning)
+        log.info("%s", self.journal_warning)  # the command prints it once, as its own warning line
         write_results_csv(self.state, self.out / "results.csv")
 
     def _classify_paths(self, paths: list[Path]) -> list[tuple[Decoded, dict[str, Any]]]:
@@ -284,6 +301,10 @@ class Sorter:
                         progress(1)
                 else:
                     todo.append(cand)
+            if todo and not self.options.dry_run:
+                # inputs renamed or moved since they were sorted are matched by sha256, not sorted twice
+                for sha, rid in self.state.sorted_elsewhere().items():
+                    self._unclaimed.setdefault(sha, rid)
             batch: list[Decoded] = []
             for item in self._decode_stream(todo):
                 batch.append(item)
@@ -298,6 +319,14 @@ class Sorter:
             failed = False
         finally:
             summary.seconds = time.perf_counter() - start
+            if failed and not self.options.dry_run:
+                # partial copies (a disk-full failure) are never sorted files: free their space now, so that
+                # results.csv below can still be written, rather than at the next start
+                for part in self.tmp_dir.glob("*.part"):
+                    try:
+                        part.unlink()
+                    except OSError:
+                        pass
             if not self.options.dry_run and self.journal.is_open:
                 try:
                     size = self.journal.size()
@@ -306,8 +335,8 @@ class Sorter:
                         self._csv_at = size
                 except OSError as exc:
                     summary.results_error = f"could not write {self.out / 'results.csv'}: {exc.strerror or exc}"
-                    if not failed:  # when the run fails anyway, its own one-line error says why
-                        log.warning("%s", summary.results_error)
+                    # the command reports it (one line: sort's error, watch's warning), not the log too
+                    log.info("%s", summary.results_error)
         return summary
 
     def _already_sorted(self, cand: Candidate, summary: SortSummary) -> bool:
@@ -446,10 +475,18 @@ class Sorter:
             if rid is None:
                 rest.append(d)
                 continue
+            rec = self.state.intents[rid]
+            if not rec.get("recovered_from_output") and _sha_or_none(self.out / rec["dest"]) != rec["sha256"]:
+                rest.append(d)  # its copy in OUT is gone or damaged: this input is sorted (again), not claimed
+                continue
+            if not rec.get("recovered_from_output"):
+                summary.same_as_sorted.append({"file": str(d.cand.path), "dest": rec.get("dest", ""),
+                                               "was": rec.get("file", "")})
+            else:
+                summary.skipped_already_sorted += 1
             claim = claim_record(rid, d, self.input_dir)
             self._append([claim])
             self.journal.fold(self.state, claim)
-            summary.skipped_already_sorted += 1
             if self.options.move:
                 rec = self.state.intents[rid]
                 if self.placer.remove_source(d, rec, summary):

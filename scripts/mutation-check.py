@@ -75,6 +75,20 @@ MUTATIONS = [
     ("offline: ONNX Runtime telemetry left on", "dermsort/offline.py",
      "        os.environ[key] = value", "        pass",
      "tests/test_offline.py -k 'sort and auto'"),
+    ("recovery: a captured source is always unlinked (a replacement at the capture name too)", "runtime/placement.py",
+     "    if same:\n        os.unlink(held)", "    if True:\n        os.unlink(held)",
+     "tests/test_loss_paths.py -k replacement_at_the_capture_name"),
+    ("put back: a plain rename over a new file at the original name", "runtime/placement.py",
+     "            rename_no_replace(held, target)\n            return target",
+     "            os.rename(held, target)\n            return target",
+     "tests/test_loss_paths.py -k new-file-at-the-name"),
+    ("finish move: the source goes although its destination is missing or differs", "runtime/sorter.py",
+     "            if not same:\n                summary.sources_kept", "            if False:\n                summary.sources_kept",
+     "tests/test_loss_paths.py -k cross_fs_copy_was_damaged"),
+    ("durability: no fsync of benign/ and review/ before the done records", "runtime/placement.py",
+     "            fsync_dir(self.out / folder)\n        fault_point(\"dir_fsync\")",
+     "            pass\n        fault_point(\"dir_fsync\")",
+     "tests/test_loss_paths.py -k strace"),
 ]
 
 

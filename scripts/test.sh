@@ -48,5 +48,20 @@ else
     step "    the browser test will be skipped (its skip reason says so)"
 fi
 
-step "4/4 running the tests with .venv/bin/python"
-exec .venv/bin/python -m pytest -q -p no:cacheprovider "$@"
+# strace lets a test check the durability order of --move from its system calls (fsync before unlink);
+# without it that test is skipped, and -rs below prints why
+if ! command -v strace >/dev/null 2>&1 && [ "${DERMSORT_NO_APT:-0}" != 1 ] && command -v apt-get >/dev/null 2>&1; then
+    if [ "$(id -u)" = 0 ]; then
+        step "    installing strace (Debian package strace) for the --move durability-order test"
+        DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends strace >/dev/null 2>&1 \
+            || { apt-get update >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends strace >/dev/null 2>&1; } \
+            || step "    could not install strace: the durability-order test will be skipped (its skip reason says so)"
+    elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
+        step "    installing strace (sudo apt-get install strace) for the --move durability-order test"
+        sudo -n apt-get install -y --no-install-recommends strace >/dev/null 2>&1 \
+            || step "    could not install strace: the durability-order test will be skipped (its skip reason says so)"
+    fi
+fi
+
+step "4/4 running the tests with .venv/bin/python (-rs: every skipped test says why)"
+exec .venv/bin/python -m pytest -q -rs -p no:cacheprovider "$@"

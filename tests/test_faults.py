@@ -240,17 +240,22 @@ def test_disk_full_injected_enospc_then_rerun_completes(tiny_bundle, tmp_path, c
     assert rc != 0
     _one_error_line(err, "disk full")
     check_no_loss(originals, inp, out)
-    assert list((out / ".dermsort" / "tmp").glob("*.part")), "the partial copy should still be there"
+    assert not list((out / ".dermsort" / "tmp").glob("*.part")), "the partial copy should be removed at once"
+    assert (out / "results.csv").is_file(), "a failed run still leaves results.csv"
     monkeypatch.setattr(placement_mod, "write_durable", real)
     rc, err = _main(_args(inp, out, tiny_bundle), capsys)
     assert rc == 0, err
     check_final(originals, inp, out, move=False)
 
 
+#: what every intent carries besides its file (an intent without them is damage: journal.is_record)
+_PLACED = {"dest": "review/x.jpg", "sha256": "0" * 64, "decision": "review"}
+
+
 def test_journal_write_failure_is_rolled_back(tmp_path, monkeypatch):
     j = Journal(tmp_path / "journal.jsonl")
     j.open()
-    j.append([{"event": "intent", "id": "a", "file": "/x"}])
+    j.append([{"event": "intent", "id": "a", "file": "/x", **_PLACED}])
     before = j.path.read_bytes()
     real_write = os.write
 
@@ -260,7 +265,7 @@ def test_journal_write_failure_is_rolled_back(tmp_path, monkeypatch):
 
     monkeypatch.setattr(journal_mod.os, "write", half_then_enospc)
     with pytest.raises(OSError):
-        j.append([{"event": "intent", "id": "b", "file": "/y"}, {"event": "done", "id": "b"}])
+        j.append([{"event": "intent", "id": "b", "file": "/y", **_PLACED}, {"event": "done", "id": "b"}])
     monkeypatch.setattr(journal_mod.os, "write", real_write)
     assert j.path.read_bytes() == before  # no torn line: the failed append left no trace
     j.append([{"event": "done", "id": "a"}])
@@ -274,7 +279,7 @@ def test_torn_journal_tail_is_cut_and_unicode_names_roundtrip(tmp_path):
     j = Journal(path)
     j.open()
     name = os.fsdecode(b"/in/l\xe9sion \xc3\xa9t\xc3\xa9.jpg")  # one Latin-1 byte, one valid UTF-8 name part
-    j.append([{"event": "intent", "id": "a", "file": name, "dest": "review/x.jpg"}, {"event": "done", "id": "a"}])
+    j.append([{"event": "intent", "id": "a", "file": name, **_PLACED}, {"event": "done", "id": "a"}])
     j.close()
     path.write_bytes(path.read_bytes() + b'{"event": "intent", "id": "b", "fi')  # killed mid-write
     path.read_bytes().decode("utf-8")  # the journal stays valid UTF-8

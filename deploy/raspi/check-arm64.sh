@@ -341,7 +341,7 @@ for name in ("dermsort", "numpy", "pillow", "click", "onnxruntime", "openvino"):
         sleep 5
     done
     t_watch=$((SECONDS - t0))
-    # SIGTERM, as systemctl stop sends: the watcher finishes its batch and exits
+    # SIGTERM, as systemctl stop sends: the watcher finishes its batch and exits 0 (README: exit codes)
     kill -TERM "$watch_pid" 2>/dev/null || true
     local watch_rc=0
     wait "$watch_pid" || watch_rc=$?

@@ -20,6 +20,8 @@ COMMANDS = {
     "watch": ("dermsort.runtime.cli:watch", ""),
     "info": ("dermsort.runtime.cli:info", ""),
     "report": ("dermsort.runtime.cli:report", ""),
+    "sign": ("dermsort.runtime.sign_cli:sign", ""),
+    "keygen": ("dermsort.runtime.sign_cli:keygen", ""),
     "train": ("dermsort.train.cli:train", "train"),
     "evaluate": ("dermsort.train.cli:evaluate", "train"),
     "export": ("dermsort.export.cli:export", "export"),

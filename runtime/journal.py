@@ -28,7 +28,7 @@ from typing import Any, Iterable
 #: ``top_dx``/``top_dx_p``: a diagnosis head's most likely class, for display only (empty for binary models).
 RESULT_FIELDS = ["file", "dest", "sha256", "decision", "p_malignant", "threshold", "backend", "artifact",
                  "model_id", "time", "reason", "mode", "top_dx", "top_dx_p", "relpath", "threshold_overridden",
-                 "artifact_accepted", "status"]
+                 "artifact_accepted", "status", "signature"]
 #: what each column holds (README "What you get"; a test keeps the two in step)
 RESULT_DOCS = {
     "file": "the input file as it was found (absolute path); empty for a file found in OUT without a journal record",
@@ -51,6 +51,8 @@ RESULT_DOCS = {
     "status": "empty normally; 'superseded by DEST' when the input changed and was sorted again, 'source kept' "
               "when --move could not remove the input, 'missing from OUT' when the file was removed from the output "
               "afterwards, 'recovered' for a file found in OUT without a journal record",
+    "signature": "who vouched for the model bundle that decided: 'signed by KEY-ID' (a trusted key), 'signed by "
+                 "UNTRUSTED key KEY-ID' or 'unsigned (locally built)'; empty for rows of runs before it was recorded",
 }
 #: a text cell starting with one of these is a formula to a spreadsheet: it is written with a leading '
 FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")

@@ -59,6 +59,8 @@ class Row:
     reason: str
     top_dx: str
     top_dx_p: float | None
+    #: results.csv's ``signature``: who vouched for the bundle that decided (empty for older rows)
+    signature: str = ""
 
     @property
     def problem(self) -> bool:
@@ -97,7 +99,7 @@ def read_rows(out: Path) -> list[Row]:
                             threshold=_float(r.get("threshold")), backend=_cell(r.get("backend")),
                             artifact=_cell(r.get("artifact")), model_id=_cell(r.get("model_id")),
                             time=_cell(r.get("time")), reason=_cell(r.get("reason")), top_dx=_cell(r.get("top_dx")),
-                            top_dx_p=_float(r.get("top_dx_p"))))
+                            top_dx_p=_float(r.get("top_dx_p")), signature=_cell(r.get("signature"))))
     return rows
 
 
@@ -302,6 +304,10 @@ def _model_block(rows: list[Row], bundle: Bundle | None, missing: str, run: dict
             same = thr is not None and abs(thr - validated) <= 1e-9
             text += " (the validated threshold of this artifact)" if same else f" (validated: {validated:.4f})"
         facts.append((f"Threshold, {backend}/{artifact}", text))
+    signatures = sorted({r.signature for r in rows if r.signature}) or (
+        [run["signature"]] if run.get("signature") else [])
+    if signatures:
+        facts.append(("Model bundle", ", ".join(signatures)))
     parts.append('<dl class="facts">' + "".join(f"<dt>{_text(k)}</dt><dd>{_text(v)}</dd>" for k, v in facts) + "</dl>")
     return parts
 

@@ -283,9 +283,15 @@ def test_swapped_model_file_with_the_originals_metadata(signed_export, tmp_path)
                       "requires a bundle signed by a trusted key")
 
 
-def test_valid_signature_over_a_different_bundle_is_refused(signed_export, tiny_bundle, tmp_path, keys):
-    """A genuine signature (trusted key) copied from another bundle onto this one does not vouch for it."""
-    other = shutil.copytree(tiny_bundle, tmp_path / "other")
+@pytest.mark.parametrize("other_kind", ["another-model", "same-model-other-files"])
+def test_valid_signature_over_a_different_bundle_is_refused(signed_export, tiny_bundle, tmp_path, keys, other_kind):
+    """A genuine signature (trusted key) copied from another bundle onto this one does not vouch for it: neither
+    one of another model, nor one of the same model id whose files differ (e.g. an earlier signed release)."""
+    if other_kind == "another-model":
+        other = shutil.copytree(tiny_bundle, tmp_path / "other")
+    else:
+        other = _copy(signed_export, tmp_path / "other", signed=False)
+        (other / "export_report.md").write_text("an earlier release\n")
     sign_bundle(other, keys["trusted"])
     assert load_bundle(other)[0].signature.trusted
     target = _copy(signed_export, tmp_path / "target", signed=False)

@@ -200,7 +200,9 @@ class SignatureStatus:
     key_id: str = ""
     key_source: str = ""
     files: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
+    #: relative path -> sha256 of every file, as hashed and matched against the signature on load (so that
+    #: Bundle.verify need not hash the loaded artifact a second time)
+    hashes: dict[str, str] = field(default_factory=dict, repr=False)
 
     @property
     def trusted(self) -> bool:
@@ -264,7 +266,7 @@ def verify_bundle(root: Path, model_id: str) -> SignatureStatus:
         raise ModelError(f"bundle {root} does not match its signature by {kid} ({what}): modified after signing; "
                          "refusing to run it - reinstall the bundle or sign it again")
     return SignatureStatus(state="signed" if source else "untrusted", key_id=kid, key_source=source,
-                           files=len(files))
+                           files=len(files), hashes=actual)
 
 
 def check_policy(status: SignatureStatus, root: Path, required: bool, why: str = "--require-signed") -> None:

@@ -21,6 +21,8 @@ COMMANDS = {
     "info": ("dermsort.runtime.cli:info", ""),
     "report": ("dermsort.runtime.cli:report", ""),
     "validate": ("dermsort.runtime.cli:validate", ""),
+    "sign": ("dermsort.runtime.sign_cli:sign", ""),
+    "keygen": ("dermsort.runtime.sign_cli:keygen", ""),
     "train": ("dermsort.train.cli:train", "train"),
     "evaluate": ("dermsort.train.cli:evaluate", "train"),
     "fit-gate": ("dermsort.train.cli:fit_gate", "train"),

@@ -25,7 +25,7 @@ from dermsort.runtime.bundle import (Artifact, Bundle, load_bundle, make_artifac
                                      write_manifest)
 from dermsort.runtime.errors import DermsortError
 
-from . import calibration, formats, parity, report, trt_compat
+from . import calibration, formats, parity, report, seal, trt_compat
 from .bundle_io import _check_out, _locked, recover, swap_in
 from .onnx_export import ExportError
 
@@ -170,13 +170,15 @@ def export_bundle(checkpoint: str | os.PathLike, out: str | os.PathLike,
                   labelled: str | os.PathLike | Iterable[str | os.PathLike] = (),
                   allow_parity_failure: bool = False, calib_count: int = 128, labelled_split: str = calibration.GATE_SPLIT,
                   accuracy_control: str = "off", tolerances: parity.Tolerances = parity.Tolerances(),
-                  latency_reps: int = 10, say: Say | None = None) -> Bundle:
+                  latency_reps: int = 10, say: Say | None = None,
+                  sign_key: str | os.PathLike | None = None) -> Bundle:
     """Export a checkpoint into a verified bundle at ``out`` (replacing any bundle there) and return it.
 
     ``calib``: folders of images and/or labels.csv files (their train split) for INT8 calibration.
     ``labelled``: labels.csv files for the parity gate (their ``labelled_split`` rows); default: the
     ``labelled_split`` rows of CSV calibration sources. Without any, the gate does not run and derived
     artifacts are marked unverified. Rejected artifacts are left out unless ``allow_parity_failure``.
+    ``sign_key``: an ed25519 private key (`dermsort keygen`) that signs every file of the new bundle.
     """
     say = say or log.info
     toolkits = formats.parse_list(list(to) if not isinstance(to, str) else to, formats.TOOLKITS, "target (--to)")
@@ -186,6 +188,10 @@ def export_bundle(checkpoint: str | os.PathLike, out: str | os.PathLike,
     labelled_csvs = [labelled] if isinstance(labelled, (str, os.PathLike)) else list(labelled)
     out = Path(os.path.abspath(os.path.expanduser(out)))
     targets = formats.select(toolkits, precs)
+    if sign_key is not None:  # a bad key fails now, not after a long export
+        from dermsort.runtime.signing import load_private_key
+
+        load_private_key(sign_key)
 
     from .checkpoint import load_checkpoint
 
@@ -235,6 +241,10 @@ def export_bundle(checkpoint: str | os.PathLike, out: str | os.PathLike,
                    gate_tensors, gate_labels, gate_csvs, labelled_split, allow_parity_failure,
                    accuracy_control, tolerances, latency_reps, say, gate_datasets)
             _verification_set(work, [r.path for r in gate_rows] or list(calib_files), say)
+            if sign_key is not None:
+                from dermsort.runtime.signing import sign_bundle
+
+                say(f"signed every file of the bundle with key {sign_bundle(work, sign_key)}")
             swap_in(work, out)
         except BaseException:
             shutil.rmtree(work, ignore_errors=True)
@@ -380,6 +390,8 @@ def _build(ckpt: Any, metadata: Any, targets: list[formats.Target], work: Path, 
     if results is None:
         kept[0].parity["status"] = "reference (labelled parity gate did not run)"
     bundle.artifacts = kept
+    # each artifact's final threshold and verdict go into its own file too (cross-checked on every load)
+    seal.embed_artifact_records(work, kept)
 
     gate_info = {"ran": results is not None, "reason": unverified_reason, "labelled": gate_csvs,
                  "split": labelled_split, "n_images": int(len(gate_labels)) if gate_labels is not None else 0,

@@ -131,7 +131,10 @@ def export_engines(bundle_dir: str | os.PathLike, precisions: str | Iterable[str
                             "rejected": rejected, "skipped": skipped, "failed": failed, "parity": gate_info,
                             "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
             _add_engines_to_report(work, kept_arts, rejected, latency, failed)
-            write_manifest(new)
+            write_manifest(new)  # removes the copied signature.json: it does not cover the new engines
+            if bundle.signature.state != "unsigned":
+                say(f"the bundle was {bundle.signature.describe()}; with engines built here it is unsigned (locally "
+                    "built): sign it again with `dermsort sign BUNDLE --key KEY` (a key trusted on this device)")
             swap_in(work, root)
         except BaseException:
             shutil.rmtree(work, ignore_errors=True)

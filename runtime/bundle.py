@@ -17,6 +17,7 @@ from typing import Any
 from .errors import ModelError
 from .fileops import sha256_file
 from .metadata import ModelMetadata
+from .signing import SIGNATURE, SignatureStatus, check_policy, verify_bundle
 
 MANIFEST = "manifest.json"
 BUNDLE_FORMAT = "dermsort-bundle"
@@ -77,6 +78,8 @@ class Bundle:
     reference: str
     created: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    #: who vouches for the bundle (runtime/signing.py): set by load_bundle
+    signature: SignatureStatus = field(default_factory=SignatureStatus)
 
     @property
     def model_id(self) -> str:
@@ -98,7 +101,8 @@ class Bundle:
             path = self.root / rel
             if not path.is_file():
                 raise ModelError(f"model file missing: {path}")
-            actual = sha256_file(path)
+            # a signed bundle's files were all hashed (and matched the signature) when it was loaded
+            actual = self.signature.hashes.get(rel) or sha256_file(path)
             if actual != expected:
                 raise ModelError(
                     f"checksum mismatch for {path}: manifest says {expected[:12]}..., file is {actual[:12]}... "
@@ -133,8 +137,15 @@ def make_artifact(root: str | os.PathLike, rel_path: str, *, name: str, backend:
 
 
 def write_manifest(bundle: Bundle) -> Path:
-    """Write ``manifest.json`` atomically (temp file + fsync + rename)."""
+    """Write ``manifest.json`` atomically (temp file + fsync + rename).
+
+    A signature over the old bundle no longer holds for the new manifest: it is removed (the bundle is now
+    "unsigned (locally built)" until signed again with `dermsort sign`)."""
     target = bundle.root / MANIFEST
+    old_signature = bundle.root / SIGNATURE
+    if old_signature.exists():
+        old_signature.unlink()
+        bundle.signature = SignatureStatus()
     fd, tmp = tempfile.mkstemp(dir=bundle.root, prefix=".manifest.", suffix=".tmp")
     with os.fdopen(fd, "w") as fh:
         json.dump(bundle.manifest_dict(), fh, indent=2, sort_keys=False)
@@ -149,11 +160,13 @@ def write_manifest(bundle: Bundle) -> Path:
     return target
 
 
-def load_bundle(path: str | os.PathLike | None) -> tuple[Bundle, str | None]:
+def load_bundle(path: str | os.PathLike | None, require_signed: bool = False,
+                require_why: str = "--require-signed") -> tuple[Bundle, str | None]:
     """Open a bundle from a folder, its manifest.json, or one artifact file inside it.
 
     Returns the bundle and, when a single artifact file was named, that artifact's name.
-    Raises ModelError with a one-line reason for anything that is not a usable bundle.
+    Raises ModelError with a one-line reason for anything that is not a usable bundle: a signature that does
+    not match it, or (``require_signed``) no signature by a trusted key.
     """
     if path is None:
         path = DEFAULT_BUNDLE
@@ -204,6 +217,8 @@ def load_bundle(path: str | os.PathLike | None) -> tuple[Bundle, str | None]:
                           "integrity"}}
     bundle = Bundle(root=manifest.parent.resolve(), metadata=metadata, artifacts=artifacts,
                     reference=data.get("reference", ""), created=data.get("created", ""), extra=extra)
+    bundle.signature = verify_bundle(bundle.root, str(data.get("model_id", "")))
+    check_policy(bundle.signature, bundle.root, require_signed, require_why)
     name = None
     if chosen is not None:
         matches = [a for a in artifacts if (bundle.root / a.path).resolve() == chosen]

@@ -12,15 +12,16 @@ from typing import Any
 
 import click
 
-from .backends.base import backend_installed, backend_status, get_backend_class, list_backends
+from .backends.base import backend_installed, backend_status, create_backend, get_backend_class, list_backends
 from .bundle import DEFAULT_BUNDLE, load_bundle
 from . import drift, site, site_page
 from .counts import Counts
 from .diagnosis import diagnosis_name, head_summary, is_diagnosis_head, validation_lines
-from .engine import auto_choice, load_profile, open_backend, profile_path, stale_reason
+from .engine import auto_choice, load_profile, open_backend, profile_path, sorts, stale_reason
 from .errors import DermsortError, OutputError
 from .report_page import ReportRefresher, artifact_figures, build_report, reference_artifact, write_report_checked
 from .scan import Candidate, ScanNotes, default_out, scan
+from .signing import REQUIRE_ENV, require_signed_setting, trusted_key_dirs
 from .sorter import SortOptions, Sorter
 
 #: what sort/watch can run; the torch backend is a reference for bench/evaluate (never imported here)
@@ -39,6 +40,32 @@ class Interrupted(DermsortError):
     go on (e.g. wipe the card) as if the folder were done."""
 
     exit_code = 130
+
+
+def _remember_require_signed(ctx: click.Context, param: click.Parameter, value: bool) -> bool:
+    ctx.meta["dermsort.require_signed"] = value
+    return value
+
+
+#: kept in the click context (not a parameter of every command): read by ``_signature_policy``
+_REQUIRE_SIGNED = click.option(
+    "--require-signed", is_flag=True, expose_value=False, callback=_remember_require_signed,
+    help=f"Refuse a model bundle that no trusted key signed (also: {REQUIRE_ENV}=1, or require_signed = true in "
+         "/etc/dermsort/config.toml or ~/.config/dermsort/config.toml).")
+
+
+def _signature_policy() -> tuple[bool, str]:
+    """(unsigned bundles refused?, who said so): --require-signed, else the environment / config files."""
+    ctx = click.get_current_context(silent=True)
+    if ctx is not None and ctx.meta.get("dermsort.require_signed"):
+        return True, "--require-signed"
+    required, where = require_signed_setting()
+    return required, f"require_signed in {where}" if where.endswith(".toml") else where
+
+
+def _load_bundle(model: Path | None) -> tuple[Any, str | None]:
+    required, why = _signature_policy()
+    return load_bundle(model, require_signed=required, require_why=why)
 
 
 def _model_options(fn):
@@ -70,6 +97,7 @@ def _model_options(fn):
                           "Default: $XDG_CONFIG_HOME/dermsort/site-profile.json if that file exists."),
         click.option("--no-site-profile", "no_site_profile", is_flag=True,
                      help="Ignore the default site profile (use the validated threshold)."),
+        _REQUIRE_SIGNED,
     ]
     for option in reversed(options):
         fn = option(fn)
@@ -94,7 +122,7 @@ def _prepare(folder: Path, out: Path | None, backend: str, precision: str, model
     out = out if out is not None else default_out(folder)
     opts = SortOptions(out=out, move=move, recursive=recursive, dry_run=dry_run, threshold=threshold,
                        batch_size=batch_size, workers=workers, allow_rejected=allow_rejected, keep_tree=keep_tree)
-    bundle, artifact_name = load_bundle(model)
+    bundle, artifact_name = _load_bundle(model)
     profile = site.find_profile(site_profile, no_site_profile)
     if profile is not None:
         site.check_profile(profile, bundle)
@@ -111,6 +139,7 @@ def _prepare(folder: Path, out: Path | None, backend: str, precision: str, model
         engine.close()
         raise
     _warn_threshold(engine, threshold)
+    _warn_signature(bundle, engine)
     return bundle, engine, opts, profile
 
 
@@ -125,6 +154,19 @@ def _drift(bundle: Any, engine: Any, opts: SortOptions, profile: Any, decisions:
 def _record_drift(result: dict[str, Any], bundle: Any, engine: Any, opts: SortOptions, folder: Path) -> None:
     drift.record(result, opts.out, {"input": str(folder), "out": str(opts.out), "model_id": bundle.model_id,
                                     "artifact": engine.artifact.name, "site_profile": opts.site_profile})
+
+
+def _warn_signature(bundle: Any, engine: Any) -> None:
+    """Say when nothing but recomputable checks stand between an edited bundle and the decisions."""
+    status = bundle.signature
+    if status.state == "untrusted":
+        click.echo(f"WARNING: the model bundle is signed by key {status.key_id}, which is not trusted here: it is "
+                   f"treated as unsigned (to trust it, put its public key in {trusted_key_dirs()[-1]}).", err=True)
+    if engine.embedded_check != "ok" and not status.trusted:
+        click.echo(f"WARNING: {engine.artifact.path} carries no embedded threshold (bundle exported before dermsort "
+                   f"wrote them, or a format without metadata) and the bundle is {status.describe()}: its threshold "
+                   f"{engine.artifact.threshold:.4f} is checked only against the manifest; re-export the bundle or "
+                   "sign it (`dermsort sign`).", err=True)
 
 
 def _warn_threshold(engine: Any, threshold: float | None) -> None:
@@ -147,6 +189,7 @@ def _print_summary(summary: Any, bundle: Any, opts: SortOptions, as_json: bool, 
                    drift_result: dict[str, Any] | None = None) -> None:
     data = summary.to_dict()
     data.update({"model_id": bundle.model_id, "development_model": bundle.metadata.development_model,
+                 "signature": bundle.signature.describe(),
                  "out": str(opts.out), "dry_run": dry_run, "mode": "move" if opts.move else "copy",
                  "report": str(report) if report else None,
                  "site_profile": profile.summary() if profile is not None else None, "drift": drift_result})
@@ -170,6 +213,7 @@ def _print_summary(summary: Any, bundle: Any, opts: SortOptions, as_json: bool, 
                 if summary.threshold_overridden else "")
     echo(f"model {bundle.model_id} on {backend.get('backend')}/{backend.get('artifact')} "
          f"({backend.get('device')}), threshold {summary.threshold:.4f}{override}")
+    echo(f"model bundle {bundle.signature.describe()}")
     if profile is not None:
         echo(profile.line())
     if drift_result is not None:
@@ -244,7 +288,7 @@ def _run_info(bundle: Any, opts: SortOptions, left_in_place: list[dict[str, str]
               ignored: list[dict[str, str]], profile: Any = None, drift_result: dict[str, Any] | None = None
               ) -> dict[str, Any]:
     """What the review page needs beyond results.csv (see runtime/report_page.py)."""
-    return {"bundle": str(bundle.root), "model_id": bundle.model_id,
+    return {"bundle": str(bundle.root), "model_id": bundle.model_id, "signature": bundle.signature.describe(),
             "threshold_overridden": opts.threshold is not None, "threshold": opts.threshold,
             "left_in_place": list(left_in_place), "ignored": list(ignored),
             "site_profile": profile.summary() if profile is not None else None,
@@ -519,15 +563,31 @@ def _both_onnxruntime_builds() -> str:
             '(pip uninstall onnxruntime for CUDA/Jetson, or onnxruntime-gpu for CPU)')
 
 
+def _embedded_threshold_check(bundle: Any, art: Any) -> str:
+    """Load ``art`` with its own backend (if installed) to compare its threshold with the one inside the file:
+    "ok", "not embedded", "backend not installed" or "FAILED: why"."""
+    if not backend_installed(art.backend)[0] or not sorts(art.backend):
+        return "backend not installed"
+    try:
+        engine = create_backend(art.backend, bundle, art).load()
+    except DermsortError as exc:
+        return f"FAILED: {exc}"
+    except Exception as exc:  # e.g. an engine for another GPU: not this check's business
+        return f"not checked ({type(exc).__name__})"
+    engine.close()
+    return engine.embedded_check
+
+
 @click.command()
 @click.option("--model", "model", type=click.Path(path_type=Path), default=None,
               help="Model bundle (default: the bundled model).")
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
 @click.option("--site-profile", "site_profile", type=click.Path(path_type=Path), default=None,
               help="Show this site profile (default: $XDG_CONFIG_HOME/dermsort/site-profile.json if it exists).")
+@_REQUIRE_SIGNED
 def info(model: Path | None, as_json: bool, site_profile: Path | None) -> None:
     """Show the model's metadata and which backends can run here (and why others cannot)."""
-    bundle, _ = load_bundle(model)
+    bundle, _ = _load_bundle(model)
     profile = site.find_profile(site_profile)
     if profile is not None:
         site.check_profile(profile, bundle)
@@ -546,13 +606,14 @@ def info(model: Path | None, as_json: bool, site_profile: Path | None) -> None:
     both = _both_onnxruntime_builds()
     if both:
         backends["onnxruntime"]["detail"] += f"; WARNING: {both}"
-    checks = {}
+    checks, embedded = {}, {}
     for art in bundle.artifacts:
         try:
             bundle.verify(art)
             checks[art.name] = "ok"
         except DermsortError as exc:
             checks[art.name] = f"FAILED: {exc}"
+        embedded[art.name] = _embedded_threshold_check(bundle, art) if checks[art.name] == "ok" else "not checked"
     site_info = profile
     profile = load_profile().get("models", {}).get(bundle.model_id)
     stale = stale_reason(profile, bundle) if isinstance(profile, dict) else ""
@@ -565,11 +626,13 @@ def info(model: Path | None, as_json: bool, site_profile: Path | None) -> None:
             "metadata": meta.to_dict(), "artifacts": [
                 {"name": a.name, "backend": a.backend, "precision": a.precision, "threshold": a.threshold,
                  "size_bytes": a.size_bytes, "sha256": a.sha256, "accepted": a.accepted, "override": a.override,
-                 "checksum": checks[a.name], "figures": artifact_figures(bundle, a.name)} for a in bundle.artifacts],
+                 "checksum": checks[a.name], "figures": artifact_figures(bundle, a.name),
+                 "embedded_threshold": embedded[a.name]} for a in bundle.artifacts],
             "head": head_summary(meta.classes, meta.malignant_classes), "classes": list(meta.classes),
             "backends": backends, "machine_profile": {"path": str(profile_path()), "entry": profile, "stale": stale},
             "site_profile": site_info.summary() if site_info is not None else None,
-            "site_profile_default": str(site.default_profile_path()), "recent_runs": runs}
+            "site_profile_default": str(site.default_profile_path()), "recent_runs": runs,
+            "signature": bundle.signature.to_dict()}
     if as_json:
         click.echo(json.dumps(data, indent=2))
         return
@@ -578,6 +641,9 @@ def info(model: Path | None, as_json: bool, site_profile: Path | None) -> None:
     if meta.development_model:
         click.echo("status       DEVELOPMENT MODEL - not validated for clinical use")
     click.echo(f"bundle       {bundle.root}")
+    click.echo(f"signature    {bundle.signature.describe()}"
+               + (f"  (trusted key {bundle.signature.key_source}; {bundle.signature.files} files)"
+                  if bundle.signature.trusted else ""))
     click.echo(f"classes      {', '.join(meta.classes)}  (malignant: {', '.join(meta.malignant_classes)})")
     if is_diagnosis_head(meta.classes):
         click.echo(f"head         diagnosis ({len(meta.classes)} classes); P(malignant) = sum of "
@@ -627,7 +693,8 @@ def info(model: Path | None, as_json: bool, site_profile: Path | None) -> None:
         gate = next(x for x in bundle.artifacts if x.name == a["name"]).parity or {}  # one data set for all
         click.echo(f"  {a['name']:18s} {a['backend']:12s} {a['precision']:5s} thr {a['threshold']:.4f} "
                    f"gate sens {fmt(gate.get('sensitivity'), None)} spec {fmt(gate.get('specificity'), None)} "
-                   f"{a['size_bytes'] / 1e6:6.1f} MB  sha256 {a['sha256'][:12]}  checksum {a['checksum']}  {state}")
+                   f"{a['size_bytes'] / 1e6:6.1f} MB  sha256 {a['sha256'][:12]}  checksum {a['checksum']}  {state}  "
+                   f"embedded threshold {a['embedded_threshold']}")
     click.echo("backends")
     for name, st in backends.items():
         click.echo(f"  {name:12s} {'yes' if st['available'] else 'no ':3s}  {st['detail']}")

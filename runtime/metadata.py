@@ -14,6 +14,10 @@ from typing import Any
 SCHEMA_VERSION = 1
 #: key under which the JSON-encoded metadata lives in ONNX ``metadata_props``
 ONNX_METADATA_KEY = "dermsort"
+#: key of the per-artifact decision record (JSON: artifact name -> {"threshold", "rejected"}) in the same
+#: places (ONNX ``metadata_props``, OpenVINO ``rt_info``): written by the export after the parity gate set each
+#: artifact's threshold, so the number the sorter applies lives inside the checksummed model file too
+ARTIFACT_RECORD_KEY = "dermsort_artifacts"
 
 
 @dataclass

@@ -60,6 +60,8 @@ class Row:
     site_profile: str = ""
     #: results.csv ``status`` (e.g. "superseded by DEST ..."); empty normally
     status: str = ""
+    #: results.csv's ``signature``: who vouched for the bundle that decided (empty for older rows)
+    signature: str = ""
 
     @property
     def problem(self) -> bool:
@@ -107,7 +109,7 @@ def read_rows(out: Path) -> list[Row]:
                             artifact=_cell(r.get("artifact")), model_id=_cell(r.get("model_id")),
                             time=_cell(r.get("time")), reason=_cell(r.get("reason")), top_dx=_cell(r.get("top_dx")),
                             top_dx_p=_float(r.get("top_dx_p")), site_profile=_cell(r.get("site_profile")),
-                            status=_cell(r.get("status"))))
+                            status=_cell(r.get("status")), signature=_cell(r.get("signature"))))
     return rows
 
 
@@ -359,6 +361,10 @@ def _model_block(rows: list[Row], bundle: Bundle | None, missing: str, run: dict
         facts.append(("Site profile", run.get("site_profile_line") or ", ".join(site_rows)))
     if run.get("drift_line"):
         facts.append(("Drift check", run["drift_line"]))
+    signatures = sorted({r.signature for r in rows if r.signature}) or (
+        [run["signature"]] if run.get("signature") else [])
+    if signatures:
+        facts.append(("Model bundle", ", ".join(signatures)))
     parts.append('<dl class="facts">' + "".join(f"<dt>{_text(k)}</dt><dd>{_text(v)}</dd>" for k, v in facts) + "</dl>")
     return parts
 

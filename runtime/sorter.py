@@ -165,6 +165,8 @@ class Sorter:
             raise DermsortError(f"threshold {self.threshold} is outside (0, 1]")
         #: False only when a gate-rejected artifact was explicitly allowed (engine.open_backend refuses it otherwise)
         self.artifact_accepted = not backend.artifact.rejected
+        #: who vouches for the bundle ("signed by KEY-ID" / "unsigned (locally built)"), on every row
+        self.signature = backend.bundle.signature.describe()
         self.stop = stop or threading.Event()
         self.state_dir = self.out / STATE_DIR
         self.tmp_dir = self.state_dir / "tmp"
@@ -520,6 +522,7 @@ class Sorter:
                "threshold_overridden": self.options.threshold is not None,
                "backend": info.get("backend"), "artifact": info.get("artifact"), "precision": info.get("precision"),
                "artifact_accepted": self.artifact_accepted,
+               "signature": self.signature,
                "model_id": self.metadata.model_id, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                "reason": reason, "mode": "move" if self.options.move else "copy", "run_id": self.run_id,
                "host": socket.gethostname(), "dest": "", "top_dx": top[0], "top_dx_p": top[1],

@@ -10,6 +10,6 @@ DEST=${1:-${DERMSORT_WHEELHOUSE:-$HOME/.cache/dermsort/wheelhouse}}
 PYTHON=${PYTHON:-python3}
 mkdir -p "$DEST"
 "$PYTHON" -m pip download --disable-pip-version-check --only-binary=:all: --dest "$DEST" \
-    "onnxruntime>=1.17" "numpy>=1.24" "pillow>=10.0" "click>=8.1" "setuptools>=64" wheel
+    "onnxruntime>=1.17" "numpy>=1.24" "pillow>=10.0" "click>=8.1" "cryptography>=41" "setuptools>=64" wheel
 "$PYTHON" -m pip download --disable-pip-version-check --only-binary=:all: --dest "$DEST" "onnxruntime-gpu>=1.17"
 echo "wheelhouse: $DEST"

@@ -6,13 +6,14 @@ Used by the runtime tests, which must not depend on export/ (it has its own test
 from __future__ import annotations
 
 import glob
+import json
 import os
 from pathlib import Path
 
 import numpy as np
 
 from dermsort.runtime.bundle import Bundle, make_artifact, write_manifest
-from dermsort.runtime.metadata import ONNX_METADATA_KEY, ModelMetadata, PreprocessSpec, Validation
+from dermsort.runtime.metadata import ARTIFACT_RECORD_KEY, ONNX_METADATA_KEY, ModelMetadata, PreprocessSpec, Validation
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -59,9 +60,14 @@ def make_tiny_bundle(root: Path, openvino: bool = True, classes: list[str] | Non
     with torch.no_grad():
         p_mal = model(torch.from_numpy(batch))[:, meta.malignant_indices()].sum(dim=1).numpy()
     meta.threshold = float(np.median(p_mal))
+
+    def artifact_record(name: str) -> str:
+        return json.dumps({name: {"threshold": meta.threshold, "rejected": False}})
+    # as the export writes them: the metadata, and each artifact's threshold and gate verdict (export/seal.py)
     proto = onnx.load(str(onnx_path))
-    entry = proto.metadata_props.add()
-    entry.key, entry.value = ONNX_METADATA_KEY, meta.to_json()
+    for key, value in ((ONNX_METADATA_KEY, meta.to_json()), (ARTIFACT_RECORD_KEY, artifact_record("onnx-fp32"))):
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
     onnx.save(proto, str(onnx_path))
     artifacts = [make_artifact(root, "model.onnx", name="onnx-fp32", backend="onnxruntime", precision="fp32",
                                threshold=meta.threshold)]
@@ -69,7 +75,10 @@ def make_tiny_bundle(root: Path, openvino: bool = True, classes: list[str] | Non
         import openvino as ov
 
         os.makedirs(root / "openvino", exist_ok=True)
-        ov.save_model(ov.convert_model(str(onnx_path)), str(root / "openvino" / "model_fp16.xml"), compress_to_fp16=True)
+        ir = ov.convert_model(str(onnx_path))
+        ir.set_rt_info(meta.to_json(), ONNX_METADATA_KEY)
+        ir.set_rt_info(artifact_record("openvino-fp16"), ARTIFACT_RECORD_KEY)
+        ov.save_model(ir, str(root / "openvino" / "model_fp16.xml"), compress_to_fp16=True)
         artifacts.append(make_artifact(root, "openvino/model_fp16.xml", name="openvino-fp16", backend="openvino",
                                        precision="fp16", threshold=meta.threshold,
                                        extra_files=["openvino/model_fp16.bin"]))

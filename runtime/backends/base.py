@@ -76,11 +76,18 @@ class Backend(ABC):
     #: the metadata JSON embedded in the artifact itself (ONNX metadata_props / OpenVINO rt_info), set by
     #: ``_load_impl`` where the format carries it; cross-checked against the manifest on load
     embedded_metadata: str | None = None
+    #: the per-artifact record (ARTIFACT_RECORD_KEY: each artifact's threshold and gate verdict) embedded in the
+    #: same place; None in a bundle exported before it existed, and in formats that carry none (TensorRT)
+    embedded_artifacts: str | None = None
+    #: what the load-time cross-check found: "ok" (thresholds embedded and equal), "not embedded" (older
+    #: bundle, or a format without metadata): the CLI warns about the latter unless a trusted key signed it
+    embedded_check: str = "not embedded"
 
     def load(self) -> "Backend":
         if not self._loaded:
             self._load_impl()
             self._check_embedded()
+            self._check_embedded_artifact()
             self._loaded = True
         return self
 
@@ -100,6 +107,29 @@ class Backend(ABC):
         if differ:
             raise ModelError(f"the manifest's {', '.join(differ)} differ from the metadata inside {self.artifact.path} "
                              "(edited manifest?); refusing to run it - re-export or reinstall the model")
+
+    def _check_embedded_artifact(self) -> None:
+        """The threshold the sorter applies (the manifest's ``artifacts[*].threshold``) and the gate verdict must
+        equal the ones the export wrote into the model file itself."""
+        if not self.embedded_artifacts:
+            self.embedded_check = "not embedded"
+            return
+        name, path = self.artifact.name, self.artifact.path
+        try:
+            record = json.loads(self.embedded_artifacts)[name]
+            embedded_threshold = float(record["threshold"])
+            embedded_rejected = bool(record["rejected"])
+        except (ValueError, KeyError, TypeError):
+            raise ModelError(f"{path} carries no readable threshold for artifact {name} (renamed or edited "
+                             "manifest?); refusing to run it - re-export or reinstall the model") from None
+        if embedded_threshold != float(self.artifact.threshold):
+            raise ModelError(f"the manifest's threshold {self.artifact.threshold:.6g} for {name} differs from the "
+                             f"threshold {embedded_threshold:.6g} inside {path} (edited manifest?); refusing to run "
+                             "it - re-export or reinstall the model")
+        if embedded_rejected != self.artifact.rejected:
+            raise ModelError(f"the manifest's parity-gate verdict for {name} differs from the one inside {path} "
+                             "(edited manifest?); refusing to run it - re-export or reinstall the model")
+        self.embedded_check = "ok"
 
     @abstractmethod
     def _load_impl(self) -> None: ...

@@ -11,7 +11,7 @@ import numpy as np
 
 from ..bundle import sha256_file
 from ..engine import compiled_cache_dir, cpu_fingerprint
-from ..metadata import ONNX_METADATA_KEY
+from ..metadata import ARTIFACT_RECORD_KEY, ONNX_METADATA_KEY
 from .base import Backend, BackendSpec
 
 log = logging.getLogger(__name__)
@@ -68,7 +68,9 @@ class OnnxRuntimeBackend(Backend):
         self.providers = self.session.get_providers()
         if self.device == "cuda" and "CUDAExecutionProvider" not in self.providers:
             log.warning("CUDA requested but ONNX Runtime runs on %s", self.providers)
-        self.embedded_metadata = self.session.get_modelmeta().custom_metadata_map.get(ONNX_METADATA_KEY)
+        embedded = self.session.get_modelmeta().custom_metadata_map
+        self.embedded_metadata = embedded.get(ONNX_METADATA_KEY)
+        self.embedded_artifacts = embedded.get(ARTIFACT_RECORD_KEY)
         self.input_name = self.session.get_inputs()[0].name
         self.input_type = self.session.get_inputs()[0].type
         log.info("onnxruntime session for %s on %s (optimised-graph cache: %s)", self.artifact.name, self.providers,

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from ..engine import compiled_cache_dir
-from ..metadata import ONNX_METADATA_KEY
+from ..metadata import ARTIFACT_RECORD_KEY, ONNX_METADATA_KEY
 from .base import Backend, BackendSpec
 
 
@@ -50,6 +50,8 @@ class OpenVinoBackend(Backend):
         model = core.read_model(os.fspath(self.bundle.artifact_path(self.artifact)))
         if model.has_rt_info(ONNX_METADATA_KEY):
             self.embedded_metadata = model.get_rt_info(ONNX_METADATA_KEY).astype(str)
+        if model.has_rt_info(ARTIFACT_RECORD_KEY):
+            self.embedded_artifacts = model.get_rt_info(ARTIFACT_RECORD_KEY).astype(str)
         size = self.metadata.preprocess.input_size
         model.reshape({model.inputs[0].get_any_name(): ov.PartialShape([-1, 3, size, size])})
         config = {"PERFORMANCE_HINT": "LATENCY"}

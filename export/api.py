@@ -99,19 +99,27 @@ def _target_sensitivity(metadata: Any) -> float:
 
 
 def _gate(bundle: Bundle, reference: Artifact, candidates: list[Artifact], tensors: np.ndarray,
-          malignant: np.ndarray, tolerances: parity.Tolerances, say: Say) -> dict[str, parity.ParityResult]:
+          malignant: np.ndarray, tolerances: parity.Tolerances, say: Say,
+          ood_tensors: np.ndarray | None = None) -> dict[str, parity.ParityResult]:
+    """The parity gate. A gated model's not-dermoscopy decisions are compared too, on the labelled images
+    and ``ood_tensors`` (non-dermoscopy images): see parity.add_gate_parity."""
     target = _target_sensitivity(bundle.metadata)
-    p_ref, ref_backend = parity.predict_p_malignant(bundle, reference, tensors)
+    gated = bundle.metadata.gate.enabled
+    every = tensors if ood_tensors is None or not gated else np.concatenate([tensors, ood_tensors])
+    n = len(tensors)
+    p_ref, g_ref, ref_backend = parity.predict_scores(bundle, reference, every)
+    p_ref = p_ref[:n]
     results = {reference.name: parity.reference_result(reference.name, p_ref, malignant, reference.threshold,
                                                        ref_backend, target_sensitivity=target)}
     say(results[reference.name].message)
     for art in candidates:
-        p_art, described = parity.predict_p_malignant(bundle, art, tensors)
+        p_art, g_art, described = parity.predict_scores(bundle, art, every)
         row = next((t for t in formats.TARGETS if t.name == art.name), None)
-        results[art.name] = parity.compare(art.name, p_art, p_ref, malignant, reference.threshold,
-                                           reference=reference.name, tolerances=tolerances,
-                                           atol=row.atol if row else None, backend=described,
-                                           target_sensitivity=target)
+        results[art.name] = parity.add_gate_parity(
+            parity.compare(art.name, p_art[:n], p_ref, malignant, reference.threshold, reference=reference.name,
+                           tolerances=tolerances, atol=row.atol if row else None, backend=described,
+                           target_sensitivity=target),
+            g_art, g_ref, bundle.metadata.gate.threshold)
         say(results[art.name].message)
     return results
 
@@ -171,7 +179,7 @@ def export_bundle(checkpoint: str | os.PathLike, out: str | os.PathLike,
                   allow_parity_failure: bool = False, calib_count: int = 128, labelled_split: str = calibration.GATE_SPLIT,
                   accuracy_control: str = "off", tolerances: parity.Tolerances = parity.Tolerances(),
                   latency_reps: int = 10, say: Say | None = None,
-                  sign_key: str | os.PathLike | None = None) -> Bundle:
+                  sign_key: str | os.PathLike | None = None, ood: str | os.PathLike | None = None) -> Bundle:
     """Export a checkpoint into a verified bundle at ``out`` (replacing any bundle there) and return it.
 
     ``calib``: folders of images and/or labels.csv files (their train split) for INT8 calibration.
@@ -179,6 +187,8 @@ def export_bundle(checkpoint: str | os.PathLike, out: str | os.PathLike,
     ``labelled_split`` rows of CSV calibration sources. Without any, the gate does not run and derived
     artifacts are marked unverified. Rejected artifacts are left out unless ``allow_parity_failure``.
     ``sign_key``: an ed25519 private key (`dermsort keygen`) that signs every file of the new bundle.
+    ``ood``: a folder with ood.csv (non-dermoscopy images); a gated model's parity gate also compares the
+    not-dermoscopy decisions of every artifact on its ``labelled_split`` images.
     """
     say = say or log.info
     toolkits = formats.parse_list(list(to) if not isinstance(to, str) else to, formats.TOOLKITS, "target (--to)")
@@ -223,6 +233,15 @@ def export_bundle(checkpoint: str | os.PathLike, out: str | os.PathLike,
         gate_datasets = calibration.per_dataset(gate_rows[i] for i in kept)
         if not 0 < gate_labels.sum():
             raise DermsortError("the labelled gate set has no malignant image: sensitivity cannot be checked")
+    ood_tensors = None
+    if ood is not None and metadata.gate.enabled:
+        from dermsort.runtime.ood import read_ood
+
+        ood_rows = read_ood(ood, labelled_split)
+        ood_tensors, _ = calibration.load_tensors([Path(r["path"]) for r in ood_rows], spec, skip_concerns=False)
+        say(f"{len(ood_tensors)} non-dermoscopy {labelled_split} images for the not-dermoscopy gate's parity")
+    elif metadata.gate.enabled and gate_rows:
+        say("note: no --ood images: the not-dermoscopy gate's parity is checked on the labelled images only")
     if not calib_files:
         # no INT8: the images only feed the ONNX-vs-torch check (and latency); labelled ones if given
         calib_tensors = gate_tensors[:32] if gate_tensors is not None else _check_inputs(spec)
@@ -239,7 +258,7 @@ def export_bundle(checkpoint: str | os.PathLike, out: str | os.PathLike,
         try:
             _build(ckpt, metadata, targets, work, calib_tensors, calib_files, calib_sources,
                    gate_tensors, gate_labels, gate_csvs, labelled_split, allow_parity_failure,
-                   accuracy_control, tolerances, latency_reps, say, gate_datasets)
+                   accuracy_control, tolerances, latency_reps, say, gate_datasets, ood_tensors)
             _verification_set(work, [r.path for r in gate_rows] or list(calib_files), say)
             if sign_key is not None:
                 from dermsort.runtime.signing import sign_bundle
@@ -276,7 +295,7 @@ def _build(ckpt: Any, metadata: Any, targets: list[formats.Target], work: Path, 
            calib_files: list[Path], calib_sources: list[Any], gate_tensors: np.ndarray | None,
            gate_labels: np.ndarray | None, gate_csvs: list[str], labelled_split: str, allow_parity_failure: bool,
            accuracy_control: str, tolerances: parity.Tolerances, latency_reps: int, say: Say,
-           gate_datasets: dict[str, dict[str, int]] | None = None) -> Bundle:
+           gate_datasets: dict[str, dict[str, int]] | None = None, ood_tensors: np.ndarray | None = None) -> Bundle:
     from . import onnx_export, openvino_export, tensorrt_export
 
     reference = formats.target(formats.REFERENCE)
@@ -359,7 +378,7 @@ def _build(ckpt: Any, metadata: Any, targets: list[formats.Target], work: Path, 
     unverified_reason = ""
     if gate_tensors is not None:
         say(f"parity gate on {len(gate_labels)} labelled images ({int(gate_labels.sum())} malignant)")
-        results = _gate(bundle, artifacts[0], artifacts[1:], gate_tensors, gate_labels, tolerances, say)
+        results = _gate(bundle, artifacts[0], artifacts[1:], gate_tensors, gate_labels, tolerances, say, ood_tensors)
     else:
         unverified_reason = "parity gate did not run (no labelled set: pass --labelled labels.csv)"
         say(f"WARNING: {unverified_reason}; derived artifacts are marked unverified")

@@ -117,6 +117,9 @@ def load_checkpoint(path: str | os.PathLike) -> LoadedCheckpoint:
             train_error = exc
             log.info("%s could not load %s (%s); trying the next loader", where, path, exc)
     raw = read_checkpoint(path)
+    if raw.get("gate"):  # the rebuild below knows no gate: exporting without it would drop a safety check
+        raise ModelError(f"checkpoint {path} carries a not-dermoscopy gate that dermsort.train could not load "
+                         f"({train_error}); install dermsort[train] from the checkout that fitted it")
     architecture, num_classes = str(raw["architecture"]), int(raw["num_classes"])
     model, builder = None, ""
     build_model = getattr(train_models, "build_model", None)

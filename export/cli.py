@@ -100,11 +100,14 @@ def _tolerances(max_sensitivity_drop: float, max_specificity_drop: float, max_fl
 @click.option("--sign-key", "sign_key", type=click.Path(exists=True, dir_okay=False), default=None,
               help="ed25519 private key (`dermsort keygen`) that signs every file of the bundle; the runtime "
                    "verifies it against its trusted public keys (docs/RELIABILITY.md, model integrity).")
+@click.option("--ood", "ood", type=click.Path(exists=True), default=None,
+              help="Folder with ood.csv (non-dermoscopy images): a gated model's parity gate also compares every "
+                   "artifact's not-dermoscopy decisions on its --labelled-split images.")
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest's artifact list as JSON on stdout.")
 def export(checkpoint: str, out: str, to: str, precision: str, calib: tuple[str, ...], labelled: tuple[str, ...],
            labelled_split: str, calib_count: int, allow_parity_failure: bool, accuracy_control: str,
            max_sensitivity_drop: float, max_specificity_drop: float, max_flip_rate: float, sign_key: str | None,
-           as_json: bool) -> None:
+           ood: str | None, as_json: bool) -> None:
     """Export a training checkpoint to a verified model bundle (ONNX, OpenVINO, TensorRT)."""
     from .api import export_bundle
 
@@ -114,7 +117,7 @@ def export(checkpoint: str, out: str, to: str, precision: str, calib: tuple[str,
                                calib_count=calib_count, labelled_split=labelled_split,
                                accuracy_control=accuracy_control,
                                tolerances=_tolerances(max_sensitivity_drop, max_specificity_drop, max_flip_rate),
-                               say=_say, sign_key=sign_key)
+                               say=_say, sign_key=sign_key, ood=ood)
     info = bundle.extra.get("export", {})
     _finish(bundle, as_json, [r["name"] for r in info.get("rejected", [])] + list(info.get("failed", {})),
             info.get("skipped", {}))

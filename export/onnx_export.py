@@ -149,6 +149,17 @@ QUANT_EXTRA_OPTIONS = {
 QUANT_U8S8_EXTRA_OPTIONS = {"ActivationSymmetric": False, "WeightSymmetric": True, "QuantizeBias": False}
 
 
+#: ONNX node names of the wrapped classifier (train/gate.py ``GatedClassifier.model``); the rest is the gate
+CLASSIFIER_SCOPE = "/model/"
+
+
+def gate_nodes(graph: Any, metadata: ModelMetadata) -> list[str]:
+    """Names of the nodes outside the classifier of a gated model (none for a model without a gate)."""
+    if not metadata.gate.enabled:
+        return []
+    return [n.name for n in graph.node if n.name and not n.name.startswith(CLASSIFIER_SCOPE)]
+
+
 def quantize_int8(src: Path, dst: Path, metadata: ModelMetadata, calib_tensors: np.ndarray,
                   form: str = "s8s8") -> dict[str, Any]:
     """Static INT8, QDQ format, per-channel weights, calibrated on real preprocessed images.
@@ -176,6 +187,9 @@ def quantize_int8(src: Path, dst: Path, metadata: ModelMetadata, calib_tensors: 
         graph = onnx.load(os.fspath(prepped)).graph
         # the softmax output is the probability itself: quantising it would coarsen p near the threshold
         softmax = [n.name for n in graph.node if n.op_type == "Softmax"]
+        # the not-dermoscopy gate's few ops on the penultimate features stay float: calibration sees only
+        # dermoscopy images, so INT8 ranges would clip exactly the images the gate exists for
+        softmax += gate_nodes(graph, metadata)
         quantize_static(os.fspath(prepped), os.fspath(Path(work) / "int8.onnx"),
                         ort_reader(calib_tensors, metadata.input_name), quant_format=QuantFormat.QDQ,
                         per_channel=True,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -11,6 +12,8 @@ from typing import Any, Callable
 import numpy as np
 
 from dermsort.runtime.metadata import ONNX_METADATA_KEY, ModelMetadata
+
+from .onnx_export import CLASSIFIER_SCOPE
 
 log = logging.getLogger(__name__)
 
@@ -106,8 +109,12 @@ def export_int8(onnx_path: Path, xml_path: Path, metadata: ModelMetadata, calib_
         say("openvino-int8: accuracy control needs a labelled set with both classes; using plain nncf.quantize")
     # full (not fast) bias correction: on the v2 default model it halved the decision flips of plain PTQ
     # (41 -> 24 of 1,276 gate images; `python -m dermsort.export.quant_study`, docs/EXPORT.md) for ~1 min more
+    # the not-dermoscopy gate stays float (export/onnx_export.py gate_nodes says why)
+    ignored = (nncf.IgnoredScope(patterns=[f"^(?!{re.escape(CLASSIFIER_SCOPE)}).*"], validate=False)
+               if metadata.gate.enabled else nncf.IgnoredScope())
+    info["ignored_scope"] = "not-dermoscopy gate ops (outside /model/)" if metadata.gate.enabled else "none"
     quantized = nncf.quantize(fp32, calibration, subset_size=subset, preset=nncf.QuantizationPreset.PERFORMANCE,
-                              fast_bias_correction=False) \
+                              fast_bias_correction=False, ignored_scope=ignored) \
         if accuracy_control != "on" or not can_control else None
     if can_control and accuracy_control in ("auto", "on"):
         tensors, labels = labelled  # type: ignore[misc]
@@ -141,7 +148,7 @@ def export_int8(onnx_path: Path, xml_path: Path, metadata: ModelMetadata, calib_
             quantized = nncf.quantize_with_accuracy_control(
                 fp32, calibration, validation, validation_fn=agreement, max_drop=max_flip_rate,
                 drop_type=nncf.DropType.ABSOLUTE, subset_size=subset, preset=nncf.QuantizationPreset.PERFORMANCE,
-                fast_bias_correction=False, advanced_accuracy_restorer_parameters=AdvancedAccuracyRestorerParameters(
+                fast_bias_correction=False, ignored_scope=ignored, advanced_accuracy_restorer_parameters=AdvancedAccuracyRestorerParameters(
                     ranking_subset_size=min(len(labels), 300)))
             final = compare("openvino-int8", p_malignant(quantized, tensors), p_ref, labels, metadata.threshold,
                             tolerances=tolerances, target_sensitivity=target)

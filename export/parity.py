@@ -136,6 +136,12 @@ class ParityResult:
     #: what the artifact would do at the reference's threshold, without recalibration
     sensitivity_at_reference_threshold: float | None = None
     flips_at_reference_threshold: int | None = None
+    #: the not-dermoscopy gate (gated models): decisions compared on dermoscopy and non-dermoscopy images;
+    #: out -> in (the reference rejects, the artifact lets it through) counts like a malignant-to-benign flip
+    gate_images: int | None = None
+    gate_out_to_in: int | None = None
+    gate_in_to_out: int | None = None
+    gate_max_abs_diff: float | None = None
     max_abs_diff: float | None = None
     mean_abs_diff: float | None = None
     #: expected max |p diff| for this precision (informational; the gate uses sensitivity and flips)
@@ -168,15 +174,56 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def predict_scores(bundle: Bundle, artifact: Artifact, tensors: np.ndarray, batch_size: int = 16
+                   ) -> tuple[np.ndarray, np.ndarray | None, dict[str, Any]]:
+    """(P(malignant), not-dermoscopy gate scores or None, backend description) for preprocessed images,
+    through the runtime backend that will run in production."""
+    backend = create_backend(artifact.backend, bundle, artifact)
+    p_parts, g_parts = [], []
+    with backend:
+        for i in range(0, len(tensors), batch_size):
+            probs, gate = backend.infer(tensors[i:i + batch_size])
+            p_parts.append(backend.p_malignant(probs))
+            if gate is not None:
+                g_parts.append(gate)
+        described = backend.describe()
+    return np.concatenate(p_parts), (np.concatenate(g_parts) if g_parts else None), described
+
+
 def predict_p_malignant(bundle: Bundle, artifact: Artifact, tensors: np.ndarray,
                         batch_size: int = 16) -> tuple[np.ndarray, dict[str, Any]]:
     """P(malignant) for preprocessed images, through the runtime backend that will run in production."""
-    backend = create_backend(artifact.backend, bundle, artifact)
-    with backend:
-        parts = [backend.p_malignant(backend.predict(tensors[i:i + batch_size]))
-                 for i in range(0, len(tensors), batch_size)]
-        described = backend.describe()
-    return np.concatenate(parts), described
+    p, _, described = predict_scores(bundle, artifact, tensors, batch_size)
+    return p, described
+
+
+def add_gate_parity(result: ParityResult, g_art: np.ndarray | None, g_ref: np.ndarray | None,
+                    gate_threshold: float) -> ParityResult:
+    """Fold the not-dermoscopy gate's decisions into ``result``: an image the reference rejects and the
+    artifact lets through (out -> in) counts against the malignant-to-benign allowance; in -> out flips
+    (dermoscopy sent to review, costs work) count as decision flips."""
+    if g_art is None or g_ref is None or result.status == "reference":
+        return result
+    ref_out, art_out = np.asarray(g_ref) >= gate_threshold, np.asarray(g_art) >= gate_threshold
+    result.gate_images = int(len(g_ref))
+    result.gate_out_to_in = int((ref_out & ~art_out).sum())
+    result.gate_in_to_out = int((~ref_out & art_out).sum())
+    result.gate_max_abs_diff = float(np.abs(np.asarray(g_art, np.float64) - np.asarray(g_ref, np.float64)).max())
+    allowed = result.malignant_to_benign_allowed or 0
+    result.checks["malignant_to_benign"] = (result.malignant_to_benign or 0) + result.gate_out_to_in <= allowed
+    rate = ((result.flips or 0) + result.gate_in_to_out) / max(1, result.n_images + result.gate_images)
+    result.checks["flip_rate"] = result.checks["flip_rate"] and rate <= float(
+        result.tolerances.get("max_flip_rate", 1.0)) + 1e-9
+    note = (f"; gate: {result.gate_out_to_in} out->in, {result.gate_in_to_out} in->out on {result.gate_images} "
+            f"images (max |score diff| {result.gate_max_abs_diff:.3g})")
+    if not all(result.checks.values()) and result.status != "failed":
+        result.status = "failed"
+        result.message = (f"{result.artifact} REJECTED by the parity gate: the not-dermoscopy gate lets "
+                          f"{result.gate_out_to_in} image(s) through that the reference rejects (with "
+                          f"{result.malignant_to_benign} malignant-to-benign flip(s), {allowed} allowed)" + note)
+    else:
+        result.message += note
+    return result
 
 
 def reference_result(name: str, p_ref: np.ndarray, malignant: np.ndarray, threshold: float,

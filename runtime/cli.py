@@ -249,6 +249,26 @@ def _print_summary(summary: Any, bundle: Any, opts: SortOptions, as_json: bool, 
         echo("stopped early on request; re-run to sort the rest")
 
 
+def gate_lines(gate: Any) -> list[str]:
+    """``info``'s lines about the not-dermoscopy gate: what it is, its threshold and its validated rates."""
+    if not gate.enabled:
+        return ["gate         none: this model has no not-dermoscopy gate (any colour image is judged as dermoscopy)"]
+    lines = [f"gate         not-dermoscopy gate ({gate.method} on the penultimate features): score >= "
+             f"{gate.threshold:.4f} -> review/ ('not recognised as a dermoscopy image')"]
+    for split in ("val", "test"):
+        r = gate.validated.get(split) or {}
+        derm = ", ".join(f"{s} {100 * v['rejected_rate']:.1f} %" for s, v in (r.get("dermoscopy") or {}).items()
+                         if v.get("n") and v.get("rejected_rate") is not None)
+        ood = ", ".join(f"{k} {v['reached_benign']}/{v['n']} (AUROC {v['auroc']:.3f})"
+                        for k, v in (r.get("ood") or {}).items() if not k.startswith("rendered") and v.get("auroc")
+                        is not None)
+        if derm:
+            lines.append(f"             {split}: dermoscopy rejected {derm}")
+        if ood:
+            lines.append(f"             {split}: non-dermoscopy reaching benign/ {ood}")
+    return lines
+
+
 def decision_line(d: dict[str, Any]) -> str:
     """One image's line for people: decision, file, reason, and a diagnosis head's top class (display only)."""
     line = f"{d['decision']:7s} {d['file']}  ({d['reason']})"
@@ -661,6 +681,9 @@ def info(model: Path | None, as_json: bool, site_profile: Path | None) -> None:
         if x is None:
             return "n/a"
         return f"{x:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
+
+    for line in gate_lines(meta.gate):
+        click.echo(line)
 
     # the threshold `sort` applies, with the figures of that artifact (each artifact has its own threshold)
     if choice:

@@ -6,6 +6,8 @@ definitions (``Counts``), so the numbers cannot disagree; a new category is a ne
 - ``review``: images in review/ (the model's p at or above the threshold, or an input check on an image);
 - ``not_images``: files in review/ that are not images at all (text, zip, empty...), counted apart;
 - ``input_problems``: of the files in review/, those sent there by an input check (not-images included);
+- ``not_dermoscopy``: of the images in review/, those the not-dermoscopy gate did not recognise as
+  dermoscopy (an input problem too);
 - ``superseded``: rows whose input changed and was sorted again (results.csv ``status``): counted nowhere else;
 - ``work_reduction``: benign / images (non-image files are not work a clinician is spared).
 """
@@ -18,6 +20,8 @@ from typing import Any, Iterable, Mapping
 
 #: reasons that mean "this is not an image" (counted on their own)
 NOT_AN_IMAGE = ("not a readable image", "empty file", "unsupported image format", "extension ")
+#: the reason's start when the not-dermoscopy gate sent an image to review/ (runtime/sorter.py ``decide``)
+NOT_DERMOSCOPY = "not recognised as a dermoscopy image"
 #: the reason of a decision the model made; any other reason is an input problem
 MODEL_REASON = "p_malignant "
 #: what reconcile puts in front of the reason of a file found in OUT without a journal record
@@ -42,6 +46,10 @@ def category(decision: str, reason: Any, not_an_image: bool = False) -> str:
 
 def is_input_problem(reason: Any) -> bool:
     return not _reason(reason).startswith(MODEL_REASON)
+
+
+def is_not_dermoscopy(reason: Any) -> bool:
+    return _reason(reason).startswith(NOT_DERMOSCOPY)
 
 
 def near_threshold(p: float | None, threshold: float | None) -> bool:
@@ -69,6 +77,7 @@ class Counts:
     review: int = 0
     not_images: int = 0
     input_problems: int = 0
+    not_dermoscopy: int = 0
     near_threshold: int = 0
     superseded: int = 0
 
@@ -105,6 +114,8 @@ class Counts:
             self.review += 1
         if cat != "benign" and is_input_problem(reason):
             self.input_problems += 1
+        if cat == "review" and is_not_dermoscopy(reason):
+            self.not_dermoscopy += 1
         if not is_input_problem(reason) and near_threshold(_number(p), _number(threshold)):
             self.near_threshold += 1
         return cat
@@ -125,5 +136,6 @@ class Counts:
     def headline(self, verb: str = "sorted") -> str:
         """The terminal's one line (the page shows the same numbers under the same names)."""
         not_images = f", {self.not_images} not an image (in review/)" if self.not_images else ""
-        return (f"{verb} {self.images} image(s): {self.benign} benign, {self.review} review{not_images} "
+        gate = f" ({self.not_dermoscopy} not recognised as dermoscopy)" if self.not_dermoscopy else ""
+        return (f"{verb} {self.images} image(s): {self.benign} benign, {self.review} review{gate}{not_images} "
                 f"(work reduction {self.work_reduction:.1%})")

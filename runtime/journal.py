@@ -28,7 +28,7 @@ from typing import Any, Iterable
 #: ``top_dx``/``top_dx_p``: a diagnosis head's most likely class, for display only (empty for binary models).
 RESULT_FIELDS = ["file", "dest", "sha256", "decision", "p_malignant", "threshold", "backend", "artifact",
                  "model_id", "time", "reason", "mode", "top_dx", "top_dx_p", "relpath", "threshold_overridden",
-                 "artifact_accepted", "status", "site_profile", "signature"]
+                 "artifact_accepted", "status", "site_profile", "signature", "gate_score"]
 #: what each column holds (README "What you get"; a test keeps the two in step)
 RESULT_DOCS = {
     "file": "the input file as it was found (absolute path); empty for a file found in OUT without a journal record",
@@ -55,6 +55,9 @@ RESULT_DOCS = {
                     "digits of its digest; see `dermsort info`); empty without one",
     "signature": "who vouched for the model bundle that decided: 'signed by KEY-ID' (a trusted key), 'signed by "
                  "UNTRUSTED key KEY-ID' or 'unsigned (locally built)'; empty for rows of runs before it was recorded",
+    "gate_score": "the not-dermoscopy gate's score, 6 decimals (score >= the gate threshold in `dermsort info` -> "
+                  "review/, reason 'not recognised as a dermoscopy image'); empty for a model without a gate or an "
+                  "image that could not be scored",
 }
 #: a text cell starting with one of these is a formula to a spreadsheet: it is written with a leading '
 FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")

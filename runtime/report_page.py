@@ -24,7 +24,7 @@ from typing import Any
 from urllib.parse import quote
 
 from .bundle import DEFAULT_BUNDLE, Bundle, load_bundle
-from .counts import MODEL_REASON, NEAR_LOGODDS, Counts, is_input_problem, near_threshold  # noqa: F401
+from .counts import MODEL_REASON, NEAR_LOGODDS, Counts, is_input_problem, is_not_dermoscopy, near_threshold  # noqa: F401
 from .errors import DermsortError
 from .journal import FORMULA_PREFIXES
 from .metadata import PreprocessSpec
@@ -62,10 +62,16 @@ class Row:
     status: str = ""
     #: results.csv's ``signature``: who vouched for the bundle that decided (empty for older rows)
     signature: str = ""
+    #: results.csv's ``gate_score`` (the not-dermoscopy gate); None without a gate
+    gate_score: float | None = None
 
     @property
     def problem(self) -> bool:
         return is_input_problem(self.reason)
+
+    @property
+    def not_dermoscopy(self) -> bool:
+        return self.decision == "review" and is_not_dermoscopy(self.reason)
 
     @property
     def superseded(self) -> bool:
@@ -109,7 +115,8 @@ def read_rows(out: Path) -> list[Row]:
                             artifact=_cell(r.get("artifact")), model_id=_cell(r.get("model_id")),
                             time=_cell(r.get("time")), reason=_cell(r.get("reason")), top_dx=_cell(r.get("top_dx")),
                             top_dx_p=_float(r.get("top_dx_p")), site_profile=_cell(r.get("site_profile")),
-                            status=_cell(r.get("status")), signature=_cell(r.get("signature"))))
+                            status=_cell(r.get("status")), signature=_cell(r.get("signature")),
+                            gate_score=_float(r.get("gate_score"))))
     return rows
 
 
@@ -413,7 +420,8 @@ def render(out: Path, rows: list[Row], bundle: Bundle | None, missing: str, run:
     counts = Counts.of_rows(r.as_counted() for r in rows)  # the terminal's and --json's definitions
     superseded = [r for r in rows if r.superseded]
     rows = [r for r in rows if not r.superseded]
-    problems = [r for r in rows if r.problem]
+    not_derm = [r for r in rows if r.not_dermoscopy]
+    problems = [r for r in rows if r.problem and not r.not_dermoscopy]
     review = [r for r in rows if r.decision == "review" and not r.problem]
     benign = [r for r in rows if r.decision == "benign" and not r.problem]
     other = [r for r in rows if r.decision not in ("benign", "review") and not r.problem]
@@ -431,6 +439,7 @@ def render(out: Path, rows: list[Row], bundle: Bundle | None, missing: str, run:
              ("benign", counts.benign, "n-benign"), ("review", counts.review, "n-review"),
              ("not an image (in review/)", counts.not_images, "n-not-images"),
              ("input problems", counts.input_problems, "n-problems"),
+             ("not recognised as dermoscopy", counts.not_dermoscopy, "n-not-dermoscopy"),
              ("near threshold", counts.near_threshold, "n-near"), ("left in place", len(left), "n-left")]
     if counts.superseded:
         shown.append(("superseded (sorted again)", counts.superseded, "n-superseded"))
@@ -449,7 +458,11 @@ def render(out: Path, rows: list[Row], bundle: Bundle | None, missing: str, run:
                  '<option value="seq">as sorted</option></select></label><output id="shown"></output>'
                  '<span class="hint">keys: / search, Esc clear, j/k next/previous image, Enter open</span></div>')
     parts.append("<main>")
-    parts.append(_grid("problems", "Input problems (in review/)", "Could not be judged by the model: corrupt, too "
+    parts.append(_grid("not-dermoscopy", "Not recognised as dermoscopy (in review/)", "The model's gate did not "
+                       "recognise these as dermoscopy images of a skin lesion (clinical or everyday photos, screenshots, "
+                       "documents...): the model was not trained to judge them, whatever p(malignant) says. Check each "
+                       "by hand; a dermoscopy image here costs work, never safety.", not_derm, "problems", thumbs))
+    parts.append(_grid("problems", "Other input problems (in review/)", "Could not be judged by the model: corrupt, too "
                        "small, not an image, unexpected colour mode... Always check these by hand.", problems,
                        "problems", thumbs))
     if left or ignored:

@@ -27,7 +27,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from .backends.base import Backend
-from .counts import NOT_AN_IMAGE, Counts
+from .counts import NOT_AN_IMAGE, NOT_DERMOSCOPY, Counts
 from .diagnosis import top_diagnoses
 from .errors import DermsortError, OutputError
 from .fileops import Identity, fsync_dir, sha256_file
@@ -134,7 +134,8 @@ class SortSummary:
         self.counts.add(rec["decision"], rec.get("reason", ""), bool(rec.get("not_an_image")), rec.get("p_malignant"),
                         rec.get("threshold"))
         self.decisions.append({k: rec.get(k) for k in ("file", "relpath", "dest", "decision", "p_malignant", "reason",
-                                                       "sha256", "top_dx", "top_dx_p")})
+                                                       "sha256", "top_dx", "top_dx_p",
+                                                       "gate_score")})
 
     def to_dict(self) -> dict[str, Any]:
         return {**self.counts.to_dict(), "skipped_already_sorted": self.skipped_already_sorted,
@@ -415,21 +416,24 @@ class Sorter:
         """Run the model on the decoded images of ``batch``; one intent record per item."""
         good = [d for d in batch if d.tensor is not None and not d.skip]
         p_malignant: dict[int, float] = {}
+        gate_score: dict[int, float] = {}
         top_dx: dict[int, tuple[str, float] | tuple[None, None]] = {}
         if good:
-            probs = self.backend.predict(np.stack([d.tensor for d in good]))
+            probs, gate = self.backend.infer(np.stack([d.tensor for d in good]))
             pm = probs[:, self._malignant_idx].sum(axis=1)
-            # display only: the decision below rests on p_malignant alone
+            # display only: the decision below rests on the gate and p_malignant alone
             tops = top_diagnoses(probs, self.metadata.classes)
-            for d, p, top in zip(good, pm, tops):
+            for i, (d, p, top) in enumerate(zip(good, pm, tops)):
                 p_malignant[id(d)] = float(p)
                 top_dx[id(d)] = top
+                if gate is not None:
+                    gate_score[id(d)] = float(gate[i])
         records = []
         for d in batch:
             d.tensor = None  # the pixels are not needed any more
-            p = p_malignant.get(id(d))
-            decision, reason = self.decide(d, p)
-            records.append(self._record(d, decision, reason, p, top_dx.get(id(d), (None, None))))
+            p, g = p_malignant.get(id(d)), gate_score.get(id(d))
+            decision, reason = self.decide(d, p, g)
+            records.append(self._record(d, decision, reason, p, top_dx.get(id(d), (None, None)), g))
         return records
 
     def classify(self, files: list[Candidate]) -> Iterator[tuple[Decoded, dict[str, Any]]]:
@@ -497,12 +501,19 @@ class Sorter:
             d.close()
         return rest
 
-    def decide(self, d: Decoded, p: float | None) -> tuple[str, str]:
-        """The decision rule: benign only if the image is clean and p_malignant < threshold (strictly)."""
+    def decide(self, d: Decoded, p: float | None, gate_score: float | None = None) -> tuple[str, str]:
+        """The decision rule: benign only if the image is clean, the not-dermoscopy gate (when the model has
+        one) recognises it as dermoscopy (score < gate threshold), and p_malignant < threshold (strictly)."""
         if d.skip:
             return REVIEW, d.skip
         if d.error:
             return REVIEW, d.error
+        gate = self.metadata.gate
+        if gate.enabled:
+            if gate_score is None or not math.isfinite(gate_score):
+                return REVIEW, f"gate output out of range ({gate_score})"
+            if gate_score >= gate.threshold:
+                return REVIEW, f"{NOT_DERMOSCOPY} (score {gate_score:.3f} >= {gate.threshold:.3f})"
         if p is None or not math.isfinite(p) or not -1e-4 <= p <= 1.0 + 1e-4:
             return REVIEW, f"model output out of range ({p})"
         if d.concerns:
@@ -512,7 +523,8 @@ class Sorter:
         return REVIEW, f"p_malignant {p:.4f} >= threshold {self.threshold:.4f}"
 
     def _record(self, d: Decoded, decision: str, reason: str, p: float | None,
-                top: tuple[str, float] | tuple[None, None] = (None, None)) -> dict[str, Any]:
+                top: tuple[str, float] | tuple[None, None] = (None, None),
+                gate_score: float | None = None) -> dict[str, Any]:
         info = self.backend.describe()
         rec = {"event": "intent", "id": uuid.uuid4().hex, "file": str(d.cand.path),
                "relpath": os.path.relpath(d.cand.path, self.input_dir), "size": d.cand.size,
@@ -526,7 +538,8 @@ class Sorter:
                "model_id": self.metadata.model_id, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                "reason": reason, "mode": "move" if self.options.move else "copy", "run_id": self.run_id,
                "host": socket.gethostname(), "dest": "", "top_dx": top[0], "top_dx_p": top[1],
-               "site_profile": self.options.site_profile}
+               "site_profile": self.options.site_profile,
+               "gate_score": None if gate_score is None else round(gate_score, 6)}
         if d.error and d.error.startswith(NOT_AN_IMAGE):
             rec["not_an_image"] = True
         return rec

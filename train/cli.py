@@ -121,15 +121,18 @@ def train(data, out, architecture, task, epochs, batch_size, lr, weight_decay, t
 @click.option("--folds", type=click.IntRange(2, 20), default=None)
 @click.option("--fold", type=click.IntRange(0, 19), default=0, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--ood", type=click.Path(exists=True), default=None,
+              help="Folder with ood.csv (non-dermoscopy images): reports how many of the same split reach benign/ "
+                   "per kind and source, and the gate's AUROC and FPR at 95 % TPR.")
 def evaluate(model, data, split, out, backend, artifact, threshold, device, batch_size, n_boot, split_mode, folds,
-             fold, seed) -> None:
+             fold, seed, ood) -> None:
     """Sensitivity, specificity, work reduction and AUC (with CIs) of MODEL (checkpoint.pt or bundle) on labelled data."""
     from .evaluate import evaluate as run_evaluation
 
     try:
         run_evaluation(model, [str(d) for d in data], out, split=split, split_mode=split_mode, seed=seed, folds=folds,
                        fold=fold, backend=backend, artifact=artifact, threshold=threshold, device=device,
-                       batch_size=batch_size, n_boot=n_boot)
+                       batch_size=batch_size, n_boot=n_boot, ood=ood)
     except (ValueError, FileNotFoundError) as exc:
         raise click.ClickException(str(exc)) from None
 

@@ -34,7 +34,8 @@ class Scorer:
     metadata: ModelMetadata
     threshold: float
     describe: dict[str, Any]
-    score: Callable[[np.ndarray], np.ndarray]
+    #: preprocessed batch -> (P(malignant), not-dermoscopy gate scores or None for a model without a gate)
+    score: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray | None]]
 
 
 def checkpoint_scorer(path: Path, device: str = "cpu") -> Scorer:
@@ -47,10 +48,16 @@ def checkpoint_scorer(path: Path, device: str = "cpu") -> Scorer:
     model.to(torch_device)
     idx = metadata.malignant_indices()
 
+    n_classes = len(metadata.classes)
+
     @torch.no_grad()
-    def score(batch: np.ndarray) -> np.ndarray:
-        probabilities = torch.softmax(model(torch.from_numpy(batch).to(torch_device)), dim=1).cpu().numpy()
-        return probabilities[:, idx].sum(axis=1)
+    def score(batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        out = model(torch.from_numpy(batch).to(torch_device))
+        if getattr(model, "outputs_probabilities", False):  # a gated model: probabilities + the gate's score
+            out = out.cpu().numpy()
+            return out[:, idx].sum(axis=1), out[:, n_classes]
+        probabilities = torch.softmax(out, dim=1).cpu().numpy()
+        return probabilities[:, idx].sum(axis=1), None
 
     return Scorer(metadata, metadata.threshold, {"backend": "torch", "artifact": str(path), "device": str(torch_device)},
                   score)
@@ -71,8 +78,9 @@ def bundle_scorer(path: Path, backend: str = "onnxruntime", artifact_name: str |
     bundle.verify(artifact)
     runner = create_backend(backend, bundle, artifact).load()
 
-    def score(batch: np.ndarray) -> np.ndarray:
-        return runner.p_malignant(runner.predict(batch))
+    def score(batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        probabilities, gate = runner.infer(batch)
+        return runner.p_malignant(probabilities), gate
 
     return Scorer(bundle.metadata, artifact.threshold, runner.describe(), score)
 
@@ -104,15 +112,17 @@ def select_rows(data: Sequence[str], split: str, split_mode: str = "given", seed
     return chosen
 
 
-def score_rows(scorer: Scorer, rows: Sequence[Row], batch_size: int = 32, threads: int | None = None
-               ) -> tuple[list[Row], np.ndarray, list[str]]:
-    """Preprocess (runtime path) and score; returns the rows that decoded, their p_malignant, and failures."""
+def score_rows(scorer: Scorer, rows: Sequence[Any], batch_size: int = 32, threads: int | None = None
+               ) -> tuple[list[Any], np.ndarray, np.ndarray | None, list[str]]:
+    """Preprocess (runtime path) and score items with a ``path``; returns the ones that decoded, their
+    p_malignant, their gate scores (None without a gate) and the failures."""
     spec = scorer.metadata.preprocess
-    kept: list[Row] = []
+    kept: list[Any] = []
     scores: list[np.ndarray] = []
+    gates: list[np.ndarray] = []
     failures: list[str] = []
 
-    def load(row: Row):
+    def load(row: Any):
         try:
             return preprocess_file(row.path, spec)[0]
         except (UnreadableImage, OSError) as exc:
@@ -126,10 +136,14 @@ def score_rows(scorer: Scorer, rows: Sequence[Row], batch_size: int = 32, thread
             good = [(r, a) for r, a in zip(chunk, arrays) if isinstance(a, np.ndarray)]
             failures += [f"{r.path}: {a}" for r, a in zip(chunk, arrays) if not isinstance(a, np.ndarray)]
             if good:
-                scores.append(np.asarray(scorer.score(np.stack([a for _, a in good])), dtype=float))
+                p, g = scorer.score(np.stack([a for _, a in good]))
+                scores.append(np.asarray(p, dtype=float))
+                if g is not None:
+                    gates.append(np.asarray(g, dtype=float))
                 kept += [r for r, _ in good]
             bar.update(len(chunk))
-    return kept, (np.concatenate(scores) if scores else np.zeros(0)), failures
+    return (kept, (np.concatenate(scores) if scores else np.zeros(0)),
+            (np.concatenate(gates) if gates else None), failures)
 
 
 def model_task(metadata: ModelMetadata) -> str:
@@ -143,7 +157,8 @@ def model_task(metadata: ModelMetadata) -> str:
 def evaluate(model: str | os.PathLike, data: Sequence[str], out: str | os.PathLike, *, split: str = "test",
              split_mode: str = "given", seed: int = 0, folds: int | None = None, fold: int = 0,
              backend: str = "onnxruntime", artifact: str | None = None, threshold: float | None = None,
-             device: str = "cpu", batch_size: int = 32, n_boot: int = 2000, echo: Echo = click.echo) -> dict[str, Any]:
+             device: str = "cpu", batch_size: int = 32, n_boot: int = 2000, echo: Echo = click.echo,
+             ood: str | os.PathLike | None = None) -> dict[str, Any]:
     """Score labelled images and write metrics.json, roc.png, confusion.png and scores.csv to ``out``.
 
     Figures per data set AND pooled (and pooled over the sets the model's threshold rests on), each with
@@ -155,7 +170,7 @@ def evaluate(model: str | os.PathLike, data: Sequence[str], out: str | os.PathLi
     overridden = threshold is not None
     threshold = scorer.threshold if threshold is None else threshold
     rows = select_rows(data, split, split_mode, seed, folds, fold, model_task(scorer.metadata), echo)
-    kept, p_malignant, failures = score_rows(scorer, rows, batch_size)
+    kept, p_malignant, gate, failures = score_rows(scorer, rows, batch_size)
     for failure in failures:
         echo(f"unreadable (left out): {failure}")
     y = np.array([int(r.malignant) for r in kept])
@@ -173,13 +188,25 @@ def evaluate(model: str | os.PathLike, data: Sequence[str], out: str | os.PathLi
               **report["pooled"], "pooled": report["pooled"], "per_dataset": report["per_dataset"],
               "pooled_sets": report.get("pooled_sets"), "threshold_basis": basis,
               "development_model": scorer.metadata.development_model}
+    gate_spec = scorer.metadata.gate
+    gate_t = gate_spec.threshold if gate is not None else None
+    sets_kept = [r.dataset for r in kept]
+    if gate is not None:
+        result["gate"] = gate_figures(y, p_malignant, gate, sets_kept, threshold, gate_t)
+        echo(format_gate(result["gate"]))
+    if ood is not None:
+        result["ood"] = ood_figures(scorer, ood, split, p_malignant, gate, threshold, gate_t, batch_size, echo)
+        echo(format_ood(result["ood"]))
     (out / "metrics.json").write_text(json.dumps(result, indent=2))
     with open(out / "scores.csv", "w", newline="") as fh:
         writer = csv.writer(fh)
-        writer.writerow(["path", "dataset", "dx", "malignant", "p_malignant", "decision"])
-        for row, p in zip(kept, p_malignant):
+        writer.writerow(["path", "dataset", "dx", "malignant", "p_malignant", "decision", "gate_score"])
+        for i, (row, p) in enumerate(zip(kept, p_malignant)):
+            g = None if gate is None else float(gate[i])
+            rejected = g is not None and g >= gate_t
             writer.writerow([row.path, row.dataset, row.dx, int(row.malignant), f"{p:.6f}",
-                             "benign" if p < threshold else "review"])
+                             "benign" if p < threshold and not rejected else "review",
+                             "" if g is None else f"{g:.6f}"])
     sets = np.array([r.dataset for r in kept])
     curves = {f"{split} pooled": (y, p_malignant)}
     curves.update({f"{split} {name}": (y[sets == name], p_malignant[sets == name]) for name in sorted(set(sets.tolist()))})
@@ -190,3 +217,101 @@ def evaluate(model: str | os.PathLike, data: Sequence[str], out: str | os.PathLi
                            title=f"{what}, {split} split, pooled" + (", threshold overridden" if overridden else ""))
     echo(f"wrote metrics.json, scores.csv, roc.png, confusion.png to {out}")
     return result
+
+
+# ----------------------------------------------------------------------------- the not-dermoscopy gate
+
+def gate_figures(y: np.ndarray, p: np.ndarray, gate: np.ndarray, sets: Sequence[str], threshold: float,
+                 gate_threshold: float) -> dict[str, Any]:
+    """Per data set and pooled: dermoscopy images the gate rejects (sent to review/: safe, but work), and
+    the deployed decision's sensitivity, specificity and work reduction with the gate against without it."""
+    sets_arr = np.asarray(sets)
+    out: dict[str, Any] = {"threshold": float(gate_threshold), "per_dataset": {}}
+
+    def one(mask: np.ndarray) -> dict[str, Any]:
+        yy, pp, gg = y[mask], p[mask], gate[mask]
+        rejected = gg >= gate_threshold
+        benign_model = pp < threshold
+        benign = benign_model & ~rejected
+        n, n_mal = int(mask.sum()), int(yy.sum())
+        return {"n": n, "rejected": int(rejected.sum()), "rejected_rate": float(rejected.mean()) if n else None,
+                "rejected_ci": metrics.wilson_ci(int(rejected.sum()), n),
+                "rejected_malignant": int((rejected & (yy == 1)).sum()),
+                "sensitivity": float((~benign)[yy == 1].mean()) if n_mal else None,
+                "specificity": float(benign[yy == 0].mean()) if n > n_mal else None,
+                "work_reduction": float(benign.mean()) if n else None,
+                "work_reduction_without_gate": float(benign_model.mean()) if n else None,
+                "lost_work_reduction": float((benign_model & rejected).mean()) if n else None}
+
+    for name in sorted(set(sets_arr.tolist())):
+        out["per_dataset"][name] = one(sets_arr == name)
+    out["pooled"] = one(np.ones(len(y), bool))
+    return out
+
+
+def ood_figures(scorer: Scorer, folder: str | os.PathLike, split: str, p_in: np.ndarray, gate_in: np.ndarray | None,
+                threshold: float, gate_threshold: float | None, batch_size: int, echo: Echo) -> dict[str, Any]:
+    """Non-dermoscopy images (ood.csv, the same split): per kind and per source, how many reach benign/
+    (the gate lets them through and p < threshold), with a Wilson CI; with a gate, its AUROC and the
+    dermoscopy share flagged at 95 % of these caught (FPR at 95 % TPR) against this evaluation's images."""
+    from dermsort.runtime.ood import read_ood
+
+    @dataclass
+    class Item:
+        path: str
+        kind: str
+        source: str
+
+    rows = read_ood(folder, None if split == "all" else split)
+    items = [Item(r["path"], r["kind"], r.get("source", "")) for r in rows]
+    kept, p, gate, failures = score_rows(scorer, items, batch_size)
+    for failure in failures:
+        echo(f"unreadable non-dermoscopy image (left out): {failure}")
+    passed = np.ones(len(kept), bool) if gate is None else gate < gate_threshold
+    benign = passed & (p < threshold)
+    result: dict[str, Any] = {"folder": str(folder), "split": split, "gate_threshold": gate_threshold,
+                              "per_kind": {}, "per_source": {}}
+
+    def one(mask: np.ndarray) -> dict[str, Any]:
+        n = int(mask.sum())
+        row: dict[str, Any] = {"n": n, "reached_benign": int(benign[mask].sum()),
+                               "reached_benign_rate": float(benign[mask].mean()) if n else None,
+                               "reached_benign_ci": metrics.wilson_ci(int(benign[mask].sum()), n),
+                               "rejected_by_gate": int((~passed[mask]).sum())}
+        if gate is not None and gate_in is not None and n:
+            row["auroc"] = metrics.auc_score(np.r_[np.zeros(len(gate_in)), np.ones(n)], np.r_[gate_in, gate[mask]])
+            row["fpr_at_95tpr"] = metrics.fpr_at_tpr(gate_in, gate[mask])
+        return row
+
+    kinds = np.array([i.kind for i in kept])
+    sources = np.array([i.source for i in kept])
+    for kind in sorted(set(kinds.tolist())):
+        result["per_kind"][kind] = one(kinds == kind)
+    for source in sorted(set(sources.tolist())):
+        result["per_source"][source] = one(sources == source)
+    return result
+
+
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None else f"{100 * x:.1f} %"
+
+
+def format_gate(g: dict[str, Any]) -> str:
+    lines = [f"not-dermoscopy gate (score >= {g['threshold']:.4f} -> review/): dermoscopy images rejected"]
+    for name, r in [("pooled", g["pooled"]), *g["per_dataset"].items()]:
+        lines.append(f"  {name}: {r['rejected']}/{r['n']} ({_pct(r['rejected_rate'])}), work reduction "
+                     f"{_pct(r['work_reduction'])} (without the gate {_pct(r['work_reduction_without_gate'])}), "
+                     f"sensitivity {_pct(r['sensitivity'])}")
+    return "\n".join(lines)
+
+
+def format_ood(o: dict[str, Any]) -> str:
+    lines = [f"non-dermoscopy images ({o['split']} split of {o['folder']}): reaching benign/"]
+    for label, table in (("kind", o["per_kind"]), ("source", o["per_source"])):
+        for name, r in table.items():
+            ci = r["reached_benign_ci"]
+            extra = (f", gate AUROC {r['auroc']:.3f}, FPR@95%TPR {_pct(r['fpr_at_95tpr'])}"
+                     if r.get("auroc") is not None else "")
+            lines.append(f"  {label} {name}: {r['reached_benign']}/{r['n']} ({_pct(r['reached_benign_rate'])}"
+                         f"{f' [{100 * ci[0]:.1f}-{100 * ci[1]:.1f}]' if ci else ''}){extra}")
+    return "\n".join(lines)

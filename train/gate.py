@@ -51,7 +51,10 @@ class GatedClassifier(nn.Module):
         k = int(gate["mahalanobis"]["projection"].shape[0]) if "mahalanobis" in gate else 1
         f = int(gate["feature_mean"].shape[0])
         self.register_buffer("feature_mean", torch.as_tensor(gate["feature_mean"], dtype=torch.float32))
-        maha = gate.get("mahalanobis") or {"projection": np.zeros((k, f)), "class_means": np.zeros((1, k)),
+        # an unused component costs no bytes: its buffers shrink to one zero row (the graph stays the same)
+        if "mahalanobis" not in self.components:
+            k = 1
+        maha = (gate.get("mahalanobis") if "mahalanobis" in self.components else None) or {"projection": np.zeros((k, f)), "class_means": np.zeros((1, k)),
                                            "offset": 0.0, "scale": 1.0}
         # whitened PCA projection (k x F) and the class means in that space (K x k)
         self.register_buffer("projection", torch.as_tensor(maha["projection"], dtype=torch.float32))
@@ -73,23 +76,24 @@ class GatedClassifier(nn.Module):
             hook.remove()
         return captured[0].flatten(1), logits
 
-    def component_scores(self, feats: torch.Tensor) -> torch.Tensor:
-        """(N, 2) standardised scores: 0 at each component's own operating point, larger = less dermoscopy."""
+    def component_score(self, feats: torch.Tensor, name: str) -> torch.Tensor:
+        """(N,) standardised score of one component: 0 at its own operating point, larger = less dermoscopy."""
         centred = feats - self.feature_mean
-        z = centred @ self.projection.t()  # (N, k), whitened
-        # min over classes of |z - m_c|^2 = |z|^2 - max_c (2 z.m_c - |m_c|^2)
-        cross = 2.0 * (z @ self.class_means.t()) - (self.class_means * self.class_means).sum(dim=1)
-        dist = (z * z).sum(dim=1) - cross.max(dim=1).values
-        probe = (centred @ self.probe_weight).squeeze(1)
-        raw = torch.stack([torch.sqrt(torch.clamp(dist, min=0.0)), probe], dim=1)
-        return raw * self.affine[:, 0] + self.affine[:, 1]
+        row = COMPONENTS.index(name)
+        if name == "mahalanobis":
+            z = centred @ self.projection.t()  # (N, k), whitened
+            # min over classes of |z - m_c|^2 = |z|^2 - max_c (2 z.m_c - |m_c|^2)
+            cross = 2.0 * (z @ self.class_means.t()) - (self.class_means * self.class_means).sum(dim=1)
+            raw = torch.sqrt(torch.clamp((z * z).sum(dim=1) - cross.max(dim=1).values, min=0.0))
+        else:
+            raw = (centred @ self.probe_weight).squeeze(1)
+        return raw * self.affine[row, 0] + self.affine[row, 1]
 
     def gate_logit(self, feats: torch.Tensor) -> torch.Tensor:
-        scores = self.component_scores(feats)
-        picked = [scores[:, COMPONENTS.index(c)] for c in self.components]
-        out = picked[0]
-        for extra in picked[1:]:
-            out = torch.maximum(out, extra)
+        # only the chosen components are in the graph (a probe-only gate is a dot product and a sigmoid)
+        out = self.component_score(feats, self.components[0])
+        for extra in self.components[1:]:
+            out = torch.maximum(out, self.component_score(feats, extra))
         return out
 
     def views(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -113,8 +117,12 @@ def gate_to_state(gate: dict[str, Any]) -> dict[str, Any]:
     def conv(v: Any) -> Any:
         if isinstance(v, np.ndarray):
             return torch.from_numpy(np.ascontiguousarray(v, dtype=np.float32))
+        if isinstance(v, np.generic):  # numpy scalars would need full unpickling to load
+            return v.item()
         if isinstance(v, dict):
             return {k: conv(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [conv(x) for x in v]
         return v
     return conv(gate)
 

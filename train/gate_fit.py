@@ -11,7 +11,6 @@ combination) are measured side by side on the same splits and written to ``OUT_D
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import os
@@ -23,6 +22,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from dermsort.runtime.metadata import GateSpec, ModelMetadata
+from dermsort.runtime.ood import read_ood
 from dermsort.runtime.preprocess import UnreadableImage, preprocess
 
 from . import metrics
@@ -39,18 +39,6 @@ MIN_SET_IMAGES = 100
 
 
 # --------------------------------------------------------------------------- data
-
-def read_ood(folder: str | os.PathLike) -> list[dict[str, Any]]:
-    """``ood/ood.csv`` rows with an absolute ``path`` (the file is deliberately not a labels.csv)."""
-    folder = Path(folder)
-    csv_path = folder / "ood.csv" if folder.is_dir() else folder
-    with open(csv_path, newline="", encoding="utf-8") as fh:
-        rows = list(csv.DictReader(fh))
-    for row in rows:
-        row["path"] = os.fspath(csv_path.parent / row["file"])
-        row["malignant_class"] = int(row.get("malignant_class") or 0)
-    return rows
-
 
 def extract(model: GatedClassifier, items: Sequence[Any], spec: Any, batch_size: int = 32,
             echo: Echo = print, label: str = "") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -161,20 +149,12 @@ def pick_threshold(scores: np.ndarray, sets: np.ndarray, budget: float = VAL_REJ
     return float(max(np.quantile(p, 1.0 - budget, method="higher") for p in pools))
 
 
-def fpr_at_tpr(in_scores: np.ndarray, out_scores: np.ndarray, tpr: float = 0.95) -> float | None:
-    """Share of dermoscopy images flagged when the threshold catches ``tpr`` of the OOD images."""
-    if len(out_scores) == 0 or len(in_scores) == 0:
-        return None
-    t = np.quantile(out_scores, 1.0 - tpr, method="lower")
-    return float((in_scores >= t).mean())
-
-
 # --------------------------------------------------------------------------- evaluation of one score
 
 def rates(score_in: np.ndarray, sets_in: np.ndarray, score_out: np.ndarray, kinds_out: np.ndarray,
           p_out: np.ndarray, threshold: float, p_threshold: float) -> dict[str, Any]:
     """At ``threshold``: dermoscopy rejected per set; OOD reaching benign/ (passes the gate and p < p_threshold)."""
-    derm = {s: {"n": int((sets_in == s).sum()), "rejected": int((score_in[sets_in == s] >= threshold).sum())}
+    derm = {str(s): {"n": int((sets_in == s).sum()), "rejected": int((score_in[sets_in == s] >= threshold).sum())}
             for s in sorted(np.unique(sets_in))}
     derm["pooled"] = {"n": int(len(score_in)), "rejected": int((score_in >= threshold).sum())}
     for v in derm.values():
@@ -184,12 +164,12 @@ def rates(score_in: np.ndarray, sets_in: np.ndarray, score_out: np.ndarray, kind
         m = kinds_out == kind
         passed = score_out[m] < threshold
         benign = passed & (p_out[m] < p_threshold)
-        ood[kind] = {"n": int(m.sum()), "passed_gate": int(passed.sum()), "reached_benign": int(benign.sum()),
+        ood[str(kind)] = {"n": int(m.sum()), "passed_gate": int(passed.sum()), "reached_benign": int(benign.sum()),
                      "reached_benign_rate": float(benign.mean()) if m.any() else None,
                      "reached_benign_ci": metrics.wilson_ci(int(benign.sum()), int(m.sum())),
                      "auroc": metrics.auc_score(np.r_[np.zeros(len(score_in)), np.ones(int(m.sum()))],
                                                 np.r_[score_in, score_out[m]]),
-                     "fpr_at_95tpr": fpr_at_tpr(score_in, score_out[m])}
+                     "fpr_at_95tpr": metrics.fpr_at_tpr(score_in, score_out[m])}
     return {"threshold": float(threshold), "dermoscopy": derm, "ood": ood}
 
 
@@ -212,10 +192,19 @@ def write_gated(ckpt: dict[str, Any], gate: dict[str, Any], spec: GateSpec, meta
 
     new = dict(ckpt)
     new["gate"] = gate_to_state(gate)
-    new["metadata"] = gate_metadata(metadata, spec).to_dict()
+    # plain JSON types only (numpy keys/scalars would make the checkpoint need full unpickling to load)
+    new["metadata"] = json.loads(json.dumps(gate_metadata(metadata, spec).to_dict(), default=_plain))
     tmp = out.with_name(f".{out.name}.part")
     torch.save(new, tmp)
     os.replace(tmp, out)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"not JSON: {type(value).__name__}")
 
 
 def summary_json(path: Path, payload: dict[str, Any]) -> None:

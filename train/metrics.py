@@ -237,3 +237,11 @@ def format_triage(report: dict[str, Any], title: str = "") -> str:
         parts.append((f"{title}pooled {'+'.join(report['pooled_sets']['sets'])}: ", report["pooled_sets"]))
     parts += [(f"{title}{name}: ", sub) for name, sub in report["per_dataset"].items()]
     return "\n".join(format_report(sub, head) + "\n" + dx_line(sub["per_diagnosis"]) for head, sub in parts)
+
+
+def fpr_at_tpr(in_scores: np.ndarray, out_scores: np.ndarray, tpr: float = 0.95) -> float | None:
+    """Share of dermoscopy images flagged when the threshold catches ``tpr`` of the OOD images."""
+    if len(out_scores) == 0 or len(in_scores) == 0:
+        return None
+    t = np.quantile(out_scores, 1.0 - tpr, method="lower")
+    return float((in_scores >= t).mean())

@@ -57,8 +57,11 @@ def reference_for(bundle: Any, threshold: float, validated: float, profile: Site
                 "n_p": ref.get("n_p") or 0, "ood_rate": ref.get("ood_rate") or 0.0}
     v = bundle.metadata.validation
     share = v.work_reduction if abs(threshold - validated) < 1e-12 else None
+    # the gate's rejection rate on the dermoscopy val images it was chosen on
+    gate_val = ((bundle.metadata.gate.validated.get("val") or {}).get("dermoscopy") or {}).get("pooled") or {}
     return {"source": f"the model's validation ({v.split or '?'} split of {', '.join(v.datasets) or '?'})",
-            "benign_share": share, "n": v.n_images, "p_levels": [], "p_quantiles": [], "n_p": 0, "ood_rate": 0.0}
+            "benign_share": share, "n": v.n_images, "p_levels": [], "p_quantiles": [], "n_p": 0,
+            "ood_rate": float(gate_val.get("rejected_rate") or 0.0)}
 
 
 def assess(decisions: Iterable[dict[str, Any]], reference: dict[str, Any], min_images: int = MIN_IMAGES

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from .bundle import Bundle
+from .counts import NOT_DERMOSCOPY
 from .errors import DermsortError
 from .metrics import (DIAGNOSIS_GROUPS, cases_needed, choose_threshold, confusion, diagnosis_sensitivity,
                       quantile_summary, wilson_ci)
@@ -36,7 +37,7 @@ PROFILE_FORMAT = "dermsort-site-profile"
 PROFILE_VERSION = 1
 PROFILE_NAME = "site-profile.json"
 #: the reason a sort gives an image the out-of-distribution gate rejects (counted by this prefix)
-OOD_REASON = "not recognised as a dermoscopy image"
+OOD_REASON = NOT_DERMOSCOPY  # the gate's reason (runtime/sorter.py decide)
 #: a site threshold is offered only when the site's malignant cases could support a lower 95 % bound of
 #: this sensitivity (all caught); with fewer, validate says how many more it needs instead
 MIN_LOWER_BOUND = 0.90

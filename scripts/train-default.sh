@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The default model's whole recipe, one command: train -> export (+ parity gate) -> evaluate val/test
-# -> model card -> install as runtime/models/default. Resumable: rerun the same command after an
+# The default model's whole recipe, one command: train -> fit the not-dermoscopy gate -> export (+ parity
+# gate) -> evaluate val/test (with the non-dermoscopy images) -> shortcut check -> model card -> install as
+# runtime/models/default. SIGN_KEY=FILE signs the bundle (the project key: keys kept outside the repo). Resumable: rerun the same command after an
 # interruption; training continues from WORK/train/last.pt and finished steps are skipped.
 #
 #   scripts/train-default.sh [WORK]          (default WORK: ./work/default-v3; needs dermsort[train,export])
@@ -25,20 +26,30 @@ if [ ! -f "$WORK/train/checkpoint.pt" ]; then
     dermsort train "${TRAIN_ARGS[@]}" "${resume[@]}"
 fi
 
-CSVS=()
-for csv in "$DATA"/*/labels.csv; do CSVS+=(--calib "$csv"); done
-if [ ! -f "$WORK/bundle/manifest.json" ]; then
-    # exit 3 = bundle written but some requested artifact was rejected by the gate: that is an outcome, not an error
-    dermsort export "$WORK/train/checkpoint.pt" --out "$WORK/bundle" --to onnx,openvino --precision fp32,fp16,bf16,int8 \
-        "${CSVS[@]}" --calib-count 512 || [ $? -eq 3 ]
-fi
-
 DATA_ARGS=()
 for set in "$DATA"/*/labels.csv; do DATA_ARGS+=(--data "$(dirname "$set")"); done
+# the not-dermoscopy gate: fitted on train splits (dermoscopy + ood.csv train + rendered), chosen on val
+if [ ! -f "$WORK/train/gated.pt" ]; then
+    dermsort fit-gate "$WORK/train/checkpoint.pt" "${DATA_ARGS[@]}" --ood "$DATA/ood" --out "$WORK/train/gated.pt" \
+        --report "$WORK/gate"
+fi
+
+CSVS=()
+for csv in "$DATA"/*/labels.csv; do CSVS+=(--calib "$csv"); done
+SIGN=()
+[ -n "${SIGN_KEY:-}" ] && SIGN=(--sign-key "$SIGN_KEY")
+if [ ! -f "$WORK/bundle/manifest.json" ]; then
+    # exit 3 = bundle written but some requested artifact was rejected by the gate: that is an outcome, not an error
+    dermsort export "$WORK/train/gated.pt" --out "$WORK/bundle" --to onnx,openvino --precision fp32,fp16,bf16,int8 \
+        "${CSVS[@]}" --calib-count 512 --ood "$DATA/ood" "${SIGN[@]}" || [ $? -eq 3 ]
+fi
+
 for split in val test; do
     [ -f "$WORK/eval-$split/metrics.json" ] || \
-        dermsort evaluate "$WORK/bundle" "${DATA_ARGS[@]}" --split "$split" --out "$WORK/eval-$split"
+        dermsort evaluate "$WORK/bundle" "${DATA_ARGS[@]}" --split "$split" --ood "$DATA/ood" --out "$WORK/eval-$split"
 done
+[ -f "$WORK/shortcut.json" ] || \
+    python3 -m dermsort.train.shortcut "$WORK/train/checkpoint.pt" "${DATA_ARGS[@]}" --out "$WORK/shortcut.json"
 
 if [ "${INSTALL:-1}" = 1 ]; then
     rm -rf runtime/models/default.new && cp -r "$WORK/bundle" runtime/models/default.new
@@ -52,6 +63,7 @@ CARD_BUNDLE=runtime/models/default
 [ "${INSTALL:-1}" = 1 ] || CARD_BUNDLE="$WORK/bundle"
 python3 -m dermsort.train.model_card "$CARD_BUNDLE" --eval "test=$WORK/eval-test" --eval "val=$WORK/eval-val" \
     --command "train=dermsort train ${TRAIN_ARGS[*]}" \
-    --command "test=dermsort evaluate runtime/models/default ${DATA_ARGS[*]} --split test --out OUT" \
-    --command "val=dermsort evaluate runtime/models/default ${DATA_ARGS[*]} --split val --out OUT" \
+    --command "test=dermsort evaluate runtime/models/default ${DATA_ARGS[*]} --split test --ood $DATA/ood --out OUT" \
+    --command "val=dermsort evaluate runtime/models/default ${DATA_ARGS[*]} --split val --ood $DATA/ood --out OUT" \
+    --gate-report "$WORK/gate/gate-candidates.md" --shortcut "$WORK/shortcut.json" \
     --out docs/MODEL_CARD.md

@@ -38,6 +38,10 @@ class Scorer:
     score: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray | None]]
 
 
+#: the clinic-like dermoscopy sets (dermatology clinics, not screening): also reported pooled on their own
+CLINIC_SETS = ("ham10000", "isic2019")
+
+
 def checkpoint_scorer(path: Path, device: str = "cpu") -> Scorer:
     import torch
 
@@ -188,6 +192,12 @@ def evaluate(model: str | os.PathLike, data: Sequence[str], out: str | os.PathLi
               **report["pooled"], "pooled": report["pooled"], "per_dataset": report["per_dataset"],
               "pooled_sets": report.get("pooled_sets"), "threshold_basis": basis,
               "development_model": scorer.metadata.development_model}
+    # the clinic-like sets pooled on their own (the targets name them), besides the threshold's basis sets
+    clinic = [name for name in CLINIC_SETS if name in set(r.dataset for r in kept)]
+    if len(clinic) > 1 and sorted(clinic) != sorted(pooled_sets):
+        extra = metrics.triage_report(y, p_malignant, [r.dataset for r in kept], [r.dx for r in kept], threshold,
+                                      pooled_sets=clinic, n_boot=n_boot, seed=seed)
+        result["pooled_" + "_".join(clinic)] = extra["pooled_sets"]
     gate_spec = scorer.metadata.gate
     gate_t = gate_spec.threshold if gate is not None else None
     sets_kept = [r.dataset for r in kept]

@@ -100,16 +100,98 @@ def targets_table(test: dict[str, Any]) -> list[str]:
         return f"| {name} | {goal} | {shown} | {met} |"
 
     lines = ["| target (test splits) | goal | measured | |", "|---|---|---|---|"]
-    if "ham10000" in per:
-        lines.append(row("AUC ham10000", per["ham10000"]["auc"], 0.92, "auc"))
-    if "isic2019" in per:
-        lines.append(row("AUC isic2019", per["isic2019"]["auc"], 0.85, "auc"))
-    name = " + ".join(test["pooled_sets"]["sets"]) if test.get("pooled_sets") else "all"
-    lines.append(row(f"sensitivity, pooled {name}", pooled["sensitivity"], 0.95, "pct"))
-    lines.append(row(f"specificity, pooled {name}", pooled["specificity"], 0.60, "pct"))
+    for name, goal in (("ham10000", 0.92), ("isic2019", 0.87), ("isic2020", 0.85)):
+        if name in per:
+            lines.append(row(f"AUC {name}", per[name]["auc"], goal, "auc"))
+    if "isic2020" in per:
+        mel = (per["isic2020"].get("per_diagnosis") or {}).get("melanoma") or {}
+        lines.append(row("sensitivity melanoma, isic2020 (screening)", mel.get("sensitivity"), 0.90, "pct"))
+    clinic = _pooled_of(test, ("ham10000", "isic2019"))
+    name = "ham10000 + isic2019" if clinic is not None else "all"
+    clinic = clinic or test.get("pooled_sets") or test["pooled"]
+    dx = clinic.get("per_diagnosis", {})
+    lines.append(row(f"sensitivity, pooled {name}", clinic["sensitivity"], 0.95, "pct"))
+    lines.append(row(f"specificity, pooled {name}", clinic["specificity"], 0.60, "pct"))
     for key, label in (("melanoma", "melanoma"), ("bcc", "BCC")):
         if dx.get(key, {}).get("n"):
-            lines.append(row(f"sensitivity {label}, pooled {name}", dx[key]["sensitivity"], 0.90, "pct"))
+            lines.append(row(f"sensitivity {label}, pooled {name}", dx[key]["sensitivity"], 0.93, "pct"))
+    return lines
+
+
+def _pooled_of(test: dict[str, Any], sets: Sequence[str]) -> dict[str, Any] | None:
+    """The figures pooled over exactly ``sets`` when the evaluation reported them (pooled_sets or extra)."""
+    for key in ("pooled_sets", *[k for k in test if k.startswith("pooled_")]):
+        block = test.get(key)
+        if isinstance(block, dict) and sorted(block.get("sets") or []) == sorted(sets):
+            return block
+    return None
+
+
+def screening_lines(test: dict[str, Any], prevalence: float = 0.018) -> list[str]:
+    """ISIC 2020 (screening patients): melanoma sensitivity with its CI, and the benign share (work
+    reduction) recomputed at the real screening prevalence from sensitivity and specificity."""
+    r = test["per_dataset"].get("isic2020")
+    if not r or r.get("sensitivity") is None or r.get("specificity") is None:
+        return []
+    sens, spec = r["sensitivity"], r["specificity"]
+    wr = prevalence * (1 - sens) + (1 - prevalence) * spec
+    missed = prevalence * (1 - sens) * 1000
+    return [f"- isic2020 (screening patients, test split): sensitivity {_pct(sens, r['sensitivity_ci'])} on "
+            f"{r['n_malignant']} melanomas, specificity {_pct(spec, r['specificity_ci'])}.",
+            f"- Work reduction at the real screening prevalence ({100 * prevalence:.1f} % melanoma): "
+            f"{prevalence:.3f} x (1 - {sens:.3f}) + {1 - prevalence:.3f} x {spec:.3f} = **{_pct(wr)}** of images to "
+            f"benign/, with about {missed:.1f} melanoma(s) per 1,000 images among them (the test split holds "
+            f"{100 * r['n_malignant'] / max(1, r['n_images']):.1f} % melanomas, enriched on purpose)."]
+
+
+def gate_section(manifest: dict[str, Any], evaluations: dict[str, dict[str, Any]], commands: dict[str, str],
+                 candidates: str | None) -> list[str]:
+    """The not-dermoscopy gate: what it is, how it was chosen, and its rates from `dermsort evaluate --ood`."""
+    gate = manifest["metadata"].get("gate") or {}
+    if not gate.get("method"):
+        return ["## Not-dermoscopy gate", "", "None: this model judges every colour image as if it were dermoscopy.", ""]
+    details = gate.get("details", {})
+    fit = details.get("fit", {})
+    lines = ["## Not-dermoscopy gate", "",
+             f"- Score: {gate['method']} on the {details.get('features', 'penultimate features')}, inside every "
+             f"exported graph (last output column); score >= {gate['threshold']:.4f} -> `review/`, reason "
+             "'not recognised as a dermoscopy image', whatever p(malignant) says.",
+             f"- Fitted on {fit.get('dermoscopy_train', '?')} dermoscopy train images, {fit.get('ood_train', '?')} "
+             f"real non-dermoscopy train images (ood.csv train split: SD-198 clinical photos by class, scikit-image/"
+             f"scikit-learn photos) and {fit.get('rendered_train', '?')} rendered negatives (text pages, screenshots, "
+             "charts, patterns, noise); threshold rule: " + str(details.get("rule", "?")) + " (val only); "
+             f"chosen: {details.get('chosen_by', '?')}.",
+             "- INT8 artifacts keep the gate's operations in float; the export's parity gate counts an image the "
+             "reference rejects and an artifact lets through like a malignant-to-benign flip."]
+    if candidates:
+        lines.append(f"- Candidates compared on the same splits (max-softmax, energy, Mahalanobis, probe): "
+                     f"[{candidates}]({candidates}).")
+    lines.append("")
+    for split in [k for k in ("test", "val") if k in evaluations]:
+        ev = evaluations[split]
+        g, o = ev.get("gate"), ev.get("ood")
+        if not g and not o:
+            continue
+        lines += [f"### {split} split ({Path(str(ev['runner'].get('artifact'))).name})", ""]
+        if commands.get(split):
+            lines += ["```", commands[split], "```", ""]
+        if g:
+            lines += ["| dermoscopy set | images | rejected by the gate | work reduction with gate (without) |",
+                      "|---|---|---|---|"]
+            for name, r in [("pooled", g["pooled"]), *g["per_dataset"].items()]:
+                lines.append(f"| {name} | {r['n']} | {r['rejected']} ({_pct(r['rejected_rate'])}) | "
+                             f"{_pct(r['work_reduction'])} ({_pct(r['work_reduction_without_gate'])}) |")
+            lines.append("")
+        if o:
+            lines += ["| non-dermoscopy | images | reach benign/ [95 % CI] | gate AUROC | FPR at 95 % TPR |",
+                      "|---|---|---|---|---|"]
+            for label, table in (("kind", o["per_kind"]), ("source", o["per_source"])):
+                for name, r in table.items():
+                    auroc = "n/a" if r.get("auroc") is None else f"{r['auroc']:.3f}"
+                    lines.append(f"| {label}: {name} | {r['n']} | {r['reached_benign']} "
+                                 f"({_pct(r['reached_benign_rate'], r['reached_benign_ci'])}) | {auroc} | "
+                                 f"{_pct(r.get('fpr_at_95tpr'))} |")
+            lines.append("")
     return lines
 
 
@@ -145,7 +227,7 @@ def comparison_table(runs: dict[str, dict[str, Any]]) -> list[str]:
 
 def render(manifest: dict[str, Any], evaluations: dict[str, dict[str, Any]], commands: dict[str, str],
            bundle_label: str, roc: dict[str, str], extra_notes: Sequence[str] = (),
-           runs: dict[str, dict[str, Any]] | None = None) -> str:
+           runs: dict[str, dict[str, Any]] | None = None, gate_candidates: str | None = None) -> str:
     meta = manifest["metadata"]
     recipe = meta.get("provenance", {}).get("recipe", {})
     basis = meta.get("validation", {}).get("threshold_basis") or {}
@@ -198,6 +280,11 @@ def render(manifest: dict[str, Any], evaluations: dict[str, dict[str, Any]], com
         warned = warnings(evaluations["test"], meta.get("validation", {}).get("target_sensitivity", 0.95))
         if warned:
             lines += ["## Where it falls short (read before use)", ""] + [f"- {w}" for w in warned] + [""]
+    if "test" in evaluations:
+        screening = screening_lines(evaluations["test"])
+        if screening:
+            lines += ["## Screening population (ISIC 2020)", ""] + screening + [""]
+    lines += gate_section(manifest, evaluations, commands, gate_candidates)
     if runs:
         lines += ["## Heads and recipes compared (same splits; each run's own val-chosen epoch and threshold)", ""]
         lines += comparison_table(runs) + ["", "Source: each run's `metrics.json` (copied to `docs/model-card/`)."]
@@ -229,9 +316,13 @@ def render(manifest: dict[str, Any], evaluations: dict[str, dict[str, Any]], com
 @click.option("--command", "commands", multiple=True, help="NAME=COMMAND shown in the card (train, test, val).")
 @click.option("--note", "notes", multiple=True, help="An extra note line (measured elsewhere; give its command).")
 @click.option("--run", "runs", multiple=True, help="NAME=metrics.json of a `dermsort train` run to compare; repeatable.")
+@click.option("--gate-report", "gate_report", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="gate-candidates.md written by `dermsort fit-gate` (copied next to the card and linked).")
+@click.option("--shortcut", "shortcut", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="The JSON of `python -m dermsort.train.shortcut` (the data-set shortcut check).")
 @click.option("--out", "out", required=True, type=click.Path(dir_okay=False, path_type=Path))
 def main(bundle: Path, evals: tuple[str, ...], commands: tuple[str, ...], notes: tuple[str, ...], runs: tuple[str, ...],
-         out: Path) -> None:
+         gate_report: Path | None, shortcut: Path | None, out: Path) -> None:
     """Write the model card for BUNDLE from its manifest and evaluation outputs."""
     manifest = json.loads((bundle / "manifest.json").read_text())
     evaluations, roc = {}, {}
@@ -255,7 +346,16 @@ def main(bundle: Path, evals: tuple[str, ...], commands: tuple[str, ...], notes:
         label = str(bundle.resolve().relative_to(Path.cwd()))
     except ValueError:
         label = str(bundle)
-    out.write_text(render(manifest, evaluations, named, label, roc, notes, compared))
+    candidates = None
+    if gate_report is not None:
+        shutil.copyfile(gate_report, assets / "gate-candidates.md")
+        candidates = "model-card/gate-candidates.md"
+    if shortcut is not None:
+        from .shortcut import line
+
+        notes = (*notes, line(json.loads(shortcut.read_text()))
+                 + f" Command: `python -m dermsort.train.shortcut CHECKPOINT --data ... --out {shortcut.name}`.")
+    out.write_text(render(manifest, evaluations, named, label, roc, notes, compared, candidates))
     click.echo(f"wrote {out}")
 
 

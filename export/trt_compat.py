@@ -37,13 +37,17 @@ MAX_OPSET = 17  # what onnx_export writes; TensorRT 10.x parses it (and 8.6 alre
 #: Unsqueeze, Constant, GlobalAveragePool, ReduceMean, Gemm, Softmax -- its INT8 QDQ graph after
 #: quant_pre_process keeps Conv, Clip, Add, Concat, Reshape, Shape, Slice, Gather, Unsqueeze,
 #: GlobalAveragePool, Gemm, ReduceMean, Softmax plus Q/DQ), the test CNNs (Relu, Flatten,
-#: BatchNormalization) and the few shape/elementwise ops such graphs pick up across exporter versions.
+#: BatchNormalization), the few shape/elementwise ops such graphs pick up across exporter versions, and
+#: the gate's ReduceMax/ReduceSum/Sqrt/Max (TensorRT 10 supports each natively: IReduceLayer, IUnaryLayer,
+#: IElementWiseLayer).
 TRT_OPS = frozenset({
     "QuantizeLinear", "DequantizeLinear",
     "Conv", "BatchNormalization", "Relu", "Clip", "Sigmoid", "Add", "Mul", "Sub", "Div",
     "GlobalAveragePool", "AveragePool", "MaxPool", "ReduceMean", "Flatten", "Reshape", "Squeeze", "Unsqueeze",
     "Gemm", "MatMul", "Softmax", "Slice", "Concat", "Transpose", "Pad",
     "Identity", "Constant", "ConstantOfShape", "Shape", "Gather", "Cast",
+    # the not-dermoscopy gate (train/gate.py): distance to the nearest class mean and the probe, in float
+    "ReduceMax", "ReduceSum", "Sqrt", "Max",
 })
 
 _INT8 = 3  # onnx.TensorProto.INT8

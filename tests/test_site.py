@@ -23,6 +23,7 @@ import pytest
 
 from conftest import DATA, labelled
 from dermsort.runtime import drift, site
+from dermsort.runtime.journal import RESULT_FIELDS
 from dermsort.runtime.metrics import binomial_band, cases_needed, wilson_ci
 
 TARGET = 0.95
@@ -170,7 +171,8 @@ def test_isic2020_site_profile_reaches_the_target_on_the_test_split(isic_test_so
     assert {r["site_profile"] for r in results} == {profile.label}
     assert {float(r["threshold"]) for r in results} == {profile.threshold}
     assert {r["threshold_overridden"] for r in results} == {"False"}
-    assert list(results[0])[-1] == "site_profile"  # appended, the old order intact
+    cols = list(results[0])  # appended after the columns before it, the old order intact
+    assert cols[:cols.index("site_profile")] == RESULT_FIELDS[:RESULT_FIELDS.index("site_profile")]
     # without the profile the same images would miss melanomas (the shortfall validate revealed)
     missed_without = sum(float(r["p_malignant"]) < profile.data["validated_threshold"] for r in mel)
     assert (len(mel) - missed_without) / len(mel) < TARGET

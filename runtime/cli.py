@@ -675,7 +675,9 @@ def info(model: Path | None, as_json: bool, site_profile: Path | None) -> None:
         click.echo(f"head         binary ({' / '.join(meta.classes)})")
     p = meta.preprocess
     click.echo(f"preprocess   shorter side -> {p.resize_shorter} px ({p.interpolation}), centre crop {p.input_size}, "
-               f"/{p.scale:g}, mean {p.mean}, std {p.std}")
+               f"/{p.scale:g}, mean {p.mean}, std {p.std}"
+               + (f", colour constancy {p.color_constancy} (p={p.color_constancy_power:g})"
+                  if p.color_constancy != "none" else ""))
 
     def fmt(x: Any, ci: Any) -> str:
         if x is None:
@@ -715,7 +717,7 @@ def info(model: Path | None, as_json: bool, site_profile: Path | None) -> None:
         state = "accepted" if a["accepted"] else ("OVERRIDE: " + a["override"] if a["override"] else "rejected")
         gate = next(x for x in bundle.artifacts if x.name == a["name"]).parity or {}  # one data set for all
         click.echo(f"  {a['name']:18s} {a['backend']:12s} {a['precision']:5s} thr {a['threshold']:.4f} "
-                   f"gate sens {fmt(gate.get('sensitivity'), None)} spec {fmt(gate.get('specificity'), None)} "
+                   f"parity sens {fmt(gate.get('sensitivity'), None)} spec {fmt(gate.get('specificity'), None)} "
                    f"{a['size_bytes'] / 1e6:6.1f} MB  sha256 {a['sha256'][:12]}  checksum {a['checksum']}  {state}  "
                    f"embedded threshold {a['embedded_threshold']}")
     click.echo("backends")

@@ -124,7 +124,6 @@ def test_ood_test_split_reaches_benign_at_most_1_percent_per_source(artifact, tm
     inp = tmp_path / "in"
     names = _copy(rows, inp)
     art = BUNDLE.get(artifact)
-    _sort(inp, tmp_path / "out", "--backend", art.backend, "--precision", art.precision, "--dry-run")
     res = CliRunner().invoke(cli, ["sort", str(inp), "--out", str(tmp_path / "out2"), "--backend", art.backend,
                                    "--precision", art.precision], catch_exceptions=False)
     assert res.exit_code == 0, res.output

@@ -25,7 +25,8 @@ _SEEN = [
 ]
 _NOT_SEEN = [
     "Darker skin types (Fitzpatrick V-VI) are barely represented in any of these sets: figures may not carry over.",
-    "Clinical (non-dermoscopic) photographs, other dermatoscopes and resolutions than those above.",
+    "Other dermatoscopes and resolutions than those above. Clinical (non-dermoscopic) photographs and other "
+    "non-dermoscopy images are not judged: the not-dermoscopy gate sends them to review/ (figures below).",
     "Children; acral, nail, mucosal and scalp lesions are rare or absent; amelanotic melanoma is rare.",
     "SCC is represented mainly through HAM's akiec class (AK / Bowen's disease) and a handful of ISIC 2019 "
     "images: its sensitivity figure rests on few images.",
@@ -47,7 +48,10 @@ def preprocessing_line(pre: dict[str, Any]) -> str:
     return (f"- Preprocessing (the bundle's metadata; `dermsort.runtime.preprocess` applies it in training and at "
             f"run time): {pre['color']}, shrunk by a power of two while decoding (JPEG) or right after (other "
             f"formats), shorter side resized to {pre['resize_shorter']} px ({pre['interpolation']}), centre crop "
-            f"{pre['input_size']} px, then {_normalisation(pre)}; layout {pre['layout']}.")
+            f"{pre['input_size']} px, "
+            + (f"Shades of Gray colour constancy (Minkowski p = {pre.get('color_constancy_power', 6):g}: each channel "
+               "scaled so the image's p-norm mean is grey), " if pre.get("color_constancy") == "shades_of_gray" else "")
+            + f"then {_normalisation(pre)}; layout {pre['layout']}.")
 
 
 def _pct(value: float | None, ci: Sequence[float] | None = None) -> str:

@@ -107,7 +107,7 @@ def run_naive(runner: NaiveRunner, paths: list[Path]) -> tuple[float, list[dict[
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Whole-process naive run (bench/wholeproc.py): the bundle's model, full decode, batch 1, serial, copy."""
+    """Whole-process naive run (studies/wholeproc.py): the bundle's model, full decode, batch 1, serial, copy."""
     import argparse
     import shutil
     import sys

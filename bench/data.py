@@ -1,60 +1,18 @@
-"""Labelled benchmark images: ``labels.csv`` files (file, malignant, split) or folders holding one."""
+"""Labelled benchmark images: ``labels.csv`` files (file, malignant, split) or folders holding one.
+
+Rows are read by ``dermsort.runtime.labels``, the one labels.csv reader.
+"""
 
 from __future__ import annotations
 
-import csv
 import os
 import random
 from collections import Counter
-from dataclasses import dataclass
-from pathlib import Path
 
 from dermsort.runtime.errors import DermsortError
+from dermsort.runtime.labels import LabelledImage, read_labels
 
-LABELS = "labels.csv"
-
-
-@dataclass(frozen=True)
-class LabelledImage:
-    path: Path
-    malignant: int
-    dataset: str
-    split: str
-
-
-def _csv_path(source: str | os.PathLike) -> Path:
-    path = Path(source).expanduser()
-    if path.is_dir():
-        path = path / LABELS
-    if not path.is_file():
-        raise DermsortError(f"labelled data not found: {source} (give a labels.csv or a folder containing one)")
-    return path
-
-
-def read_labels(source: str | os.PathLike, split: str | None = "test") -> list[LabelledImage]:
-    """Rows of one labels.csv (``file`` relative to its folder, ``malignant`` 1/0), filtered by split.
-
-    ``split=None`` (or "all") keeps every row; a CSV without a ``split`` column keeps every row too.
-    """
-    path = _csv_path(source)
-    root = path.parent
-    images = []
-    with open(path, newline="") as fh:
-        reader = csv.DictReader(fh)
-        missing = {"file", "malignant"} - set(reader.fieldnames or [])
-        if missing:
-            raise DermsortError(f"{path} lacks the column(s) {', '.join(sorted(missing))}")
-        for row in reader:
-            row_split = (row.get("split") or "").strip()
-            if split not in (None, "all") and "split" in row and row_split != split:
-                continue
-            try:
-                malignant = int(float(row["malignant"]))
-            except ValueError:
-                raise DermsortError(f"{path}: malignant must be 0/1, got {row['malignant']!r}") from None
-            images.append(LabelledImage(path=(root / row["file"]).resolve(), malignant=malignant,
-                                        dataset=row.get("source_dataset") or root.name, split=row_split))
-    return images
+__all__ = ["LabelledImage", "describe", "load_labelled"]
 
 
 def load_labelled(sources: list[str | os.PathLike], split: str | None = "test", max_images: int | None = None,
@@ -87,7 +45,8 @@ def load_labelled(sources: list[str | os.PathLike], split: str | None = "test", 
 
 
 def describe(images: list[LabelledImage]) -> dict[str, object]:
-    per_set = Counter(im.dataset for im in images)
-    per_set_mal = Counter(im.dataset for im in images if im.malignant)
+    # keyed by the rows' source_dataset (a labels.csv may mix several), as the report has always shown
+    per_set = Counter(im.source for im in images)
+    per_set_mal = Counter(im.source for im in images if im.malignant)
     return {"n_images": len(images), "n_malignant": sum(im.malignant for im in images),
             "datasets": {name: {"images": n, "malignant": per_set_mal.get(name, 0)} for name, n in sorted(per_set.items())}}

@@ -8,7 +8,7 @@ cost is the same. When OpenCV is not installed the decode is Pillow's full decod
 which is about as fast as ``cv2.imread`` for JPEG (both use libjpeg(-turbo)).
 
 In-process: :func:`dermosort_runner` is a :class:`~dermsort.bench.naive.NaiveRunner`-like callable.
-Whole process: ``python -m dermsort.bench.dermosort FOLDER --out OUT`` (what bench/wholeproc.py times).
+Whole process: ``python -m dermsort.bench.dermosort FOLDER --out OUT`` (what studies/wholeproc.py times).
 """
 
 from __future__ import annotations
@@ -97,7 +97,7 @@ def run(paths: list[Path], predict: Callable[[np.ndarray], np.ndarray], out: Pat
 
 
 def dermosort_runner(metadata: Any, threshold: float = 0.5) -> Any:
-    """The DermoSort-style model as a NaiveRunner (in-process rows of bench/pipeline.py and `dermsort bench`).
+    """The DermoSort-style model as a NaiveRunner (in-process rows of studies/pipeline.py and `dermsort bench`).
 
     ``run_naive`` decodes with the bundle's own preprocessing; :func:`run_in_process` is the faithful pass.
     """

@@ -119,6 +119,6 @@ def command_line() -> str:
 
     first = os.path.basename(sys.argv[0]) if sys.argv else ""
     if first == "__main__.py" or first.endswith(".py"):
-        module = {"pipeline.py": "dermsort.bench.pipeline", "devmodel.py": "dermsort.bench.devmodel"}.get(first, first)
+        module = {"pipeline.py": "studies.pipeline", "devmodel.py": "studies.devmodel"}.get(first, first)  # studies/
         first = f"python -m {module}"
     return " ".join([first, *sys.argv[1:]])

@@ -73,23 +73,19 @@ def backend_runner(backend: Any, label: str) -> NaiveRunner:
 
 
 def load_checkpoint_module(path: str | Path) -> tuple[Any, ModelMetadata]:
-    """(torch module, metadata) from a training checkpoint, through whichever loader is installed."""
-    errors = []
-    for module_name in ("dermsort.train", "dermsort.train.trainer", "dermsort.train.models", "dermsort.export.checkpoint"):
-        try:
-            loader = getattr(__import__(module_name, fromlist=["load_checkpoint"]), "load_checkpoint")
-        except (ImportError, AttributeError) as exc:
-            errors.append(f"{module_name}: {exc}")
-            continue
-        loaded = loader(path)
-        if isinstance(loaded, tuple):
-            module, metadata = loaded[0], loaded[1]
-        else:  # dermsort.export.checkpoint.LoadedCheckpoint
-            module, metadata = loaded.model, loaded.metadata
-        if not isinstance(metadata, ModelMetadata):
-            metadata = ModelMetadata.from_dict(metadata)
-        return module, metadata
-    raise ImportError("no checkpoint loader available (pip install \"dermsort[train]\"): " + "; ".join(errors))
+    """(torch module, metadata) from a training checkpoint, through train's checkpoint contract."""
+    try:
+        from dermsort.train.checkpoint import load_checkpoint
+    except ImportError as exc:
+        raise ImportError(f"no checkpoint loader available (pip install \"dermsort[train]\"): {exc}") from None
+    try:
+        module, metadata, _ = load_checkpoint(path)
+    except ImportError:  # dermsort.train.models cannot be imported: export's loader knows torchvision's names
+        from dermsort.export.checkpoint import load_checkpoint as load_for_export
+
+        loaded = load_for_export(path)
+        module, metadata = loaded.model, loaded.metadata
+    return module, metadata
 
 
 def run_naive(runner: NaiveRunner, paths: list[Path]) -> tuple[float, list[dict[str, Any]]]:
@@ -111,7 +107,7 @@ def run_naive(runner: NaiveRunner, paths: list[Path]) -> tuple[float, list[dict[
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Whole-process naive run (bench/wholeproc.py): the bundle's model, full decode, batch 1, serial, copy."""
+    """Whole-process naive run (studies/wholeproc.py): the bundle's model, full decode, batch 1, serial, copy."""
     import argparse
     import shutil
     import sys

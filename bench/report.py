@@ -115,7 +115,7 @@ def render_markdown(report: dict[str, Any]) -> str:
     if ds:
         lines += ["", (f"DermoSort-style baseline — {ds['label']}: {ds['e2e_images_per_s']:.1f} img/s end to end in "
                        "process (median of the timed passes); the \"vs DermoSort-style\" column divides by it. "
-                       "Whole-process figures: `python -m dermsort.bench.wholeproc`." if not ds.get("error")
+                       "Whole-process figures: `python -m studies.wholeproc` (from a checkout)." if not ds.get("error")
                        else f"DermoSort-style baseline {ds['error']}.")]
     base = next((r for r in rows if r["kind"] == "baseline"), None)
     if base is not None:

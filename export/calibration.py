@@ -7,18 +7,18 @@ Never random tensors: activation ranges from noise are not the ranges of dermosc
 
 from __future__ import annotations
 
-import csv
 import logging
 import os
 import random
 from collections import defaultdict
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
 
 import numpy as np
 
 from dermsort.runtime.errors import DermsortError
+# the one labels.csv reader; re-exported here for the callers that read calibration.read_labels
+from dermsort.runtime.labels import LabelledImage, read_labels  # noqa: F401
 from dermsort.runtime.metadata import PreprocessSpec
 from dermsort.runtime.preprocess import IMAGE_EXTENSIONS, UnreadableImage, preprocess_file
 
@@ -28,41 +28,6 @@ log = logging.getLogger(__name__)
 CALIB_SPLIT = "train"
 #: the split the parity gate runs on by default
 GATE_SPLIT = "val"
-
-
-@dataclass(frozen=True)
-class LabelledImage:
-    path: Path
-    malignant: int
-    #: the row's source_dataset column (a labels.csv may mix several), else the data set
-    source: str
-    #: the data set: the folder that holds the labels.csv (ham10000, isic2019, ph2, ...)
-    dataset: str = ""
-    #: the row's split column ("" when the CSV has none)
-    split: str = ""
-
-
-def read_labels(csv_path: str | os.PathLike, split: str | None) -> list[LabelledImage]:
-    """Rows of a ../shared/data-style labels.csv (``file`` relative to the CSV's folder); ``split=None``: all."""
-    csv_path = Path(csv_path)
-    if not csv_path.is_file():
-        raise DermsortError(f"labels file not found: {csv_path}")
-    rows: list[LabelledImage] = []
-    with open(csv_path, newline="") as fh:
-        reader = csv.DictReader(fh)
-        fields = set(reader.fieldnames or [])
-        if not {"file", "malignant"} <= fields:
-            raise DermsortError(f"{csv_path} is not a labels.csv (needs the columns file, malignant)")
-        for row in reader:
-            if split is not None and "split" in fields and row["split"] != split:
-                continue
-            malignant = str(row["malignant"]).strip()
-            if malignant not in ("0", "1"):
-                raise DermsortError(f"{csv_path}: malignant must be 0 or 1, got {malignant!r} for {row['file']}")
-            rows.append(LabelledImage((csv_path.parent / row["file"]).resolve(), int(malignant),
-                                      row.get("source_dataset") or csv_path.parent.name, csv_path.parent.name,
-                                      row.get("split") or ""))
-    return rows
 
 
 def _is_csv(source: str | os.PathLike) -> bool:

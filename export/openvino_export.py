@@ -108,7 +108,7 @@ def export_int8(onnx_path: Path, xml_path: Path, metadata: ModelMetadata, calib_
     if accuracy_control == "on" and not can_control:
         say("openvino-int8: accuracy control needs a labelled set with both classes; using plain nncf.quantize")
     # full (not fast) bias correction: on the v2 default model it halved the decision flips of plain PTQ
-    # (41 -> 24 of 1,276 gate images; `python -m dermsort.export.quant_study`, docs/EXPORT.md) for ~1 min more
+    # (41 -> 24 of 1,276 gate images; `python -m studies.quant_study`, docs/EXPORT.md) for ~1 min more
     # the not-dermoscopy gate stays float (export/onnx_export.py gate_nodes says why)
     ignored = (nncf.IgnoredScope(patterns=[f"^(?!{re.escape(CLASSIFIER_SCOPE)}).*"], validate=False)
                if metadata.gate.enabled else nncf.IgnoredScope())

@@ -23,6 +23,7 @@ from .report_page import ReportRefresher, artifact_figures, build_report, refere
 from .scan import Candidate, ScanNotes, default_out, scan
 from .signing import REQUIRE_ENV, require_signed_setting, trusted_key_dirs
 from .sorter import SortOptions, Sorter
+from .watching import watch_loop
 
 #: what sort/watch can run; the torch backend is a reference for bench/evaluate (never imported here)
 BACKENDS = ["auto", "onnxruntime", "openvino", "tensorrt"]
@@ -416,50 +417,25 @@ def watch(folder: Path, out: Path | None, move: bool, recursive: bool, keep_tree
             click.echo(f"warning: {sorter.journal_warning}", err=True)
         click.echo(f"watching {sorter.input_dir} -> {sorter.out} with {engine.describe().get('backend')}/"
                    f"{engine.artifact.name}; Ctrl-C to stop", err=True)
-        seen: dict[str, tuple[int, int, float]] = {}
-        cycles = 0
-        while not stop.is_set():
-            now = time.monotonic()
-            ready: list[Candidate] = []
-            if not sorter.input_dir.is_dir():
-                raise DermsortError(f"input folder {sorter.input_dir} disappeared (deleted or unmounted); "
-                                    "stopped watching")
-            current = scan(sorter.input_dir, recursive)
-            names = set()
-            for cand in current:
-                key = str(cand.path)
-                names.add(key)
-                sig = (cand.size, cand.mtime_ns)
-                prev = seen.get(key)
-                if prev is None or prev[:2] != sig:
-                    seen[key] = (*sig, now)  # new or still growing: wait until it settles
-                elif now - prev[2] >= settle:
-                    ready.append(cand)
-            for key in list(seen):
-                if key not in names:
-                    del seen[key]
-            if ready:
-                summary = sorter.run(ready)
-                if summary.results_error:
-                    click.echo(f"warning: {summary.results_error}", err=True)
-                for key, n in vars(summary.counts).items():
-                    setattr(totals, key, getattr(totals, key) + n)
-                for d in summary.decisions:
-                    line = {"time": time.strftime("%H:%M:%S"), **d} if as_json else None
-                    click.echo(json.dumps(line) if as_json else decision_line(d))
-                for cand in ready:
-                    if not cand.path.exists():
-                        seen.pop(str(cand.path), None)
-                left = summary.left_in_place
-                seen_decisions += [{k: d.get(k) for k in ("decision", "p_malignant", "reason")}
-                                   for d in summary.decisions]
-                del seen_decisions[:-5000]  # the recent ones are enough to judge drift
-                drift_result = _drift(bundle, engine, opts, profile, seen_decisions)
-                refresher.refresh(_run_info(bundle, opts, left, [], profile, drift_result))  # at most every 5 s
-            cycles += 1
-            if max_cycles is not None and cycles >= max_cycles:
-                break
-            stop.wait(interval)
+
+        def sort_batch(ready: list[Candidate]) -> None:
+            nonlocal left, drift_result
+            summary = sorter.run(ready)
+            if summary.results_error:
+                click.echo(f"warning: {summary.results_error}", err=True)
+            for key, n in vars(summary.counts).items():
+                setattr(totals, key, getattr(totals, key) + n)
+            for d in summary.decisions:
+                line = {"time": time.strftime("%H:%M:%S"), **d} if as_json else None
+                click.echo(json.dumps(line) if as_json else decision_line(d))
+            left = summary.left_in_place
+            seen_decisions.extend({k: d.get(k) for k in ("decision", "p_malignant", "reason")}
+                                  for d in summary.decisions)
+            del seen_decisions[:-5000]  # the recent ones are enough to judge drift
+            drift_result = _drift(bundle, engine, opts, profile, seen_decisions)
+            refresher.refresh(_run_info(bundle, opts, left, [], profile, drift_result))  # at most every 5 s
+
+        watch_loop(sorter.input_dir, recursive, sort_batch, stop, interval, settle, max_cycles)
     finally:
         sorter.close()
         engine.close()

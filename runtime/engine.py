@@ -8,15 +8,12 @@ that will run is imported (a probe imports those it measures, once).
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import os
-import platform
 import time
-from pathlib import Path
 
 from .backends.base import Backend, backend_installed, backend_status, create_backend, get_backend_class, list_backends
 from .bundle import Artifact, Bundle
+from .caches import compiled_cache_dir, cpu_fingerprint  # noqa: F401 - re-exported (tests, callers)
 from .errors import BackendUnavailable, DermsortError
 from .probe import (cache_dir, host_id, load_profile, machine_load, profile_path,  # noqa: F401 - re-exported
                     save_profile, stale_reason)
@@ -26,39 +23,6 @@ log = logging.getLogger(__name__)
 
 #: tried first when nothing is known about this machine: the reference and the most portable
 PRECISION_ORDER = ("fp32", "fp16", "bf16", "int8")
-
-
-def compiled_cache_dir(library: str) -> Path | None:
-    """Folder for models compiled/optimised by ``library`` (reused across runs), or None when disabled
-    (``DERMSORT_COMPILED_CACHE=0``) or not creatable (read-only home): then every run compiles afresh."""
-    if os.environ.get("DERMSORT_COMPILED_CACHE", "1").strip().lower() in ("0", "no", "off", "false"):
-        return None
-    path = cache_dir() / "compiled" / library
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        log.info("no compiled-model cache (%s): %s", path, exc)
-        return None
-    return path
-
-
-def cpu_fingerprint() -> str:
-    """Short hash of this CPU's model and instruction-set flags.
-
-    An optimised graph may use layouts/kernels chosen for this CPU (e.g. ONNX Runtime's NCHWc blocking
-    for AVX2 vs AVX-512), so a cache shared through a network home must not cross CPUs.
-    """
-    text = platform.machine()
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith(("model name", "flags", "Features", "CPU part")):
-                    text += line
-                elif not line.strip() and "flags" in text:
-                    break  # first CPU is enough
-    except OSError:
-        pass
-    return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
 def compatible(backend: str, artifact: Artifact) -> bool:

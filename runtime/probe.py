@@ -30,6 +30,7 @@ import numpy as np
 
 from .backends.base import Backend, get_backend_class, library_version
 from .bundle import Bundle
+from .caches import cache_dir
 
 log = logging.getLogger(__name__)
 
@@ -47,12 +48,6 @@ PROBE_BATCH = 4
 SCREEN_RATIO = 2.0
 #: a 1-minute load average per logical CPU above this makes a measurement noisy
 NOISY_LOAD_PER_CPU = 0.5
-
-
-def cache_dir() -> Path:
-    base = os.environ.get("DERMSORT_CACHE_DIR") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "dermsort")
-    return Path(base)
 
 
 def host_id() -> str:

@@ -13,7 +13,6 @@ only when given one (``--site-profile FILE``, or the default location ``default_
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import math
@@ -27,7 +26,9 @@ import numpy as np
 
 from .bundle import Bundle
 from .counts import NOT_DERMOSCOPY
+from . import labels
 from .errors import DermsortError
+from .labels import LABELS_NAME
 from .metrics import (DIAGNOSIS_GROUPS, cases_needed, choose_threshold, confusion, diagnosis_sensitivity,
                       quantile_summary, wilson_ci)
 from .scan import Candidate
@@ -62,30 +63,18 @@ class Case:
 
 def read_labels(folder: Path, split: str | None = None) -> list[Case]:
     """The labelled cases in ``folder/labels.csv`` (``file``, ``malignant``; optional ``dx``, ``split``)."""
-    labels = folder / "labels.csv"
-    if not labels.is_file():
+    path = folder / LABELS_NAME
+    if not path.is_file():
         raise DermsortError(f"no labels.csv in {folder}: validate needs a labelled folder (columns file, malignant)")
-    try:
-        with open(labels, newline="", encoding="utf-8") as fh:
-            rows = list(csv.DictReader(fh))
-            header = rows[0].keys() if rows else []
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise DermsortError(f"cannot read {labels}: {exc}") from None
-    missing = [c for c in ("file", "malignant") if c not in header]
-    if rows and missing:
-        raise DermsortError(f"{labels} lacks the column(s) {', '.join(missing)}")
+    rows = labels.read_labels(path, None)
     if split is not None:
-        if rows and "split" not in header:
-            raise DermsortError(f"--split {split}: {labels} has no split column")
-        rows = [r for r in rows if r.get("split") == split]
-    cases = []
-    for i, row in enumerate(rows, 2):
-        value = str(row.get("malignant", "")).strip().lower()
-        if value not in ("0", "1", "true", "false"):
-            raise DermsortError(f"{labels} line {i}: malignant must be 1 or 0, got {row.get('malignant')!r}")
-        cases.append(Case(folder / row["file"], int(value in ("1", "true")), (row.get("dx") or "").strip().lower()))
+        if rows and "split" not in rows[0].fields:
+            raise DermsortError(f"--split {split}: {path} has no split column")
+        rows = [r for r in rows if r.split == labels.parse_split(split)]
+    # the folder as given (not resolved): the results name the files the way the user wrote the folder
+    cases = [Case(folder / r.file, int(r.malignant), r.fields.get("dx", "").lower()) for r in rows]
     if not cases:
-        raise DermsortError(f"no labelled cases in {labels}" + (f" for split {split}" if split else ""))
+        raise DermsortError(f"no labelled cases in {path}" + (f" for split {split}" if split else ""))
     return cases
 
 

@@ -6,6 +6,7 @@ import csv
 import json
 import math
 import sys
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -14,6 +15,9 @@ from conftest import DATA
 from dermsort.cli import cli
 from dermsort.runtime import engine
 from dermsort.runtime.bundle import load_bundle
+
+# studies/ (one-off studies behind published figures) is not installed: import it from this checkout
+sys.path.append(str(Path(__file__).resolve().parents[1]))
 
 FAST = ["--reps", "5", "--warmup", "1", "--e2e-reps", "1", "--cold-reps", "1"]
 
@@ -158,7 +162,7 @@ def test_labelled_data_cap_keeps_both_classes_and_bad_input_is_one_line(tmp_path
 
 
 def test_pipeline_benchmark_runs_on_small_generated_jpegs(tiny_bundle, tmp_path):
-    from dermsort.bench.pipeline import main
+    from studies.pipeline import main
 
     res = CliRunner().invoke(main, ["--model", str(tiny_bundle), "--artifacts", "onnx-fp32", "--real", "4",
                                     "--large", "800x600", "--n-large", "2", "--reps", "1", "--naive-reps", "1",
@@ -197,7 +201,7 @@ def test_naive_torch_eager_runner_matches_the_onnx_reference(tiny_bundle):
 
 def test_whole_process_launcher_reports_the_commands_own_time_and_memory():
     # the child's ru_maxrss must not carry this (big) process's RSS across fork + exec
-    from dermsort.bench.wholeproc import measure
+    from studies.wholeproc import measure
 
     ballast = bytearray(300 * 2**20)
     ballast[::4096] = b"\x01" * len(ballast[::4096])
@@ -212,7 +216,7 @@ def test_whole_process_launcher_reports_the_commands_own_time_and_memory():
 
 
 def test_whole_process_table_in_one_run(tiny_bundle, tmp_path):
-    from dermsort.bench.wholeproc import main
+    from studies.wholeproc import main
 
     assert main(["--model", str(tiny_bundle), "--real", "3", "--n-large", "2", "--large", "640x480", "--reps", "1",
                  "--out", str(tmp_path / "w")]) == 0

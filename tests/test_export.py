@@ -52,7 +52,7 @@ class TinyCNN(torch.nn.Module):
 
 
 def _fake_train_models() -> types.ModuleType:
-    """Stands in for dermsort.train.models (the contract: build_model(arch, n, pretrained) -> logits)."""
+    """Stands in for dermsort.train.models (the contract: build_model(arch, n, pretrained) -> logits, with_tta)."""
     module = types.ModuleType("dermsort.train.models")
 
     def build_model(architecture: str, num_classes: int, pretrained: bool = False):
@@ -61,6 +61,7 @@ def _fake_train_models() -> types.ModuleType:
         return TinyCNN(num_classes)
 
     module.build_model = build_model
+    module.with_tta = lambda model, mode: model  # no test-time flips in these checkpoints
     return module
 
 

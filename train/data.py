@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
 
+from dermsort.runtime import labels
 from dermsort.runtime.preprocess import IMAGE_EXTENSIONS
 
 log = logging.getLogger(__name__)
@@ -184,25 +185,28 @@ def _label(dx_raw: str, report: SourceReport, malignant: bool | None = None) -> 
 # --------------------------------------------------------------------------- readers
 
 def read_labels_csv(path: Path, require_images: bool = True, dataset: str | None = None) -> tuple[list[Row], SourceReport]:
-    """The plain ``labels.csv`` (image_id, file, dx, malignant, lesion_id, [patient_id], split)."""
+    """The plain ``labels.csv`` (image_id, file, dx, malignant, lesion_id, [patient_id], split).
+
+    Read by ``dermsort.runtime.labels`` (the one labels.csv reader, so its malignant/split rules are
+    the export's and the bench's); an empty malignant cell is labelled from the row's ``dx``.
+    """
     path = Path(path)
     dataset = dataset or path.parent.name
     report = SourceReport(str(path), "labels.csv")
     rows = []
-    for rec in _read_csv(path):
-        file = rec.get("file") or rec.get("path") or ""
+    for labelled in labels.read_labels(path, None, malignant_optional=True):
+        rec, file = labelled.fields, labelled.file
         image = path.parent / file
         if require_images and not (file and image.is_file()):
             report.missing_images += 1
             continue
-        malignant = rec.get("malignant", "")
-        label = _label(rec.get("dx", ""), report, bool(int(float(malignant))) if malignant != "" else None)
+        malignant = None if labelled.malignant is None else bool(labelled.malignant)
+        label = _label(rec.get("dx", ""), report, malignant)
         if label is None:
             continue
-        split = rec.get("split", "").lower()
         rows.append(Row(path=str(image), dx=label[0], malignant=label[1], dataset=dataset,
                         image_id=rec.get("image_id") or Path(file).stem, lesion_id=rec.get("lesion_id", ""),
-                        patient_id=rec.get("patient_id", ""), split={"valid": "val", "validation": "val"}.get(split, split),
+                        patient_id=rec.get("patient_id", ""), split=labelled.split,
                         dx_raw=rec.get("dx", ""), extra={k: rec[k] for k in ("source_dataset", "age", "sex") if rec.get(k)}))
     return _finish(rows, report), report
 
@@ -379,7 +383,7 @@ def read_class_folders(path: Path, require_images: bool = True) -> tuple[list[Ro
         for sub in sorted(p for p in folder.iterdir() if p.is_dir()):
             name = sub.name.lower()
             if not split and name in {"train", "val", "valid", "validation", "test"}:
-                walk(sub, {"valid": "val", "validation": "val"}.get(name, name))
+                walk(sub, labels.parse_split(name))
                 continue
             label = _label(sub.name, report)
             if label is None:

@@ -52,8 +52,8 @@ def finish_run(config: Any, model: nn.Module, best_state: dict, *, rows: list[Ro
                history: list[dict], best_epoch: int, best_auc: float, stopped_by: str, resumed_from: int | None,
                class_weight: np.ndarray, provenance_weights: dict, train_seconds: float, started: float,
                echo: Echo) -> Any:
-    from .trainer import (CHECKPOINT_FORMAT, CHECKPOINT_VERSION, TrainResult, _p_malignant, _save_atomic, git_commit,
-                          predict_probabilities)
+    from .checkpoint import CHECKPOINT_FORMAT, CHECKPOINT_VERSION
+    from .trainer import TrainResult, _p_malignant, _save_atomic, git_commit, predict_probabilities
 
     out = Path(config.out)
     malignant_idx = [classes.index(c) for c in malignant_classes]

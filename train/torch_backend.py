@@ -27,7 +27,7 @@ class TorchBackend(Backend):
     def _load_impl(self) -> None:
         import torch
 
-        from .trainer import load_checkpoint
+        from .checkpoint import load_checkpoint
 
         want_cuda = self.device in (None, "cuda", "auto") and torch.cuda.is_available()
         if self.device == "cuda" and not want_cuda:
@@ -61,7 +61,7 @@ def bundle_from_checkpoint(checkpoint: str | os.PathLike, root: str | os.PathLik
     """A minimal bundle folder around a checkpoint (one ``torch-fp32`` artifact), for the torch backend."""
     import shutil
 
-    from .trainer import load_checkpoint
+    from .checkpoint import load_checkpoint
 
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)

@@ -28,6 +28,8 @@ from torch import nn
 from dermsort.runtime.metadata import ModelMetadata
 
 from . import metrics
+# the checkpoint contract lives in checkpoint.py; these names stay importable from here
+from .checkpoint import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, load_checkpoint  # noqa: F401
 from .data import Row, class_index, label_set_members, label_sets, read_sources, task_classes
 from .dataset import Augment, DermoscopyDataset, ImageCache
 from .objective import SetLoss, ShardedWeightedSampler, balanced_weights
@@ -37,8 +39,6 @@ from .split import assert_no_leak, assign_splits, split_summary, subsample
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_FORMAT = "dermsort-checkpoint"
-CHECKPOINT_VERSION = 1
 REPO = Path(__file__).resolve().parents[1]
 Echo = Callable[[str], None]
 
@@ -111,33 +111,6 @@ class TrainResult:
     checkpoint: Path
     metrics: dict[str, Any]
     metadata: ModelMetadata
-
-
-# --------------------------------------------------------------------------- checkpoint I/O
-
-def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> tuple[nn.Module, ModelMetadata, dict]:
-    """A checkpoint.pt written by ``dermsort train`` -> (model in eval mode, its metadata, the raw dict)."""
-    from .models import build_model as _build
-
-    ckpt = torch.load(os.fspath(path), map_location=map_location, weights_only=True)
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path} is not a dermsort checkpoint (expected format {CHECKPOINT_FORMAT!r})")
-    if int(ckpt.get("version", 0)) != CHECKPOINT_VERSION:
-        raise ValueError(f"{path}: checkpoint version {ckpt.get('version')} (this dermsort reads {CHECKPOINT_VERSION})")
-    metadata = ModelMetadata.from_dict(ckpt["metadata"])
-    model = _build(ckpt["architecture"], int(ckpt["num_classes"]), pretrained=False)
-    model.load_state_dict(ckpt["state_dict"], strict=True)
-    if ckpt.get("gate"):
-        # the not-dermoscopy gate (fitted by `dermsort fit-gate`): probabilities + gate score, flips inside
-        from .gate import GatedClassifier, gate_from_state
-
-        model = GatedClassifier(model, ckpt["architecture"], ckpt.get("tta"), gate_from_state(ckpt["gate"]))
-    else:
-        from .models import with_tta
-
-        model = with_tta(model, ckpt.get("tta"))  # test-time flips chosen on val travel inside the model
-    model.eval()
-    return model, metadata, ckpt
 
 
 # --------------------------------------------------------------------------- helpers

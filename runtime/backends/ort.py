@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from ..bundle import sha256_file
-from ..engine import compiled_cache_dir, cpu_fingerprint
+from ..caches import compiled_cache_dir, cpu_fingerprint
 from ..metadata import ARTIFACT_RECORD_KEY, ONNX_METADATA_KEY
 from .base import Backend, BackendSpec
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from ..engine import compiled_cache_dir
+from ..caches import compiled_cache_dir
 from ..metadata import ARTIFACT_RECORD_KEY, ONNX_METADATA_KEY
 from .base import Backend, BackendSpec
 

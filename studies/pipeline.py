@@ -1,6 +1,6 @@
 """Issue 2's speed targets, measured: dermsort's pipeline vs a naive one vs JPEG decode alone.
 
-``python -m dermsort.bench.pipeline --model BUNDLE --out REPORT_DIR``
+``python -m studies.pipeline --model BUNDLE --out REPORT_DIR``
 
 Image sets: real dermoscopy images from ../shared/data (their native 300-1872 px sizes) and large
 JPEGs generated in a temporary folder by upscaling real dermoscopy images to 12 MP (4000x3000) and
@@ -40,10 +40,10 @@ from dermsort.runtime.backends.base import Backend, BackendSpec, create_backend
 from dermsort.runtime.bundle import DEFAULT_BUNDLE, Bundle, load_bundle
 from dermsort.runtime.preprocess import open_image
 
-from .machine import command_line, load_average, machine_info, machine_name
-from .measure import median, run_worker, warm_page_cache
-from .naive import backend_runner, run_naive
-from .worker import candidates, sort_pass
+from dermsort.bench.machine import command_line, load_average, machine_info, machine_name
+from dermsort.bench.measure import median, run_worker, warm_page_cache
+from dermsort.bench.naive import backend_runner, run_naive
+from dermsort.bench.worker import candidates, sort_pass
 
 log = logging.getLogger(__name__)
 
@@ -174,7 +174,7 @@ def measure_set(name: str, paths: list[Path], bundle: Bundle, artifacts: list[st
     result["decode_alone_images_per_s"] = n / median(decode_s)
     echo(f"  {name}: decode alone {result['decode_alone_images_per_s']:.1f} img/s")
     try:  # issue 15: the DermoSort-style pipeline (EfficientNet-B4 @ 256, torch eager, batch 1) on the same images
-        from .dermosort import run_in_process
+        from dermsort.bench.dermosort import run_in_process
 
         result["dermosort_s"] = run_in_process(paths, knobs.naive_reps)
         result["dermosort_images_per_s"] = n / median(result["dermosort_s"])

@@ -1,6 +1,6 @@
 """What ``--backend auto`` costs over the backend it chooses: a one-image ``dermsort sort``, whole processes.
 
-    python -m dermsort.bench.auto_overhead IMAGE [--model BUNDLE] [--repeats 7] [--backends auto,onnxruntime,openvino]
+    python -m studies.auto_overhead IMAGE [--model BUNDLE] [--repeats 7] [--backends auto,onnxruntime,openvino]
 
 Each repeat runs one fresh ``dermsort sort`` process per backend, in a rotating order (a burst of load
 hits all alike); medians over the repeats. One untimed warm-up per backend first (page cache; ``auto``'s

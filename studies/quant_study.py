@@ -1,6 +1,6 @@
 """Which INT8 recipe keeps a model's decisions: every method through the same parity gate, one table.
 
-    python -m dermsort.export.quant_study BUNDLE --calib ../shared/data/*/labels.csv --out REPORT_DIR
+    python -m studies.quant_study BUNDLE --calib ../shared/data/*/labels.csv --out REPORT_DIR
 
 For each method the FP32 reference ONNX of BUNDLE is quantised with the same real calibration images
 (train splits, mixed over data sets), scored on the gate set (val splits of every labels.csv) by the
@@ -24,8 +24,8 @@ import numpy as np
 
 from dermsort.runtime.bundle import load_bundle
 
-from . import calibration
-from .parity import Tolerances, compare
+from dermsort.export import calibration
+from dermsort.export.parity import Tolerances, compare
 
 
 def _ort_scores(path: Path, tensors: np.ndarray, mal_idx: list[int]) -> tuple[np.ndarray, float]:
@@ -63,7 +63,7 @@ def _ort_int8(src: Path, dst: Path, calib: np.ndarray, method: str, exclude: str
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    from .onnx_export import QUANT_EXTRA_OPTIONS
+    from dermsort.export.onnx_export import QUANT_EXTRA_OPTIONS
 
     with tempfile.TemporaryDirectory() as work:
         prepped = Path(work) / "prepped.onnx"
@@ -206,7 +206,7 @@ def _write(out: Path, meta: Any, bundle_dir: Path, labels: np.ndarray, calib_ten
              f"{len(calib_tensors)} calibration images (train splits, mixed over data sets; the first "
              f"{hist_calib_count} of them for ONNX Runtime's percentile/entropy calibrators). Verdicts by the export's "
              "parity gate (`dermsort.export.parity.compare`, default tolerances). Latency: median batch-1 ms, 2 threads, "
-             "this CPU. Command: `python -m dermsort.export.quant_study " + f"{bundle_dir} --calib ... --out {out}`", "",
+             "this CPU. Command: `python -m studies.quant_study " + f"{bundle_dir} --calib ... --out {out}`", "",
              "| method | verdict | flips (to benign / to review) | malignant -> benign | sensitivity (FP32) | "
              "specificity (FP32) | AUC | latency ms | MB |", "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:

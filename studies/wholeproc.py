@@ -1,7 +1,7 @@
 """Issue 15's whole-process table: `dermsort sort` vs a DermoSort-style pipeline vs the same model naive
 vs a decode-only floor, each a fresh process, timed from outside, alternating, in one run.
 
-``python -m dermsort.bench.wholeproc --out docs/bench/cpu-epyc-2core/whole-process``
+``python -m studies.wholeproc --out docs/bench/cpu-epyc-2core/whole-process``
 
 Every measured command runs under a tiny launcher (``python -S``, ~10 MB) that times it and reads
 ``getrusage(RUSAGE_CHILDREN)``: wall time, user+system CPU time and peak RSS (``ru_maxrss``) of the
@@ -37,6 +37,9 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+#: the checkout that holds studies/ (not an installed package)
+REPO = Path(__file__).resolve().parents[1]
 
 LAUNCHER = r"""
 import json, resource, subprocess, sys, time
@@ -127,15 +130,18 @@ def arms(folder: Path, scratch: Path, model: Path | None, warm_cache: Path, one_
                                          env(warm_cache))
     result["naive, same model"] = lambda: ([py, "-m", "dermsort.bench.naive", str(folder), "--out", out(), *bundle],
                                            env(warm_cache))
-    result["decode-only floor"] = lambda: ([py, "-m", "dermsort.bench.wholeproc", "--floor", str(folder), *bundle],
-                                           env(warm_cache))
+    def floor():  # studies/ is not installed: the child finds it through the checkout's root
+        path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
+        return [py, "-m", "studies.wholeproc", "--floor", str(folder), *bundle], dict(env(warm_cache), PYTHONPATH=path)
+
+    result["decode-only floor"] = floor
     return result
 
 
 def run_set(name: str, folder: Path, scratch: Path, model: Path | None, warm_cache: Path, reps: int,
             echo, variants: list[str] = ()) -> dict[str, Any]:
-    from .machine import load_average
-    from .measure import median, warm_page_cache
+    from dermsort.bench.machine import load_average
+    from dermsort.bench.measure import median, warm_page_cache
 
     paths = sorted(p for p in folder.iterdir() if p.is_file())
     warm_page_cache(paths)
@@ -178,7 +184,7 @@ def run_set(name: str, folder: Path, scratch: Path, model: Path | None, warm_cac
 
 
 def prepare_sets(tmp: Path, n_real: int, n_large: int, large: list[tuple[int, int]], grain: float) -> dict[str, Path]:
-    from .pipeline import make_large, real_images
+    from studies.pipeline import make_large, real_images
 
     sets = {}
     real = tmp / "real"
@@ -249,7 +255,7 @@ def render(report: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
-    parser = argparse.ArgumentParser(prog="python -m dermsort.bench.wholeproc", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m studies.wholeproc", description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, default=None, help="model bundle (default: the bundled model)")
     parser.add_argument("--real", type=int, default=300, help="dataset images")
     parser.add_argument("--n-large", type=int, default=12, help="JPEGs per large size")
@@ -267,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.floor is not None:
         print(f"{floor(args.floor, args.model):.3f}")
         return 0
-    from .machine import machine_info
+    from dermsort.bench.machine import machine_info
 
     echo = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
     large = [tuple(int(v) for v in s.lower().split("x")) for s in args.large.split(",") if s.strip()]
@@ -284,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
             measure([*dermsort_exe(), "sort", str(sets.get("1 image", next(iter(sets.values())))), "--out",
                      str(tmp / f"prime-out-{i}"), *(["--model", str(args.model)] if args.model else []), *extra.split()],
                     dict(os.environ, DERMSORT_CACHE_DIR=str(warm)))
-        command = "python -m dermsort.bench.wholeproc " + shlex.join(sys.argv[1:] if argv is None else argv)
+        command = "python -m studies.wholeproc " + shlex.join(sys.argv[1:] if argv is None else argv)
         report: dict[str, Any] = {"schema": "dermsort-wholeproc-bench/1", "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                                   "command": command, "machine": machine_info(), "reps": args.reps,
                                   "targets": TARGETS, "grain": args.grain,

@@ -234,9 +234,10 @@ def fit_gate(checkpoint: str | os.PathLike, data: Sequence[str], ood: str, out: 
     import torch
 
     from .data import class_index, read_sources
+    from .checkpoint import read_checkpoint
     from .models import build_model, classifier_of
 
-    ckpt = torch.load(os.fspath(checkpoint), map_location="cpu", weights_only=True)
+    ckpt = read_checkpoint(checkpoint)
     metadata = ModelMetadata.from_dict(ckpt["metadata"])
     task = metadata.provenance.recipe.get("task", "dx")
     arch = ckpt["architecture"]

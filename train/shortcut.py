@@ -27,9 +27,10 @@ def features(checkpoint: str | os.PathLike, paths: Sequence[str], batch_size: in
     """(penultimate features of the images that decoded, mask of those that did)."""
     import torch
 
+    from .checkpoint import read_checkpoint
     from .models import build_model, classifier_of
 
-    ckpt = torch.load(os.fspath(checkpoint), map_location="cpu", weights_only=True)
+    ckpt = read_checkpoint(checkpoint)
     from dermsort.runtime.metadata import ModelMetadata
 
     spec = ModelMetadata.from_dict(ckpt["metadata"]).preprocess

@@ -93,8 +93,14 @@ def library_versions(backends: list[str] | set[str]) -> dict[str, str | None]:
     return out
 
 
+def _candidates(bundle: Bundle, ranking: list[dict[str, Any]]) -> set[str]:
+    """Every backend that could run one of the bundle's artifacts: a profile measured before one of them
+    was installed (or another environment's profile) must not keep `auto` on a slower one."""
+    return {r["backend"] for r in ranking} | {a.backend for a in bundle.artifacts}
+
+
 def validity(bundle: Bundle, ranking: list[dict[str, Any]]) -> dict[str, Any]:
-    return {"model": model_fingerprint(bundle), "versions": library_versions({r["backend"] for r in ranking})}
+    return {"model": model_fingerprint(bundle), "versions": library_versions(_candidates(bundle, ranking))}
 
 
 def stale_reason(entry: dict[str, Any], bundle: Bundle) -> str:
@@ -105,10 +111,10 @@ def stale_reason(entry: dict[str, Any], bundle: Bundle) -> str:
     if valid_for.get("model") != model_fingerprint(bundle):
         return "the model's artifacts changed"
     ranking = entry.get("ranking") or []
-    now = library_versions({r["backend"] for r in ranking})
-    changed = [f"{b} {valid_for.get('versions', {}).get(b)} -> {v}" for b, v in now.items()
-               if valid_for.get("versions", {}).get(b) != v]
-    return ("library versions changed: " + ", ".join(changed)) if changed else ""
+    now = library_versions(_candidates(bundle, ranking))
+    changed = [f"{b} {valid_for.get('versions', {}).get(b) or 'not installed'} -> {v or 'not installed'}"
+               for b, v in now.items() if valid_for.get("versions", {}).get(b) != v]
+    return ("backends installed or their versions changed: " + ", ".join(changed)) if changed else ""
 
 
 def save_profile(bundle: Bundle, ranking: list[dict[str, Any]], source: str,

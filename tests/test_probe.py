@@ -229,3 +229,23 @@ def test_torch_reference_is_not_offered_to_sort(tiny_bundle, tmp_path):
                          capture_output=True, text=True, timeout=60)
     lines = res.stderr.strip().splitlines()
     assert res.returncode == 2 and len(lines) == 1 and "reference for `dermsort bench`" in lines[0], res.stderr
+
+
+def test_a_profile_measured_before_a_faster_backend_was_installed_is_stale():
+    """Issue 26: a profile written where only ONNX Runtime was installed (another venv on this machine, or
+    before `pip install openvino`) must not keep `auto` on ONNX Runtime once OpenVINO is here."""
+    from dermsort.runtime.backends.base import backend_installed
+    from dermsort.runtime.bundle import DEFAULT_BUNDLE
+
+    bundle, _ = load_bundle(DEFAULT_BUNDLE)
+    if not backend_installed("openvino")[0] or not any(a.backend == "openvino" for a in bundle.artifacts):
+        pytest.skip("needs OpenVINO installed and an OpenVINO artifact in the bundled model")
+    ranking = [{"backend": "onnxruntime", "artifact": "onnx-fp32", "images_per_s": 100.0}]
+    now = {"ranking": ranking, "valid_for": probe.validity(bundle, ranking)}
+    assert now["valid_for"]["versions"]["openvino"] and not probe.stale_reason(now, bundle)
+    before = json.loads(json.dumps(now))
+    before["valid_for"]["versions"]["openvino"] = None  # what that environment recorded: not installed
+    assert "openvino not installed ->" in probe.stale_reason(before, bundle)
+    older = json.loads(json.dumps(now))
+    del older["valid_for"]["versions"]["openvino"]  # a profile from before all candidates were recorded
+    assert probe.stale_reason(older, bundle)

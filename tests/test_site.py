@@ -75,6 +75,13 @@ def _reseal(profile: dict, **changes) -> dict:
     return data
 
 
+#: these tests demonstrate the site check on the shortfall model v2 had on ISIC 2020 (54 % of screening
+#: melanomas). Model v3 binds its threshold on isic2020 val (95.1 % of its test melanomas), so ISIC 2020 is no
+#: longer a site where the bundled model falls short: they fail, strictly, until they get a site where v3 does.
+V2_SHORTFALL = ("written for model v2's ISIC 2020 shortfall; model v3's threshold is bound on isic2020 val, so "
+                "there is no shortfall to reveal there (issue 22 follow-up: a site where v3 falls short)")
+
+
 # --------------------------------------------------------------------------- one validate per site
 
 @pytest.fixture(scope="module")
@@ -117,6 +124,7 @@ def isic_test_sorted(root, isic_val):
 
 # --------------------------------------------------------------------------- validate
 
+@pytest.mark.xfail(strict=True, reason=V2_SHORTFALL)
 def test_isic2020_val_reveals_the_shortfall(isic_val):
     report, res = isic_val["report"], isic_val["res"]
     at = report["at_validated_threshold"]
@@ -158,6 +166,7 @@ def test_isic2020_site_threshold_is_lower_and_rests_on_its_cases(isic_val):
     assert profile["integrity"]["sha256"] == site._digest(profile)
 
 
+@pytest.mark.xfail(strict=True, reason=V2_SHORTFALL)
 def test_isic2020_site_profile_reaches_the_target_on_the_test_split(isic_test_sorted, isic_val):
     results, rows = isic_test_sorted["results"], isic_test_sorted["rows"]
     profile = site.read_profile(isic_val["profile"])
@@ -191,6 +200,7 @@ def test_sort_summary_and_page_show_the_profile(isic_test_sorted, isic_val):
     assert 'id="drift"' not in page
 
 
+@pytest.mark.xfail(strict=True, reason=V2_SHORTFALL)
 def test_ham10000_val_leaves_the_threshold_about_where_it_is(ham_val, isic_val):
     report = ham_val["report"]
     validated, st = report["validated_threshold"], report["site_threshold"]
@@ -322,6 +332,7 @@ def test_undecodable_images_are_excluded_counted_and_escaped(root, tmp_path):
 
 # --------------------------------------------------------------------------- drift
 
+@pytest.mark.xfail(strict=True, reason=V2_SHORTFALL)
 def test_a_clear_departure_is_said_in_one_line(root, isic_val, tmp_path):
     # HAM10000 images (half malignant) sorted with the ISIC 2020 screening site's profile: clearly not that site
     inp = tmp_path / "ham"

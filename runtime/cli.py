@@ -12,7 +12,8 @@ from typing import Any
 
 import click
 
-from .backends.base import backend_installed, backend_status, create_backend, get_backend_class, list_backends
+from .backends.base import (backend_installed, backend_status, create_backend, get_backend_class, list_backends,
+                            runtime_backends)
 from .bundle import DEFAULT_BUNDLE, load_bundle
 from . import drift, site, site_page
 from .counts import Counts
@@ -25,8 +26,9 @@ from .signing import REQUIRE_ENV, require_signed_setting, trusted_key_dirs
 from .sorter import SortOptions, Sorter
 from .watching import watch_loop
 
-#: what sort/watch can run; the torch backend is a reference for bench/evaluate (never imported here)
-BACKENDS = ["auto", "onnxruntime", "openvino", "tensorrt"]
+#: what sort/watch offer by name: the runtime's own backends (the torch reference, registered from train/, is
+#: for bench/evaluate and is never imported here); read from the registry, importing no backend
+BACKENDS = ["auto", *runtime_backends()]
 
 
 class FilesLeftInPlace(DermsortError):

@@ -16,29 +16,20 @@ import tempfile
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Iterable
 
 import numpy as np
 
 from dermsort import __version__
-from dermsort.runtime.bundle import (Artifact, Bundle, load_bundle, make_artifact, sha256_file,
-                                     write_manifest)
+from dermsort.runtime.bundle import Bundle, load_bundle, sha256_file, write_manifest
 from dermsort.runtime.errors import DermsortError
 
 from . import calibration, formats, parity, report, seal, trt_compat
 from .bundle_io import _check_out, _locked, recover, swap_in
 from .onnx_export import ExportError
+from .verdict import GATE_RULES, Say, apply_verdicts, report_rows, run_gate, target_sensitivity
 
 log = logging.getLogger(__name__)
-
-Say = Callable[[str], None]
-
-#: the gate's rules in words, stored with the numbers in the manifest and printed in the report
-GATE_RULES = (
-    "(a) safety: sensitivity >= reference - max_sensitivity_drop AND malignant_to_benign (reference review -> "
-    "artifact benign) <= floor((sensitivity_reference - target_sensitivity) x n_malignant); "
-    "(b) work: specificity >= reference - max_specificity_drop, at the artifact's recalibrated threshold; "
-    "(c) churn: flips (both directions) <= max_flip_rate x n_images")
 
 
 def _versions() -> dict[str, str]:
@@ -51,19 +42,6 @@ def _versions() -> dict[str, str]:
         except Exception:
             continue
     return found
-
-
-def _artifact(root: Path, row: formats.Target, threshold: float, **kw: Any) -> Artifact:
-    return make_artifact(root, row.path, name=row.name, backend=row.backend, precision=row.precision,
-                         threshold=threshold, extra_files=list(row.extra_files), **kw)
-
-
-def _remove_files(root: Path, art: Artifact, keep: set[str] | frozenset[str] = frozenset()) -> None:
-    for rel in [art.path, *art.extra_files]:
-        if rel in keep:
-            continue
-        with contextlib.suppress(FileNotFoundError):
-            (root / rel).unlink()
 
 
 def _check_inputs(spec: Any, n: int = 8) -> np.ndarray:
@@ -90,84 +68,6 @@ def _check_logits(model: Any, batch: np.ndarray) -> None:
         # softmax of probabilities squeezes every p towards 1/n: thresholds would silently mean nothing
         raise ExportError("the model already outputs probabilities; the checkpoint contract is logits "
                           "(build_model must not end in softmax)")
-
-
-def _target_sensitivity(metadata: Any) -> float:
-    """The sensitivity the model was validated for (the safety rule measures the reference's margin above it)."""
-    value = getattr(getattr(metadata, "validation", None), "target_sensitivity", None)
-    return float(value) if value else parity.DEFAULT_TARGET_SENSITIVITY
-
-
-def _gate(bundle: Bundle, reference: Artifact, candidates: list[Artifact], tensors: np.ndarray,
-          malignant: np.ndarray, tolerances: parity.Tolerances, say: Say,
-          ood_tensors: np.ndarray | None = None) -> dict[str, parity.ParityResult]:
-    """The parity gate. A gated model's not-dermoscopy decisions are compared too, on the labelled images
-    and ``ood_tensors`` (non-dermoscopy images): see parity.add_gate_parity."""
-    target = _target_sensitivity(bundle.metadata)
-    gated = bundle.metadata.gate.enabled
-    every = tensors if ood_tensors is None or not gated else np.concatenate([tensors, ood_tensors])
-    n = len(tensors)
-    p_ref, g_ref, ref_backend = parity.predict_scores(bundle, reference, every)
-    p_ref = p_ref[:n]
-    results = {reference.name: parity.reference_result(reference.name, p_ref, malignant, reference.threshold,
-                                                       ref_backend, target_sensitivity=target)}
-    say(results[reference.name].message)
-    for art in candidates:
-        p_art, g_art, described = parity.predict_scores(bundle, art, every)
-        row = next((t for t in formats.TARGETS if t.name == art.name), None)
-        results[art.name] = parity.add_gate_parity(
-            parity.compare(art.name, p_art[:n], p_ref, malignant, reference.threshold, reference=reference.name,
-                           tolerances=tolerances, atol=row.atol if row else None, backend=described,
-                           target_sensitivity=target),
-            g_art, g_ref, bundle.metadata.gate.threshold)
-        say(results[art.name].message)
-    return results
-
-
-def _decide(bundle_root: Path, artifacts: list[Artifact], results: dict[str, parity.ParityResult] | None,
-            allow_parity_failure: bool, unverified_reason: str, say: Say) -> tuple[list[Artifact], list[dict[str, Any]]]:
-    """Apply verdicts: thresholds and parity onto artifacts; rejected ones leave the bundle."""
-    kept, rejected = [], []
-    remove: list[Artifact] = []
-    for art in artifacts:
-        if results is None:
-            if art.name == formats.REFERENCE:
-                kept.append(art)
-                continue
-            result = parity.unverified(art.name, unverified_reason)
-            art.parity, art.accepted = result.to_dict(), False
-            # usable (the runtime runs accepted-or-override artifacts), but never presented as verified
-            art.override = f"unverified: {unverified_reason}"
-            kept.append(art)
-            continue
-        result = results[art.name]
-        art.parity = result.to_dict()
-        if result.threshold is not None:
-            art.threshold = float(result.threshold)
-        if result.passed:
-            art.accepted = True
-            kept.append(art)
-        elif allow_parity_failure:
-            art.accepted = False
-            art.override = f"--allow-parity-failure: {result.message}"
-            say(f"WARNING: keeping {art.name} despite failing the parity gate (--allow-parity-failure)")
-            kept.append(art)
-        else:
-            remove.append(art)
-            rejected.append({"name": art.name, "path": art.path, "precision": art.precision, "backend": art.backend,
-                             "size_bytes": art.size_bytes, "sha256": art.sha256, "reason": result.message,
-                             "parity": art.parity})
-    # a rejected artifact's files go, unless a kept one uses them too (openvino-bf16 runs the FP16 IR)
-    in_use = {rel for art in kept for rel in (art.path, *art.extra_files)}
-    for art in remove:
-        _remove_files(bundle_root, art, keep=in_use)
-    return kept, rejected
-
-
-def _verdict(art: Artifact) -> str:
-    if art.accepted:
-        return "accepted"
-    return "OVERRIDE (parity failed)" if art.override.startswith("--allow") else "unverified"
 
 
 # ----------------------------------------------------------------------------- export_bundle
@@ -296,7 +196,7 @@ def _build(ckpt: Any, metadata: Any, targets: list[formats.Target], work: Path, 
            gate_labels: np.ndarray | None, gate_csvs: list[str], labelled_split: str, allow_parity_failure: bool,
            accuracy_control: str, tolerances: parity.Tolerances, latency_reps: int, say: Say,
            gate_datasets: dict[str, dict[str, int]] | None = None, ood_tensors: np.ndarray | None = None) -> Bundle:
-    from . import onnx_export, openvino_export, tensorrt_export
+    from . import onnx_export, tensorrt_export
 
     reference = formats.target(formats.REFERENCE)
     ref_path = work / reference.path
@@ -304,63 +204,41 @@ def _build(ckpt: Any, metadata: Any, targets: list[formats.Target], work: Path, 
     reference_check = onnx_export.export_reference(ckpt.model, metadata, ref_path, calib_tensors)
     say(f"  onnx.checker passed; ONNX Runtime vs torch max |p diff| {reference_check['torch_max_abs_diff']:.2e} "
         f"(atol {reference_check['torch_atol']:.0e})")
-    artifacts = [_artifact(work, reference, metadata.threshold)]
+    artifacts = [reference.artifact(work, metadata.threshold)]
     artifacts[0].parity = {"torch_check": reference_check}
     skipped: dict[str, str] = {}
     failed: dict[str, str] = {}
     quantization: dict[str, Any] = {}
     build_facts: dict[str, Any] = {}
-    labelled_pair = (gate_tensors, gate_labels) if gate_tensors is not None else None
-    trt_ok, trt_why = (None, "")
+    job = formats.BuildJob(work=work, reference=ref_path, metadata=metadata, calib_tensors=calib_tensors,
+                           labelled=(gate_tensors, gate_labels) if gate_tensors is not None else None,
+                           accuracy_control=accuracy_control, tolerances=tolerances,
+                           target_sensitivity=target_sensitivity(metadata), say=say)
+    readiness: dict[Any, tuple[bool, str]] = {}  # each readiness check runs once per export
 
     for row in targets[1:]:
-        if row.toolkit == "tensorrt":
-            if trt_ok is None:
-                trt_ok, trt_why = tensorrt_export.tensorrt_status()
-            if not trt_ok:
-                skipped[row.name] = f"skipped: {trt_why}; build engines on the target device with " \
-                                    "`dermsort export-engines BUNDLE`"
+        build, ready = formats.builder(row)
+        if ready is not None:
+            if ready not in readiness:
+                readiness[ready] = ready()
+            ok, why = readiness[ready]
+            if not ok:
+                skipped[row.name] = f"skipped: {why}"
                 say(f"{row.name}: {skipped[row.name]}")
                 continue
         say(f"exporting {row.name}")
         started = time.perf_counter()
         try:
-            extra: dict[str, Any] = {}
-            if row.name == "onnx-fp16":
-                onnx_export.convert_fp16(ref_path, work / row.path, metadata)
-            elif row.name == "onnx-int8":
-                quantization[row.name] = onnx_export.quantize_int8(ref_path, work / row.path, metadata, calib_tensors)
-            elif row.name == "onnx-int8-u8s8":
-                quantization[row.name] = onnx_export.quantize_int8(ref_path, work / row.path, metadata, calib_tensors,
-                                                                   form="u8s8")
-            elif row.name == "openvino-fp32":
-                openvino_export.export_fp32(ref_path, work / row.path, metadata)
-            elif row.name == "openvino-fp16":
-                openvino_export.export_fp16(ref_path, work / row.path, metadata)
-            elif row.name == "openvino-bf16":
-                ok, why = openvino_export.bf16_status()
-                if not ok:
-                    skipped[row.name] = f"skipped: {why}"
-                    say(f"{row.name}: {skipped[row.name]}")
-                    continue
-                if not (work / row.path).is_file():  # bf16 runs the FP16 IR; build it when fp16 was not asked for
-                    openvino_export.export_fp16(ref_path, work / row.path, metadata)
-            elif row.name == "openvino-int8":
-                quantization[row.name] = openvino_export.export_int8(
-                    ref_path, work / row.path, metadata, calib_tensors, labelled_pair, accuracy_control, say,
-                    tolerances=tolerances, target_sensitivity=_target_sensitivity(metadata))
-            elif row.toolkit == "tensorrt":
-                source = tensorrt_export.engine_source(work, row.precision)
-                if not source.is_file():
-                    raise ExportError(f"{source.name} is not in the bundle (export onnx at {row.precision} too)")
-                build_facts[row.name] = tensorrt_export.build_engine(
-                    source, work / row.path, row.precision, metadata.input_name, metadata.preprocess.input_size,
-                    work / formats.TIMING_CACHE)
-                extra["built_for"] = tensorrt_export.device_info()
-            else:  # pragma: no cover - the table and this switch must agree
-                raise ExportError(f"no exporter for {row.name}")
-            artifacts.append(_artifact(work, row, metadata.threshold, **extra))
+            built = build(job, row) or formats.Built()
+            if built.quantization is not None:
+                quantization[row.name] = built.quantization
+            if built.build is not None:
+                build_facts[row.name] = built.build
+            artifacts.append(row.artifact(work, metadata.threshold, **built.artifact))
             build_facts.setdefault(row.name, {})["seconds"] = round(time.perf_counter() - started, 1)
+        except formats.Skip as exc:  # cannot be built on this machine (e.g. bf16 without AVX512-BF16)
+            skipped[row.name] = f"skipped: {exc}"
+            say(f"{row.name}: {skipped[row.name]}")
         except Exception as exc:  # one broken derivative must not sink the others; the report says why
             log.debug("export of %s failed", row.name, exc_info=True)
             failed[row.name] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
@@ -378,7 +256,8 @@ def _build(ckpt: Any, metadata: Any, targets: list[formats.Target], work: Path, 
     unverified_reason = ""
     if gate_tensors is not None:
         say(f"parity gate on {len(gate_labels)} labelled images ({int(gate_labels.sum())} malignant)")
-        results = _gate(bundle, artifacts[0], artifacts[1:], gate_tensors, gate_labels, tolerances, say, ood_tensors)
+        results = run_gate(bundle, artifacts[0], artifacts[1:], gate_tensors, gate_labels, tolerances, say,
+                           ood_tensors)
     else:
         unverified_reason = "parity gate did not run (no labelled set: pass --labelled labels.csv)"
         say(f"WARNING: {unverified_reason}; derived artifacts are marked unverified")
@@ -396,7 +275,7 @@ def _build(ckpt: Any, metadata: Any, targets: list[formats.Target], work: Path, 
     for name, result in trt_checks.items():
         say(f"{name}: TensorRT graph check " + ("passed" if result["passed"] else
                                                  "FAILED: " + "; ".join(result["problems"])))
-    kept, rejected = _decide(work, artifacts, results, allow_parity_failure, unverified_reason, say)
+    kept, rejected = apply_verdicts(work, artifacts, results, allow_parity_failure, unverified_reason, say)
     for art in kept:
         if art.name in build_facts:
             art.parity["build"] = build_facts[art.name]
@@ -416,7 +295,7 @@ def _build(ckpt: Any, metadata: Any, targets: list[formats.Target], work: Path, 
                  "split": labelled_split, "n_images": int(len(gate_labels)) if gate_labels is not None else 0,
                  "n_malignant": int(gate_labels.sum()) if gate_labels is not None else 0,
                  "per_dataset": gate_datasets or {},
-                 "target_sensitivity": _target_sensitivity(metadata),
+                 "target_sensitivity": target_sensitivity(metadata),
                  "tolerances": asdict(tolerances),
                  "rules": GATE_RULES}
     calib_info = {"images": int(len(calib_tensors)), "sources": [str(s) for s in calib_sources],
@@ -434,19 +313,6 @@ def _build(ckpt: Any, metadata: Any, targets: list[formats.Target], work: Path, 
     write_manifest(bundle)
     _write_report(bundle, ckpt, latency, rejected, skipped, failed, gate_info, calib_info, quantization)
     return bundle
-
-
-def report_rows(kept: Iterable[Artifact], rejected: Iterable[dict[str, Any]],
-                latency: dict[str, Any]) -> list[dict[str, Any]]:
-    """One report row per artifact kept in the bundle, then per artifact the gate rejected."""
-    rows = [{"name": art.name, "backend": art.backend, "precision": art.precision, "path": art.path,
-             "size_bytes": art.size_bytes, "threshold": art.threshold, "verdict": _verdict(art),
-             "parity": art.parity, "latency": latency.get(art.name, {}), "built_for": art.built_for} for art in kept]
-    rows += [{"name": item["name"], "backend": item["backend"], "precision": item["precision"],
-              "path": item["path"], "size_bytes": item["size_bytes"],
-              "threshold": item["parity"].get("threshold") or 0.0, "verdict": "REJECTED (not in bundle)",
-              "parity": item["parity"], "latency": latency.get(item["name"], {})} for item in rejected]
-    return rows
 
 
 def _write_report(bundle: Bundle, ckpt: Any, latency: dict[str, Any], rejected: list[dict[str, Any]],

@@ -24,7 +24,7 @@ from dermsort.runtime.bundle import Artifact, Bundle, load_bundle, sha256_file, 
 from dermsort.runtime.errors import BackendUnavailable, ModelError
 
 from . import calibration, formats, parity, report, verify_set
-from .api import GATE_RULES, Say, _artifact, _decide, _gate, _target_sensitivity, report_rows
+from .verdict import GATE_RULES, Say, apply_verdicts, report_rows, run_gate, target_sensitivity
 from .onnx_export import ExportError
 from .bundle_io import _locked, recover, swap_in
 
@@ -88,7 +88,7 @@ def export_engines(bundle_dir: str | os.PathLike, precisions: str | Iterable[str
                     say(f"{row.name}: build FAILED: {facts_or_error}")
                     continue
                 build_facts[row.name] = facts_or_error
-                built.append(_artifact(work, row, reference.threshold, built_for=dict(facts)))
+                built.append(row.artifact(work, reference.threshold, built_for=dict(facts)))
             if not built:
                 raise ModelError("no TensorRT engine could be built: "
                                  + "; ".join([*skipped.values(), *(f"{k}: {v}" for k, v in failed.items())]))
@@ -99,11 +99,11 @@ def export_engines(bundle_dir: str | os.PathLike, precisions: str | Iterable[str
                 tensors, kept = calibration.load_tensors([r.path for r in gate_rows], bundle.metadata.preprocess,
                                                          skip_concerns=False)
                 labels = np.asarray([gate_rows[i].malignant for i in kept], dtype=int)
-                results = _gate(new, reference, built, tensors, labels, tolerances, say)
+                results = run_gate(new, reference, built, tensors, labels, tolerances, say)
                 gate_info = {"ran": True, "labelled": [str(c) for c in csvs], "split": labelled_split,
                              "n_images": int(len(labels)), "n_malignant": int(labels.sum()),
                              "per_dataset": calibration.per_dataset(gate_rows[i] for i in kept),
-                             "target_sensitivity": _target_sensitivity(bundle.metadata),
+                             "target_sensitivity": target_sensitivity(bundle.metadata),
                              "tolerances": asdict(tolerances), "rules": GATE_RULES}
             elif (vset := (verify_set.from_images(new, images) if images else verify_set.load(new))) is not None:
                 # no labels here: the engines must reproduce the reference's decisions on these images
@@ -120,7 +120,7 @@ def export_engines(bundle_dir: str | os.PathLike, precisions: str | Iterable[str
                 for art in built:
                     with contextlib.suppress(Exception):
                         latency[art.name] = report.measure_latency(new, art, tensors[:16])
-            kept_arts, rejected = _decide(work, built, results, allow_parity_failure, reason, say)
+            kept_arts, rejected = apply_verdicts(work, built, results, allow_parity_failure, reason, say)
             for art in kept_arts:
                 art.parity["build"] = build_facts[art.name]
             new.artifacts = [a for a in new.artifacts if a.name not in {b.name for b in built}] + kept_arts

@@ -3,16 +3,25 @@
 Each row says where the artifact lives in the bundle, which runtime backend loads it, where it can
 be built, and the probability tolerance expected of it against the FP32 reference (informational:
 the gate itself decides on sensitivity and decision flips, see parity.py).
+
+Each row's builder lives in ``<toolkit>_export.py`` and registers itself there with ``@builds(name)``;
+that module is imported only when one of its targets is built, so OpenVINO or TensorRT load only
+for their own targets.
 """
 
 from __future__ import annotations
 
 import difflib
-from dataclasses import dataclass
+import importlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
 
+import numpy as np
+
+from dermsort.runtime.bundle import Artifact, make_artifact
 from dermsort.runtime.errors import DermsortError
 
-TOOLKITS = ("onnx", "openvino", "tensorrt")
 PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 REFERENCE = "onnx-fp32"
 
@@ -32,6 +41,16 @@ class Target:
     built_on: str = "cpu"
     #: expected max |p_malignant diff| vs the FP32 reference (reported, not gated)
     atol: float = 1e-4
+
+    @property
+    def module(self) -> str:
+        """The module whose ``@builds`` builder makes this artifact."""
+        return f"{__package__}.{self.toolkit}_export"
+
+    def artifact(self, root: Path, threshold: float, **kw: Any) -> Artifact:
+        """The manifest record of this target's files under ``root`` (sizes and checksums read now)."""
+        return make_artifact(root, self.path, name=self.name, backend=self.backend, precision=self.precision,
+                             threshold=threshold, extra_files=list(self.extra_files), **kw)
 
 
 TARGETS: tuple[Target, ...] = (
@@ -53,6 +72,7 @@ TARGETS: tuple[Target, ...] = (
     Target("tensorrt-fp16", "tensorrt", "fp16", "tensorrt", "tensorrt/model_fp16.engine", built_on="gpu", atol=1e-2),
     Target("tensorrt-int8", "tensorrt", "int8", "tensorrt", "tensorrt/model_int8.engine", built_on="gpu", atol=5e-2),
 )
+TOOLKITS = tuple(dict.fromkeys(t.toolkit for t in TARGETS))
 #: TensorRT keeps one timing cache per bundle so rebuilding on the same device is fast
 TIMING_CACHE = "tensorrt/timing.cache"
 
@@ -86,3 +106,69 @@ def select(toolkits: list[str], precisions: list[str]) -> list[Target]:
     """The targets for a request; the FP32 ONNX reference is always first (everything derives from it)."""
     chosen = [t for t in TARGETS if t.toolkit in toolkits and t.precision in precisions and t.name != REFERENCE]
     return [target(REFERENCE), *chosen]
+
+
+# ----------------------------------------------------------------------------- builders
+
+
+@dataclass
+class BuildJob:
+    """What a builder gets: the bundle folder being written, the FP32 reference in it, and the images."""
+
+    work: Path
+    #: the FP32 ONNX reference, already written: every other artifact derives from it
+    reference: Path
+    metadata: Any
+    calib_tensors: np.ndarray
+    #: (tensors, malignant labels) of the gate set, or None
+    labelled: tuple[np.ndarray, np.ndarray] | None
+    accuracy_control: str
+    tolerances: Any
+    target_sensitivity: float
+    say: Callable[[str], None]
+
+
+@dataclass
+class Built:
+    """What a builder reports besides the files it wrote (all optional)."""
+
+    #: extra fields of the artifact's manifest record (TensorRT: ``built_for``)
+    artifact: dict[str, Any] = field(default_factory=dict)
+    #: what quantization did, for the manifest and the report
+    quantization: dict[str, Any] | None = None
+    #: build facts (TensorRT: profile, flags), kept in the artifact's parity record
+    build: dict[str, Any] | None = None
+
+
+class Skip(Exception):
+    """Raised by a builder whose target cannot be built on this machine: skipped with this reason, not failed."""
+
+
+Builder = Callable[[BuildJob, Target], "Built | None"]
+Ready = Callable[[], "tuple[bool, str]"]
+_BUILDERS: dict[str, tuple[Builder, Ready | None]] = {}
+
+
+def builds(*names: str, ready: Ready | None = None) -> Callable[[Builder], Builder]:
+    """Register the decorated function as the builder of the table rows ``names``.
+
+    ``ready``: a check, asked once per export before any of these targets is built, returning (ok, why);
+    when not ok the targets are skipped with ``why`` (TensorRT without a GPU).
+    """
+    def register(fn: Builder) -> Builder:
+        for name in names:
+            target(name)  # a builder for a row the table does not have is a mistake: KeyError at import
+            _BUILDERS[name] = (fn, ready)
+        return fn
+
+    return register
+
+
+def builder(row: Target) -> tuple[Builder, Ready | None]:
+    """The registered builder of ``row`` (and its readiness check), importing its module now."""
+    importlib.import_module(row.module)
+    try:
+        return _BUILDERS[row.name]
+    except KeyError:
+        raise DermsortError(f"no exporter registered for {row.name} (expected @builds({row.name!r}) "
+                            f"in {row.module})") from None

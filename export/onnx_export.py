@@ -14,6 +14,8 @@ import numpy as np
 from dermsort.runtime.errors import DermsortError
 from dermsort.runtime.metadata import ONNX_METADATA_KEY, ModelMetadata
 
+from . import formats
+
 log = logging.getLogger(__name__)
 
 OPSET = 17
@@ -213,3 +215,22 @@ def quantize_int8(src: Path, dst: Path, metadata: ModelMetadata, calib_tensors: 
             "extra_options": dict(options), "calibrate_method": "MinMax",
             "calibration_images": int(len(calib_tensors)), "quantize_nodes": n_q, "excluded": softmax,
             "tensorrt_compatibility": check(proto)}
+
+
+# ----------------------------------------------------------------------------- builders (formats.TARGETS rows)
+
+@formats.builds("onnx-fp16")
+def _build_fp16(job: formats.BuildJob, row: formats.Target) -> None:
+    convert_fp16(job.reference, job.work / row.path, job.metadata)
+
+
+@formats.builds("onnx-int8")
+def _build_int8(job: formats.BuildJob, row: formats.Target) -> formats.Built:
+    return formats.Built(quantization=quantize_int8(job.reference, job.work / row.path, job.metadata,
+                                                    job.calib_tensors))
+
+
+@formats.builds("onnx-int8-u8s8")
+def _build_int8_u8s8(job: formats.BuildJob, row: formats.Target) -> formats.Built:
+    return formats.Built(quantization=quantize_int8(job.reference, job.work / row.path, job.metadata,
+                                                    job.calib_tensors, form="u8s8"))

@@ -13,6 +13,7 @@ import numpy as np
 
 from dermsort.runtime.metadata import ONNX_METADATA_KEY, ModelMetadata
 
+from . import formats
 from .onnx_export import CLASSIFIER_SCOPE
 
 log = logging.getLogger(__name__)
@@ -169,3 +170,31 @@ def _count_float_layers(quantized: Any, fp32: Any) -> str:
     total = sum(1 for op in fp32.get_ops() if op.get_type_name() in kinds)
     fq = sum(1 for op in quantized.get_ops() if op.get_type_name() == "FakeQuantize")
     return f"{fq} FakeQuantize nodes for {total} conv/matmul layers"
+
+
+# ----------------------------------------------------------------------------- builders (formats.TARGETS rows)
+
+@formats.builds("openvino-fp32")
+def _build_fp32(job: formats.BuildJob, row: formats.Target) -> None:
+    export_fp32(job.reference, job.work / row.path, job.metadata)
+
+
+@formats.builds("openvino-fp16")
+def _build_fp16(job: formats.BuildJob, row: formats.Target) -> None:
+    export_fp16(job.reference, job.work / row.path, job.metadata)
+
+
+@formats.builds("openvino-bf16")
+def _build_bf16(job: formats.BuildJob, row: formats.Target) -> None:
+    ok, why = bf16_status()
+    if not ok:
+        raise formats.Skip(why)
+    if not (job.work / row.path).is_file():  # bf16 runs the FP16 IR; build it when fp16 was not asked for
+        export_fp16(job.reference, job.work / row.path, job.metadata)
+
+
+@formats.builds("openvino-int8")
+def _build_int8(job: formats.BuildJob, row: formats.Target) -> formats.Built:
+    return formats.Built(quantization=export_int8(
+        job.reference, job.work / row.path, job.metadata, job.calib_tensors, job.labelled, job.accuracy_control,
+        job.say, tolerances=job.tolerances, target_sensitivity=job.target_sensitivity))

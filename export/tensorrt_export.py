@@ -21,6 +21,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from . import formats
 from .onnx_export import ExportError
 
 log = logging.getLogger(__name__)
@@ -111,3 +112,20 @@ def build_engine(onnx_path: Path, engine_path: Path, precision: str, input_name:
     log.info("built %s (%s) from %s", engine_path.name, precision, onnx_path.name)
     return {"source": onnx_path.name, "profile": {"min": 1, "opt": min(OPT_BATCH, max_batch), "max": max_batch},
             "typing": "weak (BuilderFlag)" if weak else "strongly typed", "workspace_bytes": WORKSPACE_BYTES}
+
+
+# ----------------------------------------------------------------------------- builders (formats.TARGETS rows)
+
+def _ready_to_build() -> tuple[bool, str]:
+    ok, why = tensorrt_status()
+    return ok, why if ok else f"{why}; build engines on the target device with `dermsort export-engines BUNDLE`"
+
+
+@formats.builds("tensorrt-fp16", "tensorrt-int8", ready=_ready_to_build)
+def _build_engine_target(job: formats.BuildJob, row: formats.Target) -> formats.Built:
+    source = engine_source(job.work, row.precision)
+    if not source.is_file():
+        raise ExportError(f"{source.name} is not in the bundle (export onnx at {row.precision} too)")
+    facts = build_engine(source, job.work / row.path, row.precision, job.metadata.input_name,
+                         job.metadata.preprocess.input_size, job.work / formats.TIMING_CACHE)
+    return formats.Built(build=facts, artifact={"built_for": device_info()})

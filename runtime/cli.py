@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import click
 
-from .backends.base import backend_installed, backend_status, create_backend, get_backend_class, list_backends
+from .backends.base import (backend_installed, backend_status, create_backend, get_backend_class, list_backends,
+                            runtime_backends)
 from .bundle import DEFAULT_BUNDLE, load_bundle
 from . import drift, site, site_page
 from .counts import Counts
@@ -25,8 +28,9 @@ from .signing import REQUIRE_ENV, require_signed_setting, trusted_key_dirs
 from .sorter import SortOptions, Sorter
 from .watching import watch_loop
 
-#: what sort/watch can run; the torch backend is a reference for bench/evaluate (never imported here)
-BACKENDS = ["auto", "onnxruntime", "openvino", "tensorrt"]
+#: what sort/watch offer by name: the runtime's own backends (the torch reference, registered from train/, is
+#: for bench/evaluate and is never imported here); read from the registry, importing no backend
+BACKENDS = ["auto", *runtime_backends()]
 
 
 class FilesLeftInPlace(DermsortError):
@@ -142,6 +146,52 @@ def _prepare(folder: Path, out: Path | None, backend: str, precision: str, model
     _warn_threshold(engine, threshold)
     _warn_signature(bundle, engine)
     return bundle, engine, opts, profile
+
+
+@dataclass
+class Session:
+    """What sort and watch run with: the bundle, the loaded backend, the options, the site profile and the
+    opened sorter."""
+
+    bundle: Any
+    engine: Any
+    opts: SortOptions
+    profile: Any
+    sorter: Sorter
+    #: what ``Sorter.open`` finished of a run that was killed half-way
+    recovered: int
+
+
+@contextlib.contextmanager
+def _session(folder: Path, stop: threading.Event, *, signals_first: bool, announce_profile: bool,
+             **prepare: Any) -> Iterator[Session]:
+    """The one start-up of ``sort`` and ``watch``: check the options and open the model (``_prepare``, its warnings
+    on stderr), install the signal handlers that set ``stop``, open the sorter on FOLDER (recovering its journal);
+    the sorter and the backend are closed on the way out, whatever happens.
+
+    ``signals_first``: install the handlers before the model loads (watch: a stop requested at any moment gets the
+    same exit status) rather than once it has loaded (sort).
+    """
+    if signals_first:
+        _install_signal_handlers(stop)
+    bundle, engine, opts, profile = _prepare(folder, **prepare)
+    if not signals_first:
+        _install_signal_handlers(stop)
+    try:
+        sorter = Sorter(folder, opts, engine, stop=stop)
+    except BaseException:
+        engine.close()
+        raise
+    try:
+        if announce_profile and profile is not None:
+            click.echo(profile.line(), err=True)
+        recovered = sorter.open()
+        if sorter.journal_warning:
+            click.echo(f"warning: {sorter.journal_warning}", err=True)
+        yield Session(bundle, engine, opts, profile, sorter, recovered)
+    finally:
+        sorter.close()
+        engine.close()
 
 
 def _drift(bundle: Any, engine: Any, opts: SortOptions, profile: Any, decisions: list[dict[str, Any]]
@@ -325,20 +375,12 @@ def sort(folder: Path, out: Path | None, move: bool, recursive: bool, keep_tree:
          model: Path | None, threshold: float | None, batch_size: int, workers: int | None, threads: int | None,
          as_json: bool, allow_rejected: bool, site_profile: Path | None, no_site_profile: bool, dry_run: bool) -> None:
     """Sort the images in FOLDER into OUT/benign/ and OUT/review/."""
-    bundle, engine, opts, profile = _prepare(folder, out, backend, precision, model, threshold, move, recursive,
-                                             dry_run, batch_size, workers, threads, allow_rejected, keep_tree,
-                                             site_profile, no_site_profile)
-    stop = threading.Event()
-    _install_signal_handlers(stop)
-    try:
-        sorter = Sorter(folder, opts, engine, stop=stop)
-    except BaseException:
-        engine.close()
-        raise
-    try:
-        recovered = sorter.open()
-        if sorter.journal_warning:
-            click.echo(f"warning: {sorter.journal_warning}", err=True)
+    with _session(folder, threading.Event(), signals_first=False, announce_profile=False, out=out, backend=backend,
+                  precision=precision, model=model, threshold=threshold, move=move, recursive=recursive,
+                  dry_run=dry_run, batch_size=batch_size, workers=workers, threads=threads,
+                  allow_rejected=allow_rejected, keep_tree=keep_tree, site_profile=site_profile,
+                  no_site_profile=no_site_profile) as run:
+        bundle, engine, opts, profile, sorter = run.bundle, run.engine, run.opts, run.profile, run.sorter
         notes = ScanNotes()
         files = scan(sorter.input_dir, recursive, notes=notes)
         bar = _progress_bar(len(files), not as_json)
@@ -349,13 +391,10 @@ def sort(folder: Path, out: Path | None, move: bool, recursive: bool, keep_tree:
             summary = sorter.run(files, progress=LineProgress(len(files)).update)
         else:
             summary = sorter.run(files)
-        summary.recovered = recovered
+        summary.recovered = run.recovered
         summary.ignored = notes.ignored
         summary.in_subfolders, summary.hidden = notes.in_subfolders, notes.hidden
         drift_result = _drift(bundle, engine, opts, profile, summary.decisions)
-    finally:
-        sorter.close()
-        engine.close()
     if not dry_run and summary.sorted:
         _record_drift(drift_result, bundle, engine, opts, sorter.input_dir)
     # --dry-run writes nothing, so no page either (it prints each decision instead)
@@ -393,28 +432,18 @@ def watch(folder: Path, out: Path | None, move: bool, recursive: bool, keep_tree
           as_json: bool, allow_rejected: bool, site_profile: Path | None, no_site_profile: bool, interval: float,
           settle: float, max_cycles: int | None) -> None:
     """Keep sorting new images as they arrive in FOLDER, until SIGTERM (exit 0) or Ctrl-C (exit 130)."""
-    # before the model loads: a stop requested at any moment gets the same exit status
     stop = StopRequest()
-    _install_signal_handlers(stop)
-    bundle, engine, opts, profile = _prepare(folder, out, backend, precision, model, threshold, move, recursive,
-                                             False, batch_size, workers, threads, allow_rejected, keep_tree,
-                                             site_profile, no_site_profile)
-    try:
-        sorter = Sorter(folder, opts, engine, stop=stop)
-    except BaseException:
-        engine.close()
-        raise
     totals = Counts()
-    refresher = ReportRefresher(sorter.out, bundle, min_interval=5.0)
     left: list[dict[str, str]] = []
     seen_decisions: list[dict[str, Any]] = []  # this session's, for the drift check
     drift_result: dict[str, Any] | None = None
-    try:
-        if profile is not None:
-            click.echo(profile.line(), err=True)
-        sorter.open()
-        if sorter.journal_warning:
-            click.echo(f"warning: {sorter.journal_warning}", err=True)
+    with _session(folder, stop, signals_first=True, announce_profile=True, out=out, backend=backend,
+                  precision=precision, model=model, threshold=threshold, move=move, recursive=recursive,
+                  dry_run=False, batch_size=batch_size, workers=workers, threads=threads,
+                  allow_rejected=allow_rejected, keep_tree=keep_tree, site_profile=site_profile,
+                  no_site_profile=no_site_profile) as run:
+        bundle, engine, opts, profile, sorter = run.bundle, run.engine, run.opts, run.profile, run.sorter
+        refresher = ReportRefresher(sorter.out, bundle, min_interval=5.0)
         click.echo(f"watching {sorter.input_dir} -> {sorter.out} with {engine.describe().get('backend')}/"
                    f"{engine.artifact.name}; Ctrl-C to stop", err=True)
 
@@ -436,9 +465,6 @@ def watch(folder: Path, out: Path | None, move: bool, recursive: bool, keep_tree
             refresher.refresh(_run_info(bundle, opts, left, [], profile, drift_result))  # at most every 5 s
 
         watch_loop(sorter.input_dir, recursive, sort_batch, stop, interval, settle, max_cycles)
-    finally:
-        sorter.close()
-        engine.close()
     if drift_result is not None:
         _record_drift(drift_result, bundle, engine, opts, sorter.input_dir)
     if (sorter.out / "results.csv").is_file():

@@ -25,6 +25,7 @@ import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
+from .decision import BENIGN, REVIEW
 from .errors import OutputError
 from .fileops import Identity, copy_durable, fsync_dir, rename_no_replace, sha256_file, write_durable
 from .journal import JournalState, fault_point
@@ -35,7 +36,6 @@ if TYPE_CHECKING:  # pragma: no cover
 
 log = logging.getLogger(__name__)
 
-BENIGN, REVIEW = "benign", "review"
 #: longest file name (bytes) on every common file system
 NAME_MAX = 255
 #: shorter limits some output file systems impose (eCryptfs 143, some SMB/NAS shares less)

@@ -12,9 +12,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import logging
-import math
 import os
-import socket
 import threading
 import time
 import uuid
@@ -27,12 +25,13 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from .backends.base import Backend
-from .counts import NOT_AN_IMAGE, NOT_DERMOSCOPY, Counts
+from .counts import Counts
+from .decision import BENIGN, REVIEW, RunFacts, decide, intent_record
 from .diagnosis import top_diagnoses
 from .errors import DermsortError, OutputError
 from .fileops import Identity, fsync_dir, sha256_file
 from .journal import Journal, JournalState, write_results_csv
-from .placement import BENIGN, REVIEW, Placer
+from .placement import Placer
 from .reading import MAX_IN_MEMORY, Decoded, decode_one
 from .recovery import claim_record, reconcile, recover_pending, unaccounted
 from .scan import Candidate, ScanNotes, check_folders, default_out, scan
@@ -502,47 +501,17 @@ class Sorter:
         return rest
 
     def decide(self, d: Decoded, p: float | None, gate_score: float | None = None) -> tuple[str, str]:
-        """The decision rule: benign only if the image is clean, the not-dermoscopy gate (when the model has
-        one) recognises it as dermoscopy (score < gate threshold), and p_malignant < threshold (strictly)."""
-        if d.skip:
-            return REVIEW, d.skip
-        if d.error:
-            return REVIEW, d.error
-        gate = self.metadata.gate
-        if gate.enabled:
-            if gate_score is None or not math.isfinite(gate_score):
-                return REVIEW, f"gate output out of range ({gate_score})"
-            if gate_score >= gate.threshold:
-                return REVIEW, f"{NOT_DERMOSCOPY} (score {gate_score:.3f} >= {gate.threshold:.3f})"
-        if p is None or not math.isfinite(p) or not -1e-4 <= p <= 1.0 + 1e-4:
-            return REVIEW, f"model output out of range ({p})"
-        if d.concerns:
-            return REVIEW, "; ".join(d.concerns)
-        if p < self.threshold:
-            return BENIGN, f"p_malignant {p:.4f} < threshold {self.threshold:.4f}"
-        return REVIEW, f"p_malignant {p:.4f} >= threshold {self.threshold:.4f}"
+        """The decision rule (decision.decide) at this run's threshold and the model's not-dermoscopy gate."""
+        return decide(d, p, gate_score, self.threshold, self.metadata.gate)
 
     def _record(self, d: Decoded, decision: str, reason: str, p: float | None,
                 top: tuple[str, float] | tuple[None, None] = (None, None),
                 gate_score: float | None = None) -> dict[str, Any]:
-        info = self.backend.describe()
-        rec = {"event": "intent", "id": uuid.uuid4().hex, "file": str(d.cand.path),
-               "relpath": os.path.relpath(d.cand.path, self.input_dir), "size": d.cand.size,
-               "mtime_ns": d.cand.mtime_ns, "ino": d.cand.ino, "ctime_ns": d.cand.ctime_ns,
-               "sha256": d.sha256, "decision": decision,
-               "p_malignant": None if p is None else round(p, 6), "threshold": self.threshold,
-               "threshold_overridden": self.options.threshold is not None,
-               "backend": info.get("backend"), "artifact": info.get("artifact"), "precision": info.get("precision"),
-               "artifact_accepted": self.artifact_accepted,
-               "signature": self.signature,
-               "model_id": self.metadata.model_id, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-               "reason": reason, "mode": "move" if self.options.move else "copy", "run_id": self.run_id,
-               "host": socket.gethostname(), "dest": "", "top_dx": top[0], "top_dx_p": top[1],
-               "site_profile": self.options.site_profile,
-               "gate_score": None if gate_score is None else round(gate_score, 6)}
-        if d.error and d.error.startswith(NOT_AN_IMAGE):
-            rec["not_an_image"] = True
-        return rec
+        run = RunFacts(run_id=self.run_id, input_dir=self.input_dir, threshold=self.threshold,
+                       threshold_overridden=self.options.threshold is not None, move=self.options.move,
+                       artifact_accepted=self.artifact_accepted, signature=self.signature,
+                       model_id=self.metadata.model_id, site_profile=self.options.site_profile)
+        return intent_record(d, decision, reason, p, run, self.backend.describe(), top, gate_score)
 
     # ------------------------------------------------------------------ placement
     def _place(self, records: list[tuple[Decoded, dict[str, Any]]], summary: SortSummary) -> None:

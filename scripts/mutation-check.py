@@ -25,8 +25,8 @@ MUTATIONS = [
      "        staged = source.parent == self.tmp_dir\n        try:\n            if os.path.lexists(dest):\n"
      "                os.unlink(dest)\n            os.link(source, dest, follow_symlinks=False)",
      "tests/test_output_safety.py::test_a_taken_destination_is_never_replaced_even_when_the_name_chooser_is_wrong"),
-    ("boundary: p <= threshold is benign", "runtime/sorter.py",
-     "        if p < self.threshold:\n", "        if p <= self.threshold:\n",
+    ("boundary: p <= threshold is benign", "runtime/decision.py",
+     "    if p < threshold:\n", "    if p <= threshold:\n",
      "tests/test_integrity.py::test_decision_rule_is_strictly_below_the_threshold"),
     ("recovery: trust that a placed file exists, without its sha256", "runtime/recovery.py",
      '        return sha256_file(out / rec["dest"]) == rec["sha256"]', "        return True",

@@ -13,7 +13,7 @@ import pytest
 
 from test_export import CSVS, fake_train, tiny_checkpoint  # noqa: F401 - fixtures
 
-from dermsort.export import api, formats, openvino_export, parity  # noqa: E402
+from dermsort.export import api, formats, openvino_export, parity, verdict  # noqa: E402
 from dermsort.runtime.bundle import load_bundle  # noqa: E402
 from dermsort.runtime.engine import candidates, open_backend  # noqa: E402
 
@@ -95,12 +95,12 @@ def test_a_rejected_bf16_never_removes_the_fp16_files_it_shares(fast_bundle, tmp
     results = {a.name: parity.ParityResult(artifact=a.name, status="reference" if a.name == "onnx-fp32" else "passed")
                for a in arts}
     results["openvino-bf16"] = parity.ParityResult(artifact="openvino-bf16", status="failed", message="too many flips")
-    kept, rejected = api._decide(copy, arts, results, False, "", lambda s: None)
+    kept, rejected = verdict.apply_verdicts(copy, arts, results, False, "", lambda s: None)
     assert [a.name for a in kept] == ["onnx-fp32", "openvino-fp16"] and [r["name"] for r in rejected] == ["openvino-bf16"]
     assert (copy / "openvino" / "model_fp16.xml").is_file() and (copy / "openvino" / "model_fp16.bin").is_file()
     # rejected alone (fp16 rejected too): the files go
     results["openvino-fp16"] = parity.ParityResult(artifact="openvino-fp16", status="failed", message="x")
-    api._decide(copy, arts, results, False, "", lambda s: None)
+    verdict.apply_verdicts(copy, arts, results, False, "", lambda s: None)
     assert not (copy / "openvino" / "model_fp16.xml").exists()
 
 
@@ -109,3 +109,20 @@ def test_targets_table_has_the_new_precisions():
     assert rows["onnx-int8-u8s8"].precision == "int8" and rows["openvino-bf16"].precision == "bf16"
     assert rows["openvino-bf16"].path == formats.target("openvino-fp16").path
     assert "bf16" in formats.PRECISIONS
+
+
+def test_every_target_row_has_a_builder_registered_in_its_own_module():
+    import subprocess
+    import sys
+
+    for row in formats.TARGETS:
+        if row.name == formats.REFERENCE:  # written from the checkpoint itself, before any builder runs
+            continue
+        build, _ready = formats.builder(row)
+        assert build.__module__ == row.module, row.name
+    # the ONNX builders alone load neither OpenVINO nor TensorRT (their targets import them when built)
+    code = ("import sys; from dermsort.export import api, formats\n"
+            "[formats.builder(r) for r in formats.select(['onnx'], list(formats.PRECISIONS))[1:]]\n"
+            "print(sorted(m for m in ('openvino', 'tensorrt', 'nncf') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

@@ -211,3 +211,17 @@ def test_runtime_never_imports_torch_or_other_parts():
         text = path.read_text()
         for forbidden in ("import torch", "from torch", "dermsort.train", "dermsort.export", "dermsort.bench"):
             assert forbidden not in text, f"{path} mentions {forbidden}"
+
+
+def test_a_backend_is_one_module_plus_its_entry_point():
+    """The CLI's --backend list, the install advice and the source-tree fallback are all read from the registry."""
+    from dermsort.runtime.backends import base
+    from dermsort.runtime.cli import BACKENDS
+
+    registered = base.list_backends()
+    own = {name: target for name, target in registered.items() if target.startswith("dermsort.runtime.backends.")}
+    assert BACKENDS == ["auto", *own] and "torch" in registered and "torch" not in BACKENDS
+    assert base._package_backends() == own  # what a source tree without installed metadata finds
+    for name in registered:
+        hint = base.get_backend_class(name).spec.hint
+        assert hint.startswith('pip install "dermsort['), (name, hint)

@@ -1,7 +1,9 @@
 """The Backend interface and the registry that maps backend names to implementations.
 
 Backends register through the ``dermsort.backends`` entry-point group (setup.cfg), so the runtime
-finds the torch reference backend without importing train/ or torch itself.
+finds the torch reference backend without importing train/ or torch itself. A new backend is one
+module (a ``Backend`` subclass with its ``BackendSpec``) plus its entry-point line: everything else
+(the CLI's list, the install advice) is read from those two.
 """
 
 from __future__ import annotations
@@ -25,12 +27,8 @@ from ..errors import BackendUnavailable, DermsortError, ModelError
 
 log = logging.getLogger(__name__)
 
-#: Fallback when the package metadata (entry points) is not installed, e.g. running from a source tree.
-_BUILTIN = {
-    "onnxruntime": "dermsort.runtime.backends.ort:OnnxRuntimeBackend",
-    "openvino": "dermsort.runtime.backends.ov:OpenVinoBackend",
-    "tensorrt": "dermsort.runtime.backends.trt:TensorRTBackend",
-}
+#: modules of this package that hold no backend (skipped when the package is scanned for backends)
+_NOT_BACKENDS = frozenset({"base"})
 
 
 @dataclass(frozen=True)
@@ -46,6 +44,13 @@ class BackendSpec:
     library: str = ""
     #: may ``sort`` / ``watch`` / ``auto`` run it (False: a reference for bench/evaluate only)
     sorts: bool = True
+    #: what to install when it is missing (default: the extra named by ``extra``)
+    install: str = ""
+
+    @property
+    def hint(self) -> str:
+        """The install advice shown when the backend is not installed."""
+        return self.install or f'pip install "dermsort[{self.extra}]"'
 
 
 #: metadata fields that change a decision: the manifest must agree with the model file on each
@@ -185,13 +190,39 @@ class Backend(ABC):
 @functools.lru_cache(maxsize=1)
 def _entry_points() -> dict[str, str]:
     # read once per process: scanning every installed distribution's entry points costs ~15 ms a time
-    found = dict(_BUILTIN)
+    found: dict[str, str] = {}
     try:
         for ep in importlib_metadata.entry_points(group="dermsort.backends"):
             found[ep.name] = ep.value
     except Exception:  # pragma: no cover - broken metadata should not stop the runtime
         log.debug("could not read dermsort.backends entry points", exc_info=True)
+    if not any(value.startswith(f"{__package__}.") for value in found.values()):
+        # dermsort's own metadata is not installed (running from a source tree): find this package's backends
+        found = {**_package_backends(), **found}
     return found
+
+
+def _package_backends() -> dict[str, str]:
+    """name -> 'module:Class' for the Backend subclasses defined in this package's modules (imports them:
+    they import their libraries only when loading a model)."""
+    import pkgutil
+
+    found: dict[str, str] = {}
+    for info in pkgutil.iter_modules(importlib.import_module(__package__).__path__):
+        if info.name in _NOT_BACKENDS:
+            continue
+        module = importlib.import_module(f"{__package__}.{info.name}")
+        for value in vars(module).values():
+            if (isinstance(value, type) and issubclass(value, Backend) and value.__module__ == module.__name__
+                    and isinstance(getattr(value, "spec", None), BackendSpec)):
+                found[value.spec.name] = f"{module.__name__}:{value.__name__}"
+    return found
+
+
+def runtime_backends() -> list[str]:
+    """Registered backends implemented in this package (the ones ``sort`` / ``watch`` offer by name; the torch
+    reference registers from train/). Reads the registry only: imports no backend."""
+    return [name for name, value in list_backends().items() if value.startswith(f"{__package__}.")]
 
 
 def list_backends() -> dict[str, str]:
@@ -209,10 +240,6 @@ def get_backend_class(name: str) -> type[Backend] | None:
         return getattr(importlib.import_module(module_name), attr)
     except ImportError:
         return None
-
-
-HINTS = {"onnxruntime": 'pip install "dermsort[cpu]" (or "dermsort[gpu]")', "openvino": 'pip install "dermsort[openvino]"',
-         "tensorrt": 'pip install "dermsort[tensorrt]" (needs an NVIDIA GPU)', "torch": 'pip install "dermsort[train]"'}
 
 
 def library_version(library: str) -> str | None:
@@ -239,12 +266,13 @@ def backend_installed(name: str) -> tuple[bool, str]:
     so ``auto`` and ``info`` pay only for the backend that will run."""
     cls = get_backend_class(name)
     if cls is None:
-        return False, f"not installed: {HINTS.get(name, 'unknown backend')}"
+        return False, "not installed: " + ("unknown backend" if name not in list_backends()
+                                           else f"{list_backends()[name]} cannot be imported")
     if not cls.spec.library:
         return True, "built in"
     version = library_version(cls.spec.library)
     if version is None:
-        return False, f"not installed: {HINTS.get(name, 'unknown backend')}"
+        return False, f"not installed: {cls.spec.hint}"
     return True, f"{cls.spec.library} {version} installed"
 
 

@@ -30,7 +30,7 @@ def optimized_model_name(sha256: str, ort_version: str) -> str:
 
 class OnnxRuntimeBackend(Backend):
     spec = BackendSpec("onnxruntime", ("onnx",), "", "ONNX Runtime, CPU or CUDA (onnxruntime-gpu)",
-                       library="onnxruntime")
+                       library="onnxruntime", install='pip install "dermsort[cpu]" (or "dermsort[gpu]")')
     cache_state = "off"
 
     @classmethod

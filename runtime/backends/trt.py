@@ -57,7 +57,8 @@ def built_for_mismatch(built_for: dict[str, Any], here: dict[str, Any]) -> str:
 
 class TensorRTBackend(Backend):
     spec = BackendSpec("tensorrt", ("tensorrt-engine",), "tensorrt", "NVIDIA TensorRT engine (GPU)",
-                       library="tensorrt")
+                       library="tensorrt",
+                       install='pip install "dermsort[tensorrt]" (needs an NVIDIA GPU)')
 
     @classmethod
     def available(cls) -> tuple[bool, str]:

@@ -320,6 +320,12 @@ def gate_lines(gate: Any) -> list[str]:
     return lines
 
 
+def _changed_nothing(summary: Any, notes: Any) -> bool:
+    """Nothing sorted, recovered, reconciled, re-recorded, left in place or ignored in this run."""
+    return not (summary.sorted or summary.recovered or summary.reconciled or summary.same_as_sorted
+                or summary.left_in_place or summary.sources_kept or getattr(notes, "ignored", None))
+
+
 def decision_line(d: dict[str, Any]) -> str:
     """One image's line for people: decision, file, reason, and a diagnosis head's top class (display only)."""
     line = f"{d['decision']:7s} {d['file']}  ({d['reason']})"
@@ -404,6 +410,8 @@ def sort(folder: Path, out: Path | None, move: bool, recursive: bool, keep_tree:
     elif summary.results_error:  # the page is built from results.csv: it would show the old one
         page_problem = (f"the review page {sorter.out / 'report.html'} was not updated (results.csv could not be "
                         "written); it is stale")
+    elif _changed_nothing(summary, notes) and (sorter.out / "report.html").is_file():
+        report = sorter.out / "report.html"  # a re-run that sorted nothing leaves OUT exactly as it was
     else:
         report, page_problem = write_report_checked(
             sorter.out, bundle, _run_info(bundle, opts, summary.left_in_place, notes.ignored, profile, drift_result))

@@ -88,6 +88,8 @@ class Sandbox:
         env = {k: v for k, v in os.environ.items()
                if not k.startswith(("DERMSORT_", "XDG_", "ORT_", "CI", "NNCF_")) and k != "PYTHONPATH"}
         env.update(HOME=str(self.home), TMPDIR=str(self.work / "tmp"), DERMSORT_CACHE_DIR=str(self.work / "cache"),
+                   # the run history of the drift check (runtime/drift.py) lives in the state dir, like the cache
+                   XDG_STATE_HOME=str(self.work / "state"),
                    OFFLINE_AUDIT_LOG=str(self.log), PYTHONPATH=str(self.root / "site"),
                    # the interpreter's own __pycache__ beside an edited source file is not dermsort writing
                    PYTHONDONTWRITEBYTECODE="1")

@@ -91,7 +91,7 @@ def score_cases(bundle: Bundle, engine: Any, cases: list[Case], scratch: Path, b
         except OSError as exc:
             results[str(case.path)] = {"decision": "", "reason": f"missing: {exc.strerror or exc}", "p_malignant": None}
     for d, rec in sorter.classify(found):
-        results[str(d.cand.path)] = rec
+        results[str(d.cand.path)] = {"decision": rec.decision, "reason": rec.reason, "p_malignant": rec.p_malignant}
         if progress:
             progress(1)
     out = []

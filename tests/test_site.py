@@ -23,7 +23,7 @@ import pytest
 
 from conftest import DATA, labelled
 from dermsort.runtime import drift, site
-from dermsort.runtime.journal import RESULT_FIELDS
+from dermsort.runtime.results_csv import RESULT_FIELDS
 from dermsort.runtime.metrics import binomial_band, cases_needed, wilson_ci
 
 TARGET = 0.95

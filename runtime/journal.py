@@ -1,12 +1,12 @@
-"""The results journal: an append-only JSON-lines file that is the sorter's source of truth.
+"""The results journal: an append-only JSON-lines file that is the sorter's source of truth, and its state.
 
-Every placement is written as an ``intent`` (before the file appears in benign/ or review/) and
-then a ``done`` (after it is durable), each written with ``os.write`` on an ``O_APPEND`` descriptor
-and fsync'd. A run killed at any point leaves a journal from which the next run finishes or rolls
-back every placement; a torn last line (killed mid-write) is cut off by the next writer, and a
-write that fails (disk full) is rolled back at once, so the journal never holds half a record.
-``results.csv`` is a human-readable view regenerated from the journal; new columns are only ever
-appended at the end, and a results.csv written by an older dermsort keeps its column order.
+``Journal.record`` is the one way the state changes: it makes records durable, then folds them in; its
+docstring states the crash-safety order (durable before irreversible) that placement and recovery follow.
+Records are written with ``os.write`` on an ``O_APPEND`` descriptor and fsync'd. A run killed at any point
+leaves a journal from which the next run finishes or rolls back every placement; a torn last line (killed
+mid-write) is cut off by the next writer, and a write that fails (disk full) is rolled back at once, so the
+journal never holds half a record. The records' fields: ``records.py``; results.csv, a view of the state:
+``results_csv.py``.
 
 File names that are not valid UTF-8 (``os.fsdecode`` gives lone surrogates) are stored with JSON
 ``\\udcXX`` escapes, so they round-trip exactly and the journal stays valid UTF-8.

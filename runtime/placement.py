@@ -7,7 +7,8 @@ The promises, each checked right before the irreversible step it guards:
 - **what is placed is what was classified**: the staged copy is written from the bytes that were
   hashed (or our open descriptor of that inode) and read back and compared by sha256; a same-file-
   system move links the inode we opened (``/proc/self/fd``), never whatever the path holds now;
-- **durable before irreversible**: intent -> link -> fsync(dir) -> done -> only then a source goes;
+- **durable before irreversible**: intent -> link -> fsync(dir) -> done -> only then a source goes (the order
+  is stated once, in ``journal.Journal.record``; every journal write here goes through it);
 - **what is removed is what was classified**: the source is first renamed aside (atomically
   capturing whatever the name holds), its identity (device, inode, size, mtime; ctime before the
   rename) and sha256 compared with what was classified, and nobody may have opened it for writing

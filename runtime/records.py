@@ -69,10 +69,9 @@ class Intent:
         return {**rec, **self.extra}
 
     def row(self) -> dict[str, Any]:
-        """Every field by name (None: not recorded), the results.csv view's input."""
+        """The fields by name (None: not recorded), the results.csv view's input."""
         accepted = True if self.artifact_accepted is None else self.artifact_accepted  # before it was recorded
-        return {"event": "intent", "id": self.id, **{f: getattr(self, f) for f in _INTENT_FIELDS}, **self.extra,
-                "artifact_accepted": accepted}
+        return {**self.to_json(), "artifact_accepted": accepted}
 
 
 @dataclass

@@ -335,17 +335,17 @@ def test_interrupted_training_resumes_to_the_same_model(tmp_path, monkeypatch):
     config = dict(data=[str(DATA / "ham10000-sample"), str(DATA / "ph2")], architecture="tiny_cnn", epochs=3,
                   max_images=40, batch_size=8, n_boot=100, patience=10)
     whole = trainer.train(trainer.TrainConfig(out=str(tmp_path / "whole"), **config), echo=lambda _: None)
-    save = trainer._save_atomic
+    save = trainer.save_atomic
 
     def killed_after_epoch_2(obj, path):
         save(obj, path)
         if path.name == "last.pt" and obj["epoch"] == 2:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(trainer, "_save_atomic", killed_after_epoch_2)
+    monkeypatch.setattr(trainer, "save_atomic", killed_after_epoch_2)
     with pytest.raises(KeyboardInterrupt):
         trainer.train(trainer.TrainConfig(out=str(tmp_path / "cut"), **config), echo=lambda _: None)
-    monkeypatch.setattr(trainer, "_save_atomic", save)
+    monkeypatch.setattr(trainer, "save_atomic", save)
     assert (tmp_path / "cut" / "last.pt").is_file() and not (tmp_path / "cut" / "checkpoint.pt").exists()
     lines: list[str] = []
     resumed = trainer.train(trainer.TrainConfig(out=str(tmp_path / "cut"), resume=True, **config), echo=lines.append)

@@ -176,6 +176,11 @@ def validation_report(bundle: Bundle, engine: Any, scored: list[dict[str, Any]],
                             "min_lower_bound": MIN_LOWER_BOUND}
     if n_mal:
         site_thr = min(1.0, choose_threshold(y, p, target))
+        # a site threshold that decides every case here as the validated one does is the validated one (the
+        # site the threshold was bound on gives it back up to the rounding of p), not a change of 1e-8
+        low, high = sorted((site_thr, validated))
+        if not np.any((p >= low) & (p < high)):
+            site_thr = validated
         fig = _at(y, p, dx, site_thr)
         site.update({"needed_threshold": site_thr, **{k: fig[k] for k in ("sensitivity", "sensitivity_ci",
                      "specificity", "specificity_ci", "work_reduction", "per_diagnosis", "n_malignant")}})

@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
+from .fileops import OPEN_FLAGS, fsync_dir, fsync_file, link
+
 #: results.csv columns; new ones go at the END so readers of older files (by position) keep working.
 #: ``top_dx``/``top_dx_p``: a diagnosis head's most likely class, for display only (empty for binary models).
 RESULT_FIELDS = ["file", "dest", "sha256", "decision", "p_malignant", "threshold", "backend", "artifact",
@@ -196,7 +198,7 @@ class Journal:
             # torn tail from a kill mid-write: that record was never acknowledged, so it never happened
             with open(self.path, "r+b") as fh:
                 fh.truncate(end)
-                os.fsync(fh.fileno())
+                fsync_file(fh.fileno())
         for line in data[:end].splitlines():
             if not line.strip():
                 continue
@@ -243,30 +245,22 @@ class Journal:
             if is_record(rec) and line.endswith(b"\n"):
                 good.append(line)
         kept = self.path.with_name(f"{self.path.name}.damaged-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}")
-        os.link(self.path, kept)
+        link(self.path, kept)
         tmp = self.path.with_name(f".{self.path.name}.tmp")
         with open(tmp, "wb") as fh:
             fh.write(b"".join(good))
             fh.flush()
-            os.fsync(fh.fileno())
+            fsync_file(fh.fileno())
         os.replace(tmp, self.path)
-        dfd = os.open(self.path.parent, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+        fsync_dir(self.path.parent)
         return kept
 
     def open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         created = not self.path.exists()
-        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | OPEN_FLAGS, 0o644)
         if created:  # the journal's own name must survive a power cut, like the files it describes
-            dfd = os.open(self.path.parent, os.O_RDONLY | os.O_DIRECTORY)
-            try:
-                os.fsync(dfd)
-            finally:
-                os.close(dfd)
+            fsync_dir(self.path.parent)
 
     def append(self, records: Iterable[dict[str, Any]], sync: bool = True) -> None:
         """Append records and make them durable before returning.
@@ -289,7 +283,7 @@ class Journal:
             while view:
                 view = view[os.write(fd, view):]
             if sync:
-                os.fsync(fd)
+                fsync_file(fd)
         except BaseException:
             try:
                 os.ftruncate(fd, start)
@@ -383,7 +377,7 @@ def write_results_csv(state: JournalState, target: Path) -> bool:
         with open(tmp, "wb") as fh:
             fh.write(data)
             fh.flush()
-            os.fsync(fh.fileno())
+            fsync_file(fh.fileno())
         fault_point("results")
         os.replace(tmp, target)
     except BaseException:

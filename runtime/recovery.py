@@ -18,7 +18,7 @@ import stat
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from .fileops import Identity, fsync_dir, sha256_file
+from .fileops import Identity, fsync_dir, link, sha256_file
 from .journal import JournalState, fault_point
 from .placement import BENIGN, REVIEW, finish_capture
 
@@ -160,7 +160,7 @@ def _record_orphan(state: JournalState, out: Path, placer: "Placer", d: Any, rec
         rec.update({"dest": new, "relocated_from": rel, "decision": REVIEW})
         placer.append([rec])
         state.intents[rec["id"]] = rec
-        os.link(out / rel, out / new, follow_symlinks=False)
+        link(out / rel, out / new)
         fsync_dir((out / new).parent)
         placer.append([{"event": "done", "id": rec["id"]}])
         state.done.add(rec["id"])

@@ -37,7 +37,8 @@ MAXPATHLEN = 1024
 #: a file changed more recently than this is taken as still being written
 QUIET_S = 2.0
 
-pread = os.pread
+def pread(fd: int, size: int, offset: int) -> bytes:
+    return os.pread(fd, size, offset)
 
 
 class _MacCalls:

@@ -27,8 +27,12 @@ CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0
 _F_SETLEASE = getattr(fcntl, "F_SETLEASE", 1024)
 _F_GETLEASE = getattr(fcntl, "F_GETLEASE", 1025)
 
-pread = os.pread
-fsync_file = os.fsync
+def pread(fd: int, size: int, offset: int) -> bytes:
+    return os.pread(fd, size, offset)  # looked up per call: fault-injection tests replace os.pread / os.fsync
+
+
+def fsync_file(fd: int) -> None:
+    os.fsync(fd)
 
 
 def fsync_dir(path: str | os.PathLike) -> None:

@@ -185,7 +185,8 @@ def pread(fd: int, size: int, offset: int) -> bytes:
     return os.read(fd, size)
 
 
-fsync_file = os.fsync
+def fsync_file(fd: int) -> None:
+    os.fsync(fd)  # FlushFileBuffers
 
 
 def fsync_dir(path: str | os.PathLike) -> None:

@@ -78,7 +78,8 @@ def fault_point(step: str) -> bool:
     """Count ``step``; signal the process at the armed occurrence (only when DERMSORT_FAULT_AT is set)."""
     if fault_armed(step):
         sig = (os.environ.get(FAULT_ENV, "").split(":") + ["", "", ""])[2] or "KILL"
-        os.kill(os.getpid(), getattr(signal, f"SIG{sig}"))
+        # Windows has no SIGKILL: os.kill there is TerminateProcess, just as abrupt
+        os.kill(os.getpid(), getattr(signal, f"SIG{sig}", signal.SIGTERM))
     return False
 
 
@@ -278,7 +279,7 @@ class Journal:
         try:
             if fault_armed("journal_write"):
                 os.write(fd, data[: max(1, len(data) // 2)])
-                os.kill(os.getpid(), signal.SIGKILL)
+                os.kill(os.getpid(), getattr(signal, "SIGKILL", signal.SIGTERM))
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view):]

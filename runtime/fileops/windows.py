@@ -186,7 +186,22 @@ def pread(fd: int, size: int, offset: int) -> bytes:
 
 
 def fsync_file(fd: int) -> None:
-    os.fsync(fd)  # FlushFileBuffers
+    """FlushFileBuffers. A descriptor we only read (a --move source linked into place) cannot be flushed on
+    Windows (it needs write access, which our deny-write open shares with nobody, us included): nothing is
+    done for it, so data its writer left in the cache is as durable as that writer made it."""
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        if exc.errno not in (errno.EACCES, errno.EBADF) or _writable(fd):
+            raise
+
+
+def _writable(fd: int) -> bool:
+    try:
+        os.write(fd, b"")
+    except OSError:
+        return False
+    return True
 
 
 def fsync_dir(path: str | os.PathLike) -> None:

@@ -63,6 +63,7 @@ link_open_file = BACKEND.link_open_file
 rename_no_replace = BACKEND.rename_no_replace
 lock_exclusive = BACKEND.lock_exclusive
 is_transient = BACKEND.is_transient
+remove = BACKEND.remove
 portable_name = BACKEND.portable_name
 name_key = BACKEND.name_key
 WriteGuard = BACKEND.WriteGuard
@@ -81,8 +82,9 @@ def rename(source: str | os.PathLike, target: str | os.PathLike) -> None:
 
 
 def unlink(path: str | os.PathLike) -> None:
-    """``os.unlink`` through transient errors."""
-    retry_transient(os.unlink, path)
+    """Delete a file this run owns (a verified source, a staging copy): through transient errors, and on
+    Windows also one with the read-only attribute (Linux ignores that bit for a deletion)."""
+    retry_transient(BACKEND.remove, path)
 
 
 __all__ = ["BACKEND", "Busy", "Moved", "CASE_INSENSITIVE", "CREATE_FLAGS", "Identity", "NAME", "OPEN_FLAGS", "READ_FLAGS",

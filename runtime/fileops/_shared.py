@@ -31,16 +31,16 @@ RETRY_DELAYS = (0.05, 0.1, 0.2, 0.4, 0.8, 1.5)
 
 
 def retry_transient(op: Callable[..., T], *args: Any, is_transient: Callable[[OSError], bool],
-                    delays: tuple[float, ...] = RETRY_DELAYS, sleep: Callable[[float], None] = time.sleep) -> T:
+                    delays: tuple[float, ...] | None = None, sleep: Callable[[float], None] | None = None) -> T:
     """``op(*args)``, tried again after each of ``delays`` while it fails with a transient error; the last
     error propagates (the caller leaves the file in place and reports it)."""
-    for delay in (*delays, None):
+    for delay in (*(RETRY_DELAYS if delays is None else delays), None):
         try:
             return op(*args)
         except OSError as exc:
             if delay is None or not is_transient(exc):
                 raise
-        sleep(delay)
+        (sleep or time.sleep)(delay)
     raise AssertionError("unreachable")  # pragma: no cover
 
 

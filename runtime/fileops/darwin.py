@@ -123,6 +123,10 @@ def rename_no_replace(source: str | os.PathLike, target: str | os.PathLike) -> N
     rename_by_link(source, target, OS.link, OS.lexists, OS.rename, OS.unlink)
 
 
+def remove(path: str | os.PathLike) -> None:
+    os.unlink(path)
+
+
 def lock_exclusive(fd: int) -> None:
     import fcntl
 

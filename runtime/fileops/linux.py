@@ -58,6 +58,11 @@ def link_open_file(fd: int, target: str | os.PathLike) -> None:
     os.link(f"/proc/self/fd/{fd}", target, follow_symlinks=True)
 
 
+def remove(path: str | os.PathLike) -> None:
+    """Delete a file (``os.unlink``, looked up per call)."""
+    os.unlink(path)
+
+
 def lock_exclusive(fd: int) -> None:
     """Take the output's one-writer lock; BlockingIOError when another process holds it."""
     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -43,7 +43,7 @@ CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_BINARY | getattr(os, "O
 GENERIC_READ = 0x80000000
 FILE_SHARE_READ, FILE_SHARE_DELETE = 0x1, 0x4
 OPEN_EXISTING = 3
-FILE_ATTRIBUTE_NORMAL = 0x80
+FILE_ATTRIBUTE_READONLY, FILE_ATTRIBUTE_NORMAL = 0x1, 0x80
 FILE_FLAG_OPEN_REPARSE_POINT = 0x00200000
 MOVEFILE_WRITE_THROUGH = 0x8
 ERROR_FILE_NOT_FOUND, ERROR_PATH_NOT_FOUND, ERROR_ACCESS_DENIED = 2, 3, 5
@@ -118,6 +118,8 @@ class _WinCalls:
         return buf.value, 0
 
     link = staticmethod(os.link)
+    unlink = staticmethod(os.unlink)
+    chmod = staticmethod(os.chmod)
     lstat = staticmethod(os.lstat)
     fstat = staticmethod(os.fstat)
     stat = staticmethod(lambda path: os.stat(path, follow_symlinks=False))
@@ -212,7 +214,7 @@ def open_input(path: str | os.PathLike) -> int:
     """A read-only descriptor that denies writers; ``Busy`` while a program has the file open for writing
     (or an antivirus holds it past the retries); ELOOP for a symbolic link or junction."""
     name = os.fspath(path)
-    if stat.S_ISLNK(OS.lstat(name).st_mode):
+    if stat.S_ISLNK(OS.lstat(extended(name)).st_mode):
         raise OSError(errno.ELOOP, "symbolic link", name)
 
     def attempt() -> int:
@@ -268,6 +270,26 @@ def rename_no_replace(source: str | os.PathLike, target: str | os.PathLike) -> N
         done, err = OS.move_file(extended(source), extended(target), MOVEFILE_WRITE_THROUGH)
         if not done:
             raise _error(err, os.fspath(source), os.fspath(target))
+
+    retry_transient(attempt, is_transient=is_transient)
+
+
+def remove(path: str | os.PathLike) -> None:
+    """Delete a file, through transient errors; a read-only one too (Windows refuses to delete a file with the
+    read-only attribute, which Linux ignores; cameras and card readers set it): the attribute is cleared first."""
+
+    def attempt() -> None:
+        try:
+            OS.unlink(extended(path))
+        except PermissionError as exc:
+            if not OS.lstat(extended(path)).st_file_attributes & FILE_ATTRIBUTE_READONLY:
+                raise
+            OS.chmod(extended(path), stat.S_IREAD | stat.S_IWRITE)
+            try:
+                OS.unlink(extended(path))
+            except OSError:
+                OS.chmod(extended(path), stat.S_IREAD)  # as it was
+                raise exc from None
 
     retry_transient(attempt, is_transient=is_transient)
 

@@ -46,7 +46,7 @@ if [ ! -x "$WORK/py/Scripts/dermsort.exe" ] || [ "${WINE_REINSTALL:-0}" = 1 ]; t
 fi
 rm -f "$WORK"/wheels/dermsort-*.whl
 "$PY" -m pip wheel -q --no-deps --no-build-isolation -w "$WORK/wheels" "$REPO" 2>/dev/null
-PIP=$(ls "$WORK"/wheels/pip-*.whl | head -1)
+PIP=$(find "$WORK/wheels" -name 'pip-*.whl' | head -1)
 # the README's `pip install ".[cpu]"`, from the wheel of this checkout, into the Windows CPython
 wpy "$(winpath "$PIP")/pip" install -q --no-index --find-links "$(winpath "$WORK/wheels")" --force-reinstall \
   --no-warn-script-location "dermsort[cpu]" "${WINE_PINS[@]}" >/dev/null
@@ -54,7 +54,7 @@ wpy "$(winpath "$PIP")/pip" install -q --no-index --find-links "$(winpath "$WORK
 exec > >(tee "$REPORT") 2>&1
 echo "# scripts/wine-check.sh, $(date -u +%Y-%m-%dT%H:%MZ), commit $(git -C "$REPO" rev-parse --short HEAD)"
 echo "wine: $(wine --version 2>/dev/null); Windows python: $(wpy -c 'import sys, platform; print(sys.version.split()[0], sys.platform, platform.release())' | tr -d '\r')"
-echo "packages under Wine: $(wpy -m pip list --format=freeze 2>/dev/null | tr -d '\r' | grep -iE '^(dermsort|numpy|onnxruntime|pillow|click|cryptography)=' | tr '\n' ' ')"
+echo "packages under Wine: $(wpy "$(winpath "$PIP")/pip" list --format=freeze 2>/dev/null | tr -d '\r' | grep -iE '^(dermsort|numpy|onnxruntime|pillow|click|cryptography)=' | tr '\n' ' ')"
 status=0
 
 # 1. the same images, the same model, on Linux and under Wine
@@ -65,7 +65,7 @@ ARGS=(--backend onnxruntime --precision fp32)
 "$REPO/.venv/bin/dermsort" sort "$RUN/in" --out "$RUN/out-linux" "${ARGS[@]}" >/dev/null 2>&1 || true
 start=$(date +%s)
 true | wine "$WORK/py/Scripts/dermsort.exe" sort "$(winpath "$RUN/in")" --out "$(winpath "$RUN/out-win")" "${ARGS[@]}" 2>&1 | cat > "$RUN/win.log" || true
-echo "sort under Wine: $(( $(date +%s) - start )) s for $(ls "$RUN/in" | wc -l) images"
+echo "sort under Wine: $(( $(date +%s) - start )) s for $(find "$RUN/in" -type f | wc -l) images"
 "$PY" - "$RUN/out-linux/results.csv" "$RUN/out-win/results.csv" <<'PYEOF' || status=1
 import csv, sys
 rows = [{r["relpath"]: r for r in csv.DictReader(open(p, newline="", encoding="utf-8"))} for p in sys.argv[1:]]

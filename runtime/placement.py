@@ -400,8 +400,8 @@ class Placer:
         """The file's name in its folder: the base name, or with --keep-tree its path below the input."""
         rel = rec.get("relpath") or d.cand.path.name
         if self.keep_tree and os.sep in rel and not rel.startswith(".."):
-            return rel
-        return d.cand.path.name
+            return os.sep.join(portable_name(part) for part in rel.split(os.sep))
+        return portable_name(d.cand.path.name)
 
     @staticmethod
     def _folders(dests: list[str]) -> set[str]:

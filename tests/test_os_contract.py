@@ -25,7 +25,7 @@ from dermsort.runtime.fileops import _shared, darwin, linux, windows
 
 BACKENDS = {"linux": linux, "darwin": darwin, "windows": windows}
 #: what every backend module provides (the facade re-exports these)
-CONTRACT = ("NAME", "remove", "CASE_INSENSITIVE", "READ_FLAGS", "CREATE_FLAGS", "pread", "fsync_file", "fsync_dir", "open_input",
+CONTRACT = ("NAME", "remove", "input_name_problem", "CASE_INSENSITIVE", "READ_FLAGS", "CREATE_FLAGS", "pread", "fsync_file", "fsync_dir", "open_input",
             "link", "link_open_file", "rename_no_replace", "lock_exclusive", "is_transient", "portable_name",
             "name_key", "WriteGuard")
 NATIVE = fileops.NAME
@@ -509,6 +509,16 @@ def test_output_names_are_ones_the_system_stores_as_given(backend, name, on_linu
     module, _ = backend
     want = {"linux": on_linux, "darwin": on_darwin, "windows": on_windows}[module.NAME]
     assert module.portable_name(name) == want
+
+
+@pytest.mark.parametrize("name", ["CON.jpg", "nul", "Com1.JPG", "mole.jpg.", "mole.jpg ", "a:b.jpg", "q?.jpg",
+                                  "console.jpg", "a.jpg"])
+def test_inputs_windows_cannot_open_by_name_are_listed_not_read(backend, name):
+    """An input named CON.jpg (a card written by a camera or Linux) opens the console on Windows; 'mole.jpg.' opens
+    mole.jpg: such inputs are left and listed there, never read (the scan asks ``input_name_problem``)."""
+    module, _ = backend
+    bad = module is windows and name not in ("console.jpg", "a.jpg")
+    assert bool(module.input_name_problem(name)) == bad
 
 
 def test_case_and_unicode_form_clashes_are_one_name_where_the_system_says_so(backend):

@@ -65,6 +65,7 @@ lock_exclusive = BACKEND.lock_exclusive
 is_transient = BACKEND.is_transient
 remove = BACKEND.remove
 portable_name = BACKEND.portable_name
+input_name_problem = BACKEND.input_name_problem
 name_key = BACKEND.name_key
 WriteGuard = BACKEND.WriteGuard
 if NAME == "linux":  # the names tests and tools reach the Linux mechanisms by
@@ -88,7 +89,7 @@ def unlink(path: str | os.PathLike) -> None:
 
 
 __all__ = ["BACKEND", "Busy", "Moved", "CASE_INSENSITIVE", "CREATE_FLAGS", "Identity", "NAME", "OPEN_FLAGS", "READ_FLAGS",
-           "WriteGuard", "copy_durable", "fsync_dir", "fsync_file", "is_transient", "link", "link_open_file",
+           "WriteGuard", "copy_durable", "fsync_dir", "fsync_file", "input_name_problem", "is_transient", "link", "link_open_file",
            "lock_exclusive", "name_key", "open_input", "portable_name", "pread", "rename", "rename_no_replace",
            "retry_transient", "sha256_fd", "sha256_file", "unlink", "write_durable"]
 

@@ -87,6 +87,18 @@ def windows_name(name: str) -> str:
     return name or "_"
 
 
+def windows_unopenable(name: str) -> str | None:
+    """Why Windows cannot open an input by this name (it exists on a card or share written elsewhere), or None:
+    a device name (``CON.jpg`` opens the console) or a trailing dot/space (stripped: another file would open)."""
+    if name.split(".", 1)[0].rstrip(" ").upper() in WINDOWS_RESERVED:
+        return f"a Windows device name ({name.split('.', 1)[0]}): Windows opens the device, not this file; rename it"
+    if name != name.rstrip(". "):
+        return "ends in a dot or space, which Windows drops (it would open another file); rename it"
+    if _WINDOWS_ILLEGAL.search(name):  # 'a:b.jpg' is the stream b.jpg of a file 'a' to Windows
+        return "has a character Windows does not allow in a name (<>:\"/\\|?*); rename it"
+    return None
+
+
 def folded_key(relpath: str) -> str:
     """Names that one case-insensitive, normalisation-insensitive folder (NTFS, APFS, HFS+, exFAT) treats as
     one: ``Lesion.JPG`` = ``lesion.jpg``, NFC ``Ä`` (U+00C4) = NFD ``A`` + U+0308."""

@@ -137,6 +137,10 @@ def is_transient(exc: OSError) -> bool:
     return False
 
 
+def input_name_problem(name: str) -> str | None:
+    return None
+
+
 def portable_name(name: str) -> str:
     """One Unicode form (NFC) for every name we give, so results.csv and the journal say what Finder shows."""
     return unicodedata.normalize("NFC", name)

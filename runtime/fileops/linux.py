@@ -73,6 +73,11 @@ def is_transient(exc: OSError) -> bool:
     return False
 
 
+def input_name_problem(name: str) -> str | None:
+    """Why an input by this name cannot be read safely here (None: every name can)."""
+    return None
+
+
 def portable_name(name: str) -> str:
     """The name a file gets in the output: unchanged here (only '/' and NUL are illegal, never in a name)."""
     return name

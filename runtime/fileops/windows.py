@@ -32,7 +32,7 @@ import ntpath
 import os
 import stat
 
-from ._shared import Busy, Moved, folded_key, retry_transient, windows_name
+from ._shared import Busy, Moved, folded_key, retry_transient, windows_name, windows_unopenable
 
 NAME = "windows"
 CASE_INSENSITIVE = True
@@ -301,6 +301,10 @@ def lock_exclusive(fd: int) -> None:
         msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
     except OSError as exc:
         raise BlockingIOError(errno.EAGAIN, "locked by another process") from exc
+
+
+def input_name_problem(name: str) -> str | None:
+    return windows_unopenable(name)
 
 
 def portable_name(name: str) -> str:

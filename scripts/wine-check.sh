@@ -86,6 +86,34 @@ PYEOF
 rm -rf "$WORK/scenarios"
 wpy "$(winpath "$REPO/scripts/os_scenarios.py")" "$(winpath "$IMAGES")" "$(winpath "$WORK/scenarios")" \
   --dermsort "$(winpath "$WORK/py/Scripts/dermsort.exe")" | tr -d '\r' || status=1
+# 3. names from a card written by a camera or Linux: CON.jpg, a trailing dot, ':' are listed and left (Windows
+#    would open the console, another file, a stream); NFC and NFD "Ärm.jpg" (two files here) both placed
+NAMES=$WORK/names && rm -rf "$NAMES" && mkdir -p "$NAMES/in"
+mapfile -t five < <(find "$IMAGES" -maxdepth 1 -type f -iname '*.jpg' | sort | head -n 5)
+for i in 0 1 2 3 4; do
+  name=$("$PY" -c 'import sys, unicodedata as u; print(["CON.jpg", "mole.jpg.", "a:b.jpg", u.normalize("NFC", "Ärm.jpg"), u.normalize("NFD", "Ärm.jpg")][int(sys.argv[1])])' "$i")
+  cp "${five[$i]}" "$NAMES/in/$name"
+done
+chmod u+w "$NAMES"/in/*
+true | wine "$WORK/py/Scripts/dermsort.exe" sort "$(winpath "$NAMES/in")" --out "$(winpath "$NAMES/out")" --move "${ARGS[@]}" --json 2>&1 | cat > "$NAMES/summary.txt" || true
+"$PY" - "$NAMES" "${five[@]}" <<'PYEOF' || status=1
+import hashlib, json, sys, unicodedata
+from pathlib import Path
+names, sources = Path(sys.argv[1]), [Path(p) for p in sys.argv[2:]]
+sha = lambda p: hashlib.sha256(p.read_bytes()).hexdigest()
+text = (names / "summary.txt").read_text(errors="replace")
+summary = json.loads(text[text.index("{"):])
+ignored = sorted(Path(r["file"].replace("\\", "/")).name for r in summary["ignored"])
+placed = sorted(p.name for p in (names / "out").rglob("*.jpg"))
+left = sorted(p.name for p in (names / "in").iterdir())
+everything = sorted([sha(p) for p in (names / "out").rglob("*.jpg")] + [sha(p) for p in (names / "in").iterdir()])
+ok = (everything == sorted(sha(p) for p in sources) and len(placed) == 2 and len(ignored) == 3
+      and sorted(left) == sorted(ignored))
+print(f"{'PASS' if ok else 'FAIL'} names Windows cannot open are listed and left, NFC/NFD both placed: "
+      f"ignored {ignored}, placed {[unicodedata.normalize('NFC', n) for n in placed]}, nothing lost: {ok}")
+sys.exit(0 if ok else 1)
+PYEOF
+
 echo "not reproduced by Wine: antivirus / indexer interference (WinError 5/32 from another program: contract tests), NTFS"
 echo "ACLs, real MAX_PATH limits, SMB shares; Wine's file system is Linux's underneath (hard links, fsync) with"
 echo "Windows' case-insensitive lookup, sharing modes and read-only attribute on top."

@@ -21,7 +21,8 @@ def fault_point(step: str) -> bool:
     """Count ``step``; signal the process at the armed occurrence (only when DERMSORT_FAULT_AT is set)."""
     if fault_armed(step):
         sig = (os.environ.get(FAULT_ENV, "").split(":") + ["", "", ""])[2] or "KILL"
-        os.kill(os.getpid(), getattr(signal, f"SIG{sig}"))
+        # Windows has no SIGKILL: os.kill there is TerminateProcess, just as abrupt
+        os.kill(os.getpid(), getattr(signal, f"SIG{sig}", signal.SIGTERM))
     return False
 
 

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from .faults import fault_armed
+from .fileops import OPEN_FLAGS, fsync_dir, fsync_file, link
 from .records import Abort, Claim, Done, Event, Intent, SourceRemoved, is_record, parse
 
 
@@ -129,7 +130,7 @@ class Journal:
             # torn tail from a kill mid-write: that record was never acknowledged, so it never happened
             with open(self.path, "r+b") as fh:
                 fh.truncate(end)
-                os.fsync(fh.fileno())
+                fsync_file(fh.fileno())
         for line in data[:end].splitlines():
             if not line.strip():
                 continue
@@ -159,30 +160,22 @@ class Journal:
             if is_record(rec) and line.endswith(b"\n"):
                 good.append(line)
         kept = self.path.with_name(f"{self.path.name}.damaged-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}")
-        os.link(self.path, kept)
+        link(self.path, kept)
         tmp = self.path.with_name(f".{self.path.name}.tmp")
         with open(tmp, "wb") as fh:
             fh.write(b"".join(good))
             fh.flush()
-            os.fsync(fh.fileno())
+            fsync_file(fh.fileno())
         os.replace(tmp, self.path)
-        dfd = os.open(self.path.parent, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+        fsync_dir(self.path.parent)
         return kept
 
     def open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         created = not self.path.exists()
-        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | OPEN_FLAGS, 0o644)
         if created:  # the journal's own name must survive a power cut, like the files it describes
-            dfd = os.open(self.path.parent, os.O_RDONLY | os.O_DIRECTORY)
-            try:
-                os.fsync(dfd)
-            finally:
-                os.close(dfd)
+            fsync_dir(self.path.parent)
 
     def record(self, *events: Event, sync: bool = True) -> None:
         """Make ``events`` durable in the journal, then fold them into ``state``: the only way the state changes.
@@ -218,12 +211,12 @@ class Journal:
         try:
             if fault_armed("journal_write"):
                 os.write(fd, data[: max(1, len(data) // 2)])
-                os.kill(os.getpid(), signal.SIGKILL)
+                os.kill(os.getpid(), getattr(signal, "SIGKILL", signal.SIGTERM))
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view):]
             if sync:
-                os.fsync(fd)
+                fsync_file(fd)
         except BaseException:
             try:
                 os.ftruncate(fd, start)

@@ -6,7 +6,7 @@ The promises, each checked right before the irreversible step it guards:
   system has no hard links, a rename after an existence check under the output lock;
 - **what is placed is what was classified**: the staged copy is written from the bytes that were
   hashed (or our open descriptor of that inode) and read back and compared by sha256; a same-file-
-  system move links the inode we opened (``/proc/self/fd``), never whatever the path holds now;
+  system move links the inode we opened (``fileops.link_open_file``), never whatever the path holds now;
 - **durable before irreversible**: intent -> link -> fsync(dir) -> done -> only then a source goes (the order
   is stated once, in ``journal.Journal.record``; every journal write here goes through it);
 - **what is removed is what was classified**: the source is first renamed aside (atomically
@@ -29,7 +29,8 @@ from typing import TYPE_CHECKING
 
 from .decision import BENIGN, REVIEW
 from .errors import OutputError
-from .fileops import Identity, copy_durable, fsync_dir, rename_no_replace, sha256_file, write_durable
+from .fileops import (Identity, Moved, copy_durable, fsync_dir, fsync_file, link, link_open_file, name_key,
+                      portable_name, rename, rename_no_replace, sha256_file, unlink, write_durable)
 from .faults import fault_point
 from .records import Abort, Done, Intent, SourceRemoved
 
@@ -112,7 +113,7 @@ class Placer:
         # and the new names (and any new subfolders) are durable before the done records
         for d, rec, tmp in placed:
             if tmp is None and d.fd is not None:
-                os.fsync(d.fd)
+                fsync_file(d.fd)
         for folder in sorted(self._folders([rec.dest for _, rec, _ in placed]), key=len, reverse=True):
             fsync_dir(self.out / folder)
         fault_point("dir_fsync")
@@ -213,10 +214,12 @@ class Placer:
                 raise _Changed("changed while being sorted")
             return self.link_no_replace(d.cand.path, dest)
         try:
-            os.link(f"/proc/self/fd/{d.fd}", dest, follow_symlinks=True)
+            link_open_file(d.fd, dest)
             return True
         except FileExistsError:
             return False
+        except Moved:  # macOS, Windows: the classified file no longer has the path it is linked from
+            raise _Changed("moved while being sorted") from None
         except FileNotFoundError:
             if os.fstat(d.fd).st_nlink == 0:
                 raise SourceGone() from None
@@ -240,7 +243,7 @@ class Placer:
     def link_no_replace(self, source: Path, dest: Path) -> bool:
         staged = source.parent == self.tmp_dir
         try:
-            os.link(source, dest, follow_symlinks=False)
+            link(source, dest)
             return True
         except FileExistsError:
             return False
@@ -259,7 +262,7 @@ class Placer:
         # we hold the output lock, so check-then-rename cannot race another dermsort
         if os.path.lexists(dest):
             return False
-        os.rename(source, dest)
+        rename(source, dest)
         return True
 
     def can_link_source(self, d: "Decoded") -> bool:
@@ -285,7 +288,7 @@ class Placer:
                               f"{source} and the rest were left in place; re-run")
         held, before = capture_path(source, rec.id), Identity.at(source)
         try:
-            os.rename(source, held)  # whatever the name holds now is ours to check; nobody can swap it any more
+            rename(source, held)  # whatever the name holds now is ours to check; nobody can swap it any more
         except FileNotFoundError:
             summary.keep_source(str(source), "already gone (deleted by another program after it was sorted)")
             return False
@@ -301,7 +304,7 @@ class Placer:
             summary.keep_source(str(source), "changed while being sorted")
             return False
         try:
-            os.unlink(held)
+            unlink(held)
         except OSError as exc:
             put_back(held, source)
             summary.keep_source(str(source), f"could not remove it ({exc.strerror})")
@@ -353,7 +356,7 @@ class Placer:
         source = d.cand.path
         if linked:  # the inode is still named in OUT: name it in the input again, then detach the placed copy
             tmp = capture_path(source, rec.id + "r")
-            os.link(self.out / rec.dest, tmp)
+            link(self.out / rec.dest, tmp)
             put_back(tmp, source)
             self._detach(d, rec)
             return
@@ -389,8 +392,8 @@ class Placer:
         """The file's name in its folder: the base name, or with --keep-tree its path below the input."""
         rel = rec.relpath or d.cand.path.name
         if self.keep_tree and os.sep in rel and not rel.startswith(".."):
-            return rel
-        return d.cand.path.name
+            return os.sep.join(portable_name(part) for part in rel.split(os.sep))
+        return portable_name(d.cand.path.name)
 
     @staticmethod
     def _folders(dests: list[str]) -> set[str]:
@@ -414,11 +417,11 @@ class Placer:
                         break
                     fsync_dir(parent.parent)
             decision = f"{decision}/{sub}"
-        stem, ext = os.path.splitext(name.replace("\n", "_").replace("\r", "_"))
+        stem, ext = os.path.splitext(portable_name(name.replace("\n", "_").replace("\r", "_")))
         if len(os.fsencode(ext)) > 16:
             stem, ext = stem + ext, ""
-        if self._claimed is None:
-            self._claimed = self.journal.state.claimed_dests()
+        if self._claimed is None:  # keyed as this system compares names (case-insensitive: folded)
+            self._claimed = {name_key(dest) for dest in self.journal.state.claimed_dests()}
         claimed = self._claimed
         n = 0
         while True:
@@ -427,8 +430,8 @@ class Placer:
             while len(os.fsencode(base + suffix + ext)) > self.name_max and base:
                 base = base[:-1]  # keep the name within the limit, suffix included
             cand = f"{decision}/{base}{suffix}{ext}"
-            if cand not in claimed and not os.path.lexists(self.out / cand):
-                claimed.add(cand)  # names chosen earlier in this batch are taken too
+            if name_key(cand) not in claimed and not os.path.lexists(self.out / cand):
+                claimed.add(name_key(cand))  # names chosen earlier in this batch are taken too
                 return cand
             n += 1
 

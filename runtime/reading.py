@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from .fileops import READ_FLAGS, Identity, WriteGuard
+from .fileops import Busy, Identity, WriteGuard, open_input, pread
 from .preprocess import UnreadableImage, preprocess
 from .scan import Candidate
 from .thumbs import encode_thumbnail
@@ -73,7 +73,10 @@ def decode_one(cand: Candidate, spec: Any, hash_only: bool = False, thumbs: Path
     decode) unless that folder already has one for this content."""
     d = Decoded(cand)
     try:
-        fd = os.open(cand.path, READ_FLAGS)
+        fd = open_input(cand.path)
+    except Busy:  # Windows: a program holds it open for writing (or an antivirus held it past the retries)
+        d.skip = STILL_WRITTEN
+        return d
     except PermissionError:
         d.error, d.unreadable = "unreadable: permission denied", True
         d.identity = Identity.at(cand.path)
@@ -102,7 +105,7 @@ def decode_one(cand: Candidate, spec: Any, hash_only: bool = False, thumbs: Path
         # the bytes are kept only when they will be decoded and copied (hash_only: a source checked before removal)
         chunks: list[bytes] | None = [] if st.st_size <= MAX_IN_MEMORY and not hash_only else None
         offset = 0
-        while block := os.pread(fd, 1 << 20, offset):
+        while block := pread(fd, 1 << 20, offset):
             offset += len(block)
             digest.update(block)
             if chunks is not None:

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from .decision import BENIGN, REVIEW
 from .faults import fault_point
-from .fileops import Identity, fsync_dir, sha256_file
+from .fileops import Identity, fsync_dir, link, sha256_file
 from .placement import finish_capture
 from .records import Abort, Claim, Done, Intent, SourceRemoved
 
@@ -157,7 +157,7 @@ def _record_orphan(journal: Journal, out: Path, placer: Placer, d: Any, rec: Int
         new = placer.unique_dest(REVIEW, rel.split("/", 1)[1])  # same place below review/
         rec = dataclasses.replace(rec, dest=new, relocated_from=rel, decision=REVIEW)
         journal.record(rec)
-        os.link(out / rel, out / new, follow_symlinks=False)
+        link(out / rel, out / new)
         fsync_dir((out / new).parent)
         journal.record(Done(rec.id))
         old = Identity.at(out / rel)

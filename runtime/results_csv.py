@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from .faults import fault_point
+from .fileops import fsync_file
 from .journal import JournalState
 from .records import Intent
 
@@ -134,7 +135,7 @@ def write_results_csv(state: JournalState, target: Path) -> bool:
         with open(tmp, "wb") as fh:
             fh.write(data)
             fh.flush()
-            os.fsync(fh.fileno())
+            fsync_file(fh.fileno())
         fault_point("results")
         os.replace(tmp, target)
     except BaseException:

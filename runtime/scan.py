@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import DermsortError, OutputError
+from .fileops import input_name_problem
 
 #: files an OS or a camera leaves beside images; never images, never moved
 IGNORED_NAMES = {"thumbs.db", "desktop.ini", ".ds_store"}
@@ -89,6 +90,11 @@ def scan(root: Path, recursive: bool, ignored: list[dict[str, str]] | None = Non
                     if ignored is not None:
                         ignored.append({"file": entry.path, "reason": "temporary name of a file still being "
                                         "written; it is sorted once renamed"})
+                    continue
+                problem = input_name_problem(entry.name)
+                if problem:  # Windows: CON.jpg, "mole.jpg." from a card written elsewhere
+                    if ignored is not None:
+                        ignored.append({"file": entry.path, "reason": problem})
                     continue
                 found.append(Candidate(Path(entry.path), st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns))
             elif ignored is not None:

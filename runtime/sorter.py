@@ -10,7 +10,6 @@ orchestrates them. Guarantees: docs/RELIABILITY.md.
 from __future__ import annotations
 
 import errno
-import fcntl
 import logging
 import os
 import threading
@@ -28,7 +27,7 @@ from .backends.base import Backend
 from .decision import BENIGN, REVIEW, RunFacts, decide, intent_record
 from .diagnosis import top_diagnoses
 from .errors import DermsortError, OutputError
-from .fileops import Identity, fsync_dir, sha256_file
+from .fileops import Identity, fsync_dir, lock_exclusive, sha256_file
 from .journal import Journal, JournalState
 from .placement import Placer
 from .reading import MAX_IN_MEMORY, Decoded, decode_one
@@ -135,7 +134,7 @@ class Sorter:
             raise self._output_error(exc, "preparing") from None
         self._lock_fd = os.open(self.state_dir / "lock", os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
         try:
-            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            lock_exclusive(self._lock_fd)
         except BlockingIOError:
             os.close(self._lock_fd)
             self._lock_fd = None

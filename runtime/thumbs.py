@@ -64,7 +64,7 @@ def write_thumbnail(thumbs_dir: Path, sha256: str, data: bytes | None) -> None:
         return
     folder = Path(thumbs_dir)
     tmp = folder / f".{name}.{os.getpid()}.{threading.get_ident()}.tmp"
-    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
     try:
         # os-level calls: a thumbnail is a few KB, so the system calls are most of its cost
         try:

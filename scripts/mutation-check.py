@@ -21,9 +21,9 @@ MORE = "\x00MORE\x00"
 #: name, file, original text, mutated text (several pairs joined by MORE), pytest selection that must FAIL
 MUTATIONS = [
     ("overwrite: unlink an existing destination before link", "runtime/placement.py",
-     "        staged = source.parent == self.tmp_dir\n        try:\n            os.link(source, dest, follow_symlinks=False)",
+     "        staged = source.parent == self.tmp_dir\n        try:\n            link(source, dest)",
      "        staged = source.parent == self.tmp_dir\n        try:\n            if os.path.lexists(dest):\n"
-     "                os.unlink(dest)\n            os.link(source, dest, follow_symlinks=False)",
+     "                os.unlink(dest)\n            link(source, dest)",
      "tests/test_output_safety.py::test_a_taken_destination_is_never_replaced_even_when_the_name_chooser_is_wrong"),
     ("boundary: p <= threshold is benign", "runtime/decision.py",
      "    if p < threshold:\n", "    if p <= threshold:\n",
@@ -34,7 +34,7 @@ MUTATIONS = [
     ("parity gate: count only flips towards benign", "export/parity.py",
      "    flips = int((review != ref_review).sum())", "    flips = int((ref_review & ~review).sum())",
      "tests/test_export_gate.py -k 'churn_in_both_directions or counted_by_direction'"),
-    ("writers: ignore a process that still has the file open", "runtime/fileops.py",
+    ("writers: ignore a process that still has the file open", "runtime/fileops/linux.py",
      "            if exc.errno in (errno.EAGAIN, errno.EBUSY):\n                self.method = \"lease\"\n                return True",
      "            if exc.errno in (errno.EAGAIN, errno.EBUSY):\n                self.method = \"lease\"\n                return False",
      "tests/test_writers.py -k writer_paused_longer_than_settle"),
@@ -42,9 +42,9 @@ MUTATIONS = [
      "        if not self._is_classified(d, before, held, linked, dest):", "        if False:",
      "tests/test_writers.py -k 'same_size_same_mtime and cross-fs and renamed-over'"),
     ("replacement: link whatever the path holds now, unchecked", "runtime/placement.py",
-     '            os.link(f"/proc/self/fd/{d.fd}", dest, follow_symlinks=True)' + MORE
+     '            link_open_file(d.fd, dest)' + MORE
      + "            if tmp is None and not self._placed_is_classified(d, dest):",
-     "            os.link(d.cand.path, dest, follow_symlinks=False)" + MORE + "            if False:",
+     "            link(d.cand.path, dest)" + MORE + "            if False:",
      "tests/test_writers.py -k 'same_size_same_mtime and same-fs and renamed-over'"),
     ("journal: re-sort what a damaged journal forgot", "runtime/sorter.py",
      "            if used_before:\n                self._reconcile(existed)", "            pass",

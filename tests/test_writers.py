@@ -321,7 +321,7 @@ def test_without_a_lease_a_writer_is_found_through_proc(tiny_bundle, tmp_path, m
         return real(fd, cmd, *a)
 
     monkeypatch.setattr(fileops.fcntl, "fcntl", no_lease)
-    monkeypatch.setattr(fileops, "PROC_SCAN_TTL", 0.0)
+    monkeypatch.setattr(fileops.linux, "PROC_SCAN_TTL", 0.0)
     path = tmp_path / "busy.jpg"
     path.write_bytes(small_real_images(1, 0)[0].read_bytes())
     from dermsort.runtime.metadata import PreprocessSpec

@@ -1,53 +1,38 @@
-"""Durable, identity-checked file operations: the one home of every low-level step the sorter's
-promises rest on (hashing, fsync, never-replacing links, "is somebody still writing this file?").
+"""The Linux backend of ``fileops`` (also used on other POSIX systems that are not macOS).
 
-- ``sha256_file``: the package's only file hasher (bundles, checkpoints, sorter).
-- ``fsync_dir``: makes a directory entry durable (a new or removed name survives a power cut).
-- ``write_durable`` / ``copy_durable``: write, keep the original time stamps, fsync.
-- ``Identity``: (device, inode, ctime, size, mtime) of what was read and classified; compared with
-  what is placed and what is removed right before each irreversible step. ctime cannot be set by
-  a user program, so an in-place rewrite that restores size and mtime (``cp -p``, ``exiftool -P``,
-  ``unzip -o``) still shows.
-- ``WriteGuard``: whether another process has the file open for writing, and a read lease that
-  makes such a process wait (and tells us) while we place the file. See docs/RELIABILITY.md
-  ("writers still writing") for what each mechanism sees and where it cannot.
+The strongest of the three: read leases (``F_SETLEASE``) and ``/proc/*/fd`` see writers,
+``/proc/self/fd/N`` links the very inode that was classified, ``renameat2(RENAME_NOREPLACE)`` never
+replaces, and fsync of a directory makes a new name durable. What each promise means on the other
+systems: docs/RELIABILITY.md ("Per operating system").
 """
 
 from __future__ import annotations
 
 import errno
 import fcntl
-import hashlib
 import os
 import stat
 import time
-from dataclasses import dataclass
-from pathlib import Path
 
+from ._shared import rename_by_link
+
+NAME = "linux"
+#: names differ by case and Unicode form here (ext4, xfs, btrfs); a vfat/exFAT output still refuses a
+#: clash at link time (EEXIST), which placement answers with another name
+CASE_INSENSITIVE = False
 #: read flags for untrusted input: never through a symlink, never blocking on a FIFO
 READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
+#: create flags for a file we write (never replacing one)
+CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
 _F_SETLEASE = getattr(fcntl, "F_SETLEASE", 1024)
 _F_GETLEASE = getattr(fcntl, "F_GETLEASE", 1025)
 
-
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20, drop_cache: bool = False) -> str:
-    """sha256 of a file; ``drop_cache`` reads it back from the disk, not from the page cache we just wrote."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        if drop_cache and hasattr(os, "posix_fadvise"):
-            os.posix_fadvise(fh.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
-        while block := fh.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
+def pread(fd: int, size: int, offset: int) -> bytes:
+    return os.pread(fd, size, offset)  # looked up per call: fault-injection tests replace os.pread / os.fsync
 
 
-def sha256_fd(fd: int, chunk: int = 1 << 20) -> str:
-    """sha256 of an open file from its start (pread: the descriptor's offset is not used)."""
-    digest, offset = hashlib.sha256(), 0
-    while block := os.pread(fd, chunk, offset):
-        digest.update(block)
-        offset += len(block)
-    return digest.hexdigest()
+def fsync_file(fd: int) -> None:
+    os.fsync(fd)
 
 
 def fsync_dir(path: str | os.PathLike) -> None:
@@ -58,47 +43,49 @@ def fsync_dir(path: str | os.PathLike) -> None:
         os.close(fd)
 
 
-def write_durable(path: Path, data: bytes, atime_ns: int = 0, mtime_ns: int = 0) -> None:
-    """Create ``path`` (never replacing anything) with ``data``, the original's time stamps, fsync'd."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o644)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        if mtime_ns:  # keep the original's time stamp (when the image was taken / exported)
-            os.utime(fh.fileno(), ns=(atime_ns or mtime_ns, mtime_ns))
-        os.fsync(fh.fileno())
+def open_input(path: str | os.PathLike) -> int:
+    """A read-only descriptor of an input file (never through a symlink: ELOOP; never blocking on a FIFO)."""
+    return os.open(path, READ_FLAGS)
 
 
-def copy_durable(source: Path | int, target: Path, atime_ns: int = 0, mtime_ns: int = 0) -> str | None:
-    """Stream ``source`` (a path, or an open descriptor read from its start) into a new ``target``
-    (fsync'd); the sha256 of what was copied, None if the source went away or failed to read."""
-    own = not isinstance(source, int)
-    try:
-        src = os.open(source, READ_FLAGS) if own else source
-    except OSError:
-        return None
-    digest, offset = hashlib.sha256(), 0
-    try:
-        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o644)
-        with os.fdopen(fd, "wb") as fh:
-            while True:
-                try:
-                    block = os.pread(src, 1 << 20, offset)
-                except OSError:
-                    return None
-                if not block:
-                    break
-                offset += len(block)
-                digest.update(block)
-                fh.write(block)
-            fh.flush()
-            if mtime_ns:
-                os.utime(fh.fileno(), ns=(atime_ns or mtime_ns, mtime_ns))
-            os.fsync(fh.fileno())
-    finally:
-        if own:
-            os.close(src)
-    return digest.hexdigest()
+def link(source: str | os.PathLike, target: str | os.PathLike) -> None:
+    """A second name for ``source`` (not following a symlink); FileExistsError if ``target`` exists."""
+    os.link(source, target, follow_symlinks=False)
+
+
+def link_open_file(fd: int, target: str | os.PathLike) -> None:
+    """Name the inode behind ``fd`` (not whatever its path holds now) ``target``; FileExistsError if taken."""
+    os.link(f"/proc/self/fd/{fd}", target, follow_symlinks=True)
+
+
+def remove(path: str | os.PathLike) -> None:
+    """Delete a file (``os.unlink``, looked up per call)."""
+    os.unlink(path)
+
+
+def lock_exclusive(fd: int) -> None:
+    """Take the output's one-writer lock; BlockingIOError when another process holds it."""
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+
+def is_transient(exc: OSError) -> bool:
+    """Whether an error may go away by itself in a moment (Windows: antivirus, indexers). Never here."""
+    return False
+
+
+def input_name_problem(name: str) -> str | None:
+    """Why an input by this name cannot be read safely here (None: every name can)."""
+    return None
+
+
+def portable_name(name: str) -> str:
+    """The name a file gets in the output: unchanged here (only '/' and NUL are illegal, never in a name)."""
+    return name
+
+
+def name_key(relpath: str) -> str:
+    """What two names must differ in to be two files: everything (case and Unicode form included)."""
+    return relpath
 
 
 _RENAME_NOREPLACE = 1
@@ -130,49 +117,7 @@ def rename_no_replace(source: str | os.PathLike, target: str | os.PathLike) -> N
             raise FileExistsError(err, os.strerror(err), os.fspath(target))
         if err not in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP):
             raise OSError(err, os.strerror(err), os.fspath(source))
-    try:
-        os.link(source, target, follow_symlinks=False)
-    except FileExistsError:
-        raise
-    except OSError as exc:
-        if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK):
-            raise
-        if os.path.lexists(target):
-            raise FileExistsError(errno.EEXIST, "File exists", os.fspath(target)) from None
-        os.rename(source, target)
-        return
-    os.unlink(source)
-
-
-@dataclass(frozen=True)
-class Identity:
-    """Which file, in which state: equal identities mean the same inode, not written to since."""
-
-    dev: int
-    ino: int
-    size: int
-    mtime_ns: int
-    ctime_ns: int
-
-    @classmethod
-    def of(cls, st: os.stat_result) -> "Identity":
-        return cls(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-
-    @classmethod
-    def at(cls, path: str | os.PathLike) -> "Identity | None":
-        """The identity of what is at ``path`` now (not following symlinks); None if nothing is."""
-        try:
-            st = os.stat(path, follow_symlinks=False)
-        except FileNotFoundError:
-            return None
-        return cls.of(st) if stat.S_ISREG(st.st_mode) else None
-
-    def same_inode(self, other: "Identity | None") -> bool:
-        return other is not None and (self.dev, self.ino) == (other.dev, other.ino)
-
-    def same_content_state(self, other: "Identity | None") -> bool:
-        """Same inode, same size and mtime: nothing wrote to it (ctime aside, which a link changes)."""
-        return self.same_inode(other) and (self.size, self.mtime_ns) == (other.size, other.mtime_ns)
+    rename_by_link(source, target, link)
 
 
 class WriteGuard:

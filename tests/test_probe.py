@@ -102,7 +102,7 @@ def test_probe_rounds_interleave_and_are_bounded(tiny_bundle, monkeypatch):
             b.close()
 
 
-def _store(bundle, ranking_pairs, source, noisy=False, **change):
+def _store(bundle, ranking_pairs, source, noisy=False, change=None):
     ranking = [{"backend": b, "artifact": a, "images_per_s": 1.0} for b, a in ranking_pairs]
     load = {"loadavg": [9.0, 9.0, 9.0] if noisy else [0.0, 0.0, 0.0], "cpus": 2, "per_cpu": 4.5 if noisy else 0.0,
             "noisy": noisy}
@@ -127,7 +127,12 @@ def test_a_valid_profile_is_used_as_is(two_speed_bundle):
     assert _entry(bundle)["source"] == "bench"
 
 
-@pytest.mark.parametrize("change", [{"versions": {"onnxruntime": "1.0.0"}}, {"model": "0123456789abcdef"}, None])
+@pytest.mark.parametrize("change", [{"versions": {"onnxruntime": "1.0.0"}},  # a backend upgraded
+                                    {"versions": {"onnxruntime": None}},  # a backend installed since
+                                    {"model": "0123456789abcdef"},  # an artifact re-exported
+                                    {"bundle": "another-model-id"},  # another bundle
+                                    {"environment": "py311-0123456789"},  # another venv's entry, copied here
+                                    None])
 def test_library_or_model_change_makes_the_profile_stale(two_speed_bundle, change):
     bundle, _ = load_bundle(two_speed_bundle)
     if change is None:  # an entry from an older dermsort: nothing says what it is valid for
@@ -138,7 +143,7 @@ def test_library_or_model_change_makes_the_profile_stale(two_speed_bundle, chang
         del data["models"][bundle.model_id]["valid_for"]
         path.write_text(json.dumps(data))
     else:
-        _store(bundle, [SLOW, FAST], "bench", **change)
+        _store(bundle, [SLOW, FAST], "bench", change=change)
     assert probe.stale_reason(_entry(bundle), bundle)
     assert _auto(bundle) == FAST  # re-probed
     entry = _entry(bundle)
@@ -249,3 +254,53 @@ def test_a_profile_measured_before_a_faster_backend_was_installed_is_stale():
     older = json.loads(json.dumps(now))
     del older["valid_for"]["versions"]["openvino"]  # a profile from before all candidates were recorded
     assert probe.stale_reason(older, bundle)
+
+
+def test_each_python_environment_keeps_its_own_profile(two_speed_bundle, monkeypatch):
+    """Issue 26: two virtual environments on one machine (one with only ONNX Runtime) must not overwrite each
+    other's ranking: the profile file is named by host and environment (sys.prefix + Python version)."""
+    bundle, _ = load_bundle(two_speed_bundle)
+    _store(bundle, [SLOW, FAST], "bench")
+    here = engine.profile_path()
+    monkeypatch.setattr(probe.sys, "prefix", "/opt/another-venv")
+    other = engine.profile_path()
+    assert other != here and other.parent == here.parent
+    assert engine.load_profile() == {}  # nothing measured in this environment yet
+    assert _auto(bundle) == FAST  # probed here, written to this environment's file
+    assert _pairs(json.loads(other.read_text())["models"][bundle.model_id]) == [FAST, SLOW]
+    assert _pairs(json.loads(here.read_text())["models"][bundle.model_id]) == [SLOW, FAST]  # untouched
+
+
+def test_a_bench_on_a_busy_machine_does_not_replace_a_quiet_profile(two_speed_bundle, monkeypatch):
+    bundle, _ = load_bundle(two_speed_bundle)
+    _store(bundle, [SLOW, FAST], "bench", noisy=False)  # quiet (artificially ranked, to see who wins)
+    _store(bundle, [FAST, SLOW], "bench", noisy=True)  # busy: recorded beside it, not used
+    entry = _entry(bundle)
+    assert _pairs(entry) == [SLOW, FAST] and not entry["load"]["noisy"]
+    assert _pairs(entry["noisy_bench"]) == [FAST, SLOW] and entry["noisy_bench"]["load"]["noisy"]
+    monkeypatch.setattr(probe, "NOISY_LOAD_PER_CPU", 1e9)  # whatever the real load: quiet now
+    assert _auto(bundle) == SLOW  # the quiet bench is believed, no re-probe
+    # a quiet bench replaces it; a busy one replaces only a busy one
+    _store(bundle, [FAST, SLOW], "bench", noisy=False)
+    assert _pairs(_entry(bundle)) == [FAST, SLOW] and "noisy_bench" not in _entry(bundle)
+    engine.profile_path().unlink()
+    _store(bundle, [FAST, SLOW], "bench", noisy=True)  # nothing quiet known: a busy bench is better than nothing
+    _store(bundle, [SLOW, FAST], "bench", noisy=True)
+    assert _pairs(_entry(bundle)) == [SLOW, FAST] and _entry(bundle)["load"]["noisy"]
+    # a busy bench that did get written is re-measured by a probe once the machine is quiet
+    assert _auto(bundle) == FAST
+    assert _entry(bundle)["source"] == "probe" and not _entry(bundle)["load"]["noisy"]
+
+
+def test_load_watch_counts_only_other_processes(monkeypatch):
+    watch = probe.LoadWatch().start()
+    t0 = __import__("time").process_time()
+    while __import__("time").process_time() - t0 < 0.2:  # this process's own work is not load
+        pass
+    load = watch.finish()
+    assert len(load["loadavg"]) == 3 and len(load["end_loadavg"]) == 3
+    assert 0.0 <= load["others_per_cpu"] <= 1.5  # a fraction of the CPUs (ticks are coarse)
+    # quiet at the start (load average), but other processes kept the CPUs busy meanwhile: noisy
+    monkeypatch.setattr(probe, "machine_load", lambda: {"loadavg": [0.0] * 3, "cpus": 2, "per_cpu": 0.0, "noisy": False})
+    monkeypatch.setattr(probe, "NOISY_LOAD_PER_CPU", -1.0)
+    assert probe.LoadWatch().start().finish()["noisy"]

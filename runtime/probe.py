@@ -216,7 +216,8 @@ def save_profile(bundle: Bundle, ranking: list[dict[str, Any]], source: str,
 
 
 def probe(backends: list[Backend], input_size: int, budget_s: float = PROBE_BUDGET_S,
-          min_rounds: int = PROBE_MIN_ROUNDS, cap_s: float = PROBE_CAP_S) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+          min_rounds: int = PROBE_MIN_ROUNDS, cap_s: float = PROBE_CAP_S, by_cpu: bool | None = None
+          ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Rank loaded backends, fastest first: one row per backend (``index`` into ``backends``,
     ``median_call_ms`` over the rounds at ``PROBE_BATCH`` images, ``screen_ms`` of one image); and how.
 
@@ -224,7 +225,14 @@ def probe(backends: list[Backend], input_size: int, budget_s: float = PROBE_BUDG
     ``SCREEN_RATIO`` x the fastest cannot win and is ranked after the rest by that time), then rounds
     over the rest at ``PROBE_BATCH`` images: each round times one call of every one, starting one further
     along each round, so a burst of load hits all of them alike; the median of the rounds drops the bursts.
+
+    ``by_cpu`` (default: when the machine is busy now): rank by the CPU time this process spent in each call
+    (every backend here runs on all cores, and time spent descheduled by other programs is not counted), not
+    by wall time, which on a busy machine says more about the other programs than about the backends.
     """
+    if by_cpu is None:
+        by_cpu = bool(machine_load()["noisy"])
+    clock = time.process_time if by_cpu else time.perf_counter
     rng = np.random.default_rng(0)
     one = rng.standard_normal((1, 3, input_size, input_size)).astype(np.float32)
     batch = rng.standard_normal((PROBE_BATCH, 3, input_size, input_size)).astype(np.float32)
@@ -233,9 +241,9 @@ def probe(backends: list[Backend], input_size: int, budget_s: float = PROBE_BUDG
         backend.predict(one)  # warm-up: graph optimisation, memory pools
     screen = []
     for backend in backends:
-        t0 = time.perf_counter()
+        t0 = clock()
         backend.predict(one)
-        screen.append(time.perf_counter() - t0)
+        screen.append(clock() - t0)
     fastest = min(screen)
     live = [i for i, t in enumerate(screen) if t <= SCREEN_RATIO * fastest]
     times: dict[int, list[float]] = {i: [] for i in live}
@@ -247,9 +255,9 @@ def probe(backends: list[Backend], input_size: int, budget_s: float = PROBE_BUDG
             break
         for k in range(len(live)):
             i = live[(k + rounds) % len(live)]
-            t0 = time.perf_counter()
+            t0 = clock()
             backends[i].predict(batch)
-            times[i].append(time.perf_counter() - t0)
+            times[i].append(clock() - t0)
         rounds += 1
     rows = [{"index": i, "screen_ms": round(screen[i] * 1000, 3), "measured": i in live and rounds > 0,
              "median_call_ms": round(statistics.median(times[i]) * 1000, 3) if times.get(i) else None}
@@ -257,4 +265,5 @@ def probe(backends: list[Backend], input_size: int, budget_s: float = PROBE_BUDG
     # measured ones by their median; then (one survivor, or screened out) by the one-image screen time
     rows.sort(key=lambda r: (not r["measured"], r["median_call_ms"] if r["measured"] else r["screen_ms"]))
     return rows, {"rounds": rounds, "seconds": round(time.perf_counter() - began, 3), "batch": PROBE_BATCH,
-                  "budget_s": budget_s, "cap_s": cap_s, "screened_out": len(backends) - len(live)}
+                  "budget_s": budget_s, "cap_s": cap_s, "screened_out": len(backends) - len(live),
+                  "clock": "cpu" if by_cpu else "wall"}

@@ -304,3 +304,35 @@ def test_load_watch_counts_only_other_processes(monkeypatch):
     monkeypatch.setattr(probe, "machine_load", lambda: {"loadavg": [0.0] * 3, "cpus": 2, "per_cpu": 0.0, "noisy": False})
     monkeypatch.setattr(probe, "NOISY_LOAD_PER_CPU", -1.0)
     assert probe.LoadWatch().start().finish()["noisy"]
+
+
+def test_a_probe_on_a_busy_machine_ranks_by_cpu_time(two_speed_bundle, monkeypatch):
+    """Issue 26: on a busy machine a probe's wall times measure the other programs; the CPU time of each call
+    does not count the time it was descheduled, so the ranking holds (and says which clock it used)."""
+    bundle, _ = load_bundle(two_speed_bundle)
+    monkeypatch.setattr(probe, "NOISY_LOAD_PER_CPU", -1.0)  # busy now, whatever the real load
+    monkeypatch.setattr(probe, "SCREEN_RATIO", 1e9)  # both measured in rounds
+    assert _auto(bundle) == FAST
+    entry = _entry(bundle)
+    assert entry["probe"]["clock"] == "cpu" and entry["load"]["noisy"] and _pairs(entry) == [FAST, SLOW]
+    assert all(r["measured"] for r in entry["ranking"])
+    monkeypatch.setattr(probe, "NOISY_LOAD_PER_CPU", 1e9)  # quiet: wall time, and the busy probe is replaced
+    assert _auto(bundle) == FAST and _entry(bundle)["probe"]["clock"] == "wall"
+
+    import time
+
+    class Fake:  # "descheduled" waits 30 ms per call but costs no CPU; "busy" computes for 6 ms
+        def __init__(self, sleep_s, spin_s):
+            self.sleep_s, self.spin_s = sleep_s, spin_s
+
+        def predict(self, batch):
+            time.sleep(self.sleep_s)
+            t0 = time.process_time()
+            while time.process_time() - t0 < self.spin_s:
+                pass
+
+    descheduled, busy = Fake(0.03, 0.0), Fake(0.0, 0.006)
+    rows, how = probe.probe([busy, descheduled], 8, budget_s=0.0, by_cpu=True)
+    assert how["clock"] == "cpu" and rows[0]["index"] == 1  # the cheap one, however long it was kept waiting
+    rows, how = probe.probe([busy, descheduled], 8, budget_s=0.0, by_cpu=False)
+    assert how["clock"] == "wall" and rows[0]["index"] == 0

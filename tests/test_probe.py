@@ -336,3 +336,26 @@ def test_a_probe_on_a_busy_machine_ranks_by_cpu_time(two_speed_bundle, monkeypat
     assert how["clock"] == "cpu" and rows[0]["index"] == 1  # the cheap one, however long it was kept waiting
     rows, how = probe.probe([busy, descheduled], 8, budget_s=0.0, by_cpu=False)
     assert how["clock"] == "wall" and rows[0]["index"] == 0
+
+
+def test_a_few_images_are_not_worth_a_probe(tiny_bundle, tmp_path, monkeypatch):
+    """Issue 26: the first `sort` of one image on a new machine must not load (and compile) every candidate
+    backend to rank them: below PROBE_MIN_IMAGES it runs the reference order and writes no profile; a bigger
+    folder probes."""
+    pytest.importorskip("openvino", reason='needs OpenVINO installed: pip install "dermsort[openvino]"')
+    from dermsort.runtime import cli
+    from dermsort.cli import main
+
+    monkeypatch.setattr(cli, "PROBE_MIN_IMAGES", 3)
+    inp = tmp_path / "in"
+    inp.mkdir()
+    rows = labelled("ph2", "test", 3)
+    for row in rows[:2]:
+        (inp / Path(row["path"]).name).write_bytes(Path(row["path"]).read_bytes())
+    calls = []
+    monkeypatch.setattr(engine, "measure", lambda *a, **k: calls.append(1) or probe.probe(*a, **k))
+    assert main(["sort", str(inp), "--out", str(tmp_path / "o1"), "--model", str(tiny_bundle), "--json"]) == 0
+    assert calls == [] and not engine.profile_path().exists()
+    (inp / Path(rows[2]["path"]).name).write_bytes(Path(rows[2]["path"]).read_bytes())
+    assert main(["sort", str(inp), "--out", str(tmp_path / "o2"), "--model", str(tiny_bundle), "--json"]) == 0
+    assert calls == [1] and engine.profile_path().exists()

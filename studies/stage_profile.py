@@ -126,6 +126,7 @@ def child(folder: str, out: str, sort_args: list[str]) -> dict[str, Any]:
     stages.wrap(journal.Journal, "append", "journal appends (write + fsync)")
     stages.wrap(placement, "fsync_dir", "placement: directory fsyncs")
     stages.wrap(placement, "copy_durable", "placement: copy + file fsync")
+    stages.wrap(placement, "write_durable", "placement: copy + file fsync")
     stages.wrap(sorter, "write_thumbnail", "thumbnail write")
     buf = io.StringIO()
     t0 = time.perf_counter()

@@ -198,15 +198,27 @@ def run_set(name: str, folder: Path, scratch: Path, model: Path | None, warm_cac
             "round_loads": round_loads}
 
 
-def prepare_sets(tmp: Path, n_real: int, n_large: int, large: list[tuple[int, int]], grain: float) -> dict[str, Path]:
+def ham10000_images(limit: int) -> list[Path]:
+    """The first ``limit`` HAM10000 images of ../shared/data (test split first): issue 26's 299x224 JPEGs."""
+    import csv
+
+    from studies.pipeline import DATA
+
+    with open(DATA / "ham10000" / "labels.csv", newline="") as fh:
+        rows = sorted(csv.DictReader(fh), key=lambda r: (r.get("split") != "test", r["file"]))
+    return [DATA / "ham10000" / r["file"] for r in rows[:limit]]
+
+
+def prepare_sets(tmp: Path, n_real: int, n_large: int, large: list[tuple[int, int]], grain: float,
+                 source: str = "mixed") -> dict[str, Path]:
     from studies.pipeline import make_large, real_images
 
     sets = {}
     real = tmp / "real"
     real.mkdir()
-    for p in real_images(n_real):
+    for p in (ham10000_images(n_real) if source == "ham10000" else real_images(n_real)):
         shutil.copy(p, real / f"{p.parent.parent.name if p.parent.name == 'images' else p.parent.name}_{p.name}")
-    sets[f"{n_real} dataset images"] = real
+    sets[f"{n_real} {'HAM10000' if source == 'ham10000' else 'dataset'} images"] = real
     for w, h in large:
         sets[f"{w * h / 1e6:.0f} MP JPEGs"] = make_large(tmp / f"{w}x{h}", (w, h), n_large, 92, grain)[0].parent
     one = tmp / "one"
@@ -282,6 +294,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m studies.wholeproc", description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, default=None, help="model bundle (default: the bundled model)")
     parser.add_argument("--real", type=int, default=300, help="dataset images")
+    parser.add_argument("--real-from", choices=("mixed", "ham10000"), default="mixed",
+                        help="mixed: every labelled set interleaved (issue 15); ham10000: HAM10000's 299x224 JPEGs (issue 26)")
     parser.add_argument("--n-large", type=int, default=12, help="JPEGs per large size")
     parser.add_argument("--large", default="4000x3000,6000x4000")
     parser.add_argument("--grain", type=float, default=4.0,
@@ -304,7 +318,7 @@ def main(argv: list[str] | None = None) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="dermsort-wholeproc-"))
     try:
         echo("preparing image sets ...")
-        sets = prepare_sets(tmp, args.real, args.n_large, large, args.grain)
+        sets = prepare_sets(tmp, args.real, args.n_large, large, args.grain, args.real_from)
         if args.sets:
             wanted = {s.strip() for s in args.sets.split(",")}
             sets = {k: v for k, v in sets.items() if k in wanted}

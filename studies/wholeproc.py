@@ -325,7 +325,9 @@ def main(argv: list[str] | None = None) -> int:
         warm = tmp / "warm-cache"
         echo("priming the warm cache (profile, compiled models) ...")
         for i, extra in enumerate(["", *args.variant]):  # every arm's compiled model is cached, as after a first run
-            measure([*dermsort_exe(), "sort", str(sets.get("1 image", next(iter(sets.values())))), "--out",
+            # the largest set: a first run that big probes the backends and writes the machine profile
+            # (a handful of images does not probe, runtime/cli.py PROBE_MIN_IMAGES)
+            measure([*dermsort_exe(), "sort", str(max(sets.values(), key=lambda f: len(list(f.iterdir())))), "--out",
                      str(tmp / f"prime-out-{i}"), *(["--model", str(args.model)] if args.model else []), *extra.split()],
                     dict(os.environ, DERMSORT_CACHE_DIR=str(warm)))
         command = "python -m studies.wholeproc " + shlex.join(sys.argv[1:] if argv is None else argv)

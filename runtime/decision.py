@@ -3,8 +3,8 @@
 ``decide`` is the whole rule, in one place: benign only for a clean image that the not-dermoscopy gate
 (when the model has one) recognises as dermoscopy and whose p_malignant is strictly below the threshold;
 everything else goes to review with a reason. The reasons' texts are matched by ``counts.py`` (MODEL_REASON,
-NOT_DERMOSCOPY) and by tests: keep them as they are. ``intent_record`` is the journal line written before
-a file is placed (its fields are what results.csv and the report read).
+NOT_DERMOSCOPY) and by tests: keep them as they are. ``intent_record`` fills the journal's intent record
+(``records.Intent``) written before a file is placed.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from .counts import NOT_AN_IMAGE, NOT_DERMOSCOPY
 from .metadata import GateSpec
+from .records import Intent
 
 if TYPE_CHECKING:  # pragma: no cover
     from .reading import Decoded
@@ -68,23 +69,15 @@ class RunFacts:
 
 def intent_record(d: Decoded, decision: str, reason: str, p: float | None, run: RunFacts,
                   backend: dict[str, Any], top: tuple[str, float] | tuple[None, None] = (None, None),
-                  gate_score: float | None = None) -> dict[str, Any]:
+                  gate_score: float | None = None) -> Intent:
     """The journal's intent record for one file (``backend``: the backend's ``describe()``)."""
-    rec = {"event": "intent", "id": uuid.uuid4().hex, "file": str(d.cand.path),
-           "relpath": os.path.relpath(d.cand.path, run.input_dir), "size": d.cand.size,
-           "mtime_ns": d.cand.mtime_ns, "ino": d.cand.ino, "ctime_ns": d.cand.ctime_ns,
-           "sha256": d.sha256, "decision": decision,
-           "p_malignant": None if p is None else round(p, 6), "threshold": run.threshold,
-           "threshold_overridden": run.threshold_overridden,
-           "backend": backend.get("backend"), "artifact": backend.get("artifact"),
-           "precision": backend.get("precision"),
-           "artifact_accepted": run.artifact_accepted,
-           "signature": run.signature,
-           "model_id": run.model_id, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-           "reason": reason, "mode": "move" if run.move else "copy", "run_id": run.run_id,
-           "host": socket.gethostname(), "dest": "", "top_dx": top[0], "top_dx_p": top[1],
-           "site_profile": run.site_profile,
-           "gate_score": None if gate_score is None else round(gate_score, 6)}
-    if d.error and d.error.startswith(NOT_AN_IMAGE):
-        rec["not_an_image"] = True
-    return rec
+    return Intent(id=uuid.uuid4().hex, file=str(d.cand.path), relpath=os.path.relpath(d.cand.path, run.input_dir),
+                  size=d.cand.size, mtime_ns=d.cand.mtime_ns, ino=d.cand.ino, ctime_ns=d.cand.ctime_ns,
+                  sha256=d.sha256, decision=decision, p_malignant=None if p is None else round(p, 6),
+                  threshold=run.threshold, threshold_overridden=run.threshold_overridden,
+                  backend=backend.get("backend"), artifact=backend.get("artifact"), precision=backend.get("precision"),
+                  artifact_accepted=run.artifact_accepted, signature=run.signature, model_id=run.model_id,
+                  time=time.strftime("%Y-%m-%dT%H:%M:%S%z"), reason=reason, mode="move" if run.move else "copy",
+                  run_id=run.run_id, host=socket.gethostname(), dest="", top_dx=top[0], top_dx_p=top[1],
+                  site_profile=run.site_profile, gate_score=None if gate_score is None else round(gate_score, 6),
+                  not_an_image=bool(d.error and d.error.startswith(NOT_AN_IMAGE)))

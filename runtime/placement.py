@@ -7,7 +7,8 @@ The promises, each checked right before the irreversible step it guards:
 - **what is placed is what was classified**: the staged copy is written from the bytes that were
   hashed (or our open descriptor of that inode) and read back and compared by sha256; a same-file-
   system move links the inode we opened (``/proc/self/fd``), never whatever the path holds now;
-- **durable before irreversible**: intent -> link -> fsync(dir) -> done -> only then a source goes;
+- **durable before irreversible**: intent -> link -> fsync(dir) -> done -> only then a source goes (the order
+  is stated once, in ``journal.Journal.record``; every journal write here goes through it);
 - **what is removed is what was classified**: the source is first renamed aside (atomically
   capturing whatever the name holds), its identity (device, inode, size, mtime; ctime before the
   rename) and sha256 compared with what was classified, and nobody may have opened it for writing
@@ -17,22 +18,25 @@ The promises, each checked right before the irreversible step it guards:
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import logging
 import os
 import time
 import uuid
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING
 
 from .decision import BENIGN, REVIEW
 from .errors import OutputError
 from .fileops import Identity, copy_durable, fsync_dir, rename_no_replace, sha256_file, write_durable
-from .journal import JournalState, fault_point
+from .faults import fault_point
+from .records import Abort, Done, Intent, SourceRemoved
 
 if TYPE_CHECKING:  # pragma: no cover
+    from .journal import Journal
     from .reading import Decoded
-    from .sorter import SortSummary
+    from .summary import SortSummary
 
 log = logging.getLogger(__name__)
 
@@ -58,14 +62,12 @@ def capture_path(source: str | os.PathLike, rec_id: str) -> Path:
 
 
 class Placer:
-    def __init__(self, out: Path, tmp_dir: Path, state: JournalState, move: bool,
-                 append: Callable[..., None], journal_ok: Callable[[], bool] = lambda: True, keep_tree: bool = False):
-        self.out, self.tmp_dir, self.state, self.move = out, tmp_dir, state, move
+    def __init__(self, out: Path, tmp_dir: Path, journal: "Journal", move: bool, keep_tree: bool = False):
+        self.out, self.tmp_dir, self.move = out, tmp_dir, move
+        #: every step is recorded with ``journal.record`` (its docstring states the order); its state is read only
+        self.journal = journal
         #: mirror the input's subfolders inside benign/ and review/ (``--keep-tree``) instead of flattening
         self.keep_tree = keep_tree
-        self.append = append
-        #: False when the journal was deleted under us (output removed or unmounted): no source may go then
-        self.journal_ok = journal_ok
         self._out_dev: int | None = None
         #: st_dev -> whether sources on it can be hard-linked into the output (learned on EXDEV/EPERM)
         self._linkable: dict[int, bool] = {}
@@ -74,37 +76,33 @@ class Placer:
         self.name_max = NAME_MAX
 
     # ------------------------------------------------------------------ one batch
-    def place_batch(self, records: list[tuple["Decoded", dict[str, Any]]], summary: "SortSummary") -> None:
-        staged: list[tuple[Decoded, dict[str, Any], Path | None]] = []
+    def place_batch(self, records: list[tuple["Decoded", Intent]], summary: "SortSummary") -> None:
+        staged: list[tuple[Decoded, Intent, Path | None]] = []
         for d, rec in records:
             if d.skip:
-                summary.left_in_place.append({"file": rec["file"], "reason": d.skip})
+                summary.leave(rec.file, d.skip)
                 continue
             if d.writer_started():
-                summary.left_in_place.append({"file": rec["file"], "reason": "opened for writing by another program "
-                                              "while being sorted; left for a later run"})
+                summary.leave(rec.file, "opened for writing by another program while being sorted; left for a later run")
                 continue
             linkable = self.can_link_source(d)
             if d.unreadable and not linkable:
-                summary.left_in_place.append({"file": rec["file"], "reason": rec["reason"] + " (cannot copy)"})
+                summary.leave(rec.file, f"{rec.reason} (cannot copy)")
                 continue
             tmp = None
             if not linkable:
                 # copy mode, or a move across file systems: stage a verified copy inside OUT first
                 tmp = self.stage_copy(d, rec)
                 if tmp is None:
-                    summary.left_in_place.append({"file": rec["file"], "reason": "changed or unreadable while being "
-                                                  "sorted; left for a later run"})
+                    summary.leave(rec.file, "changed or unreadable while being sorted; left for a later run")
                     continue
-            rec["dest"] = self.unique_dest(rec["decision"], self._name(d, rec))
+            rec.dest = self.unique_dest(rec.decision, self._name(d, rec))
             staged.append((d, rec, tmp))
         if not staged:
             return
         # 1. intents are durable before any file appears in benign/ or review/
-        self.append([rec for _, rec, _ in staged])
+        self.journal.record(*(rec for _, rec, _ in staged))
         fault_point("intent")
-        for _, rec, _ in staged:
-            self.state.intents[rec["id"]] = rec
         placed = []
         for d, rec, tmp in staged:
             result = self.link_into_place(d, rec, tmp, summary)
@@ -115,16 +113,15 @@ class Placer:
         for d, rec, tmp in placed:
             if tmp is None and d.fd is not None:
                 os.fsync(d.fd)
-        for folder in sorted(self._folders([rec["dest"] for _, rec, _ in placed]), key=len, reverse=True):
+        for folder in sorted(self._folders([rec.dest for _, rec, _ in placed]), key=len, reverse=True):
             fsync_dir(self.out / folder)
         fault_point("dir_fsync")
-        self.append([{"event": "done", "id": rec["id"]} for _, rec, _ in placed])
+        self.journal.record(*(Done(rec.id) for _, rec, _ in placed))
         fault_point("done")
         for d, rec, tmp in placed:
-            self.state.done.add(rec["id"])
-            self.state.by_source[rec["file"]] = rec["id"]
             summary.count(rec)
-        if placed and not self.journal_ok():
+        # the journal deleted under us (output removed or unmounted): no source may go then
+        if placed and not self.journal.still_linked():
             raise OutputError(f"the journal in {self.out} disappeared while sorting (output folder removed or "
                               "unmounted?); no source was removed; re-run")
         # 3. only now do the staging copies and (for --move) the sources go
@@ -133,16 +130,15 @@ class Placer:
             if tmp is not None:
                 tmp.unlink(missing_ok=True)
             if self.move and self.remove_source(d, rec, summary):
-                removed.append({"event": "source_removed", "id": rec["id"]})
-                self.state.completed_moves.add(rec["id"])
-        self.append(removed, sync=False)
+                removed.append(SourceRemoved(rec.id))
+        self.journal.record(*removed, sync=False)
 
     # ------------------------------------------------------------------ staging and linking
-    def stage_copy(self, d: "Decoded", rec: dict[str, Any]) -> Path | None:
+    def stage_copy(self, d: "Decoded", rec: Intent) -> Path | None:
         """A durable, verified copy of exactly what was classified in OUT/.dermsort/tmp; None if unavailable."""
         if d.unreadable:
             return None
-        tmp = self.tmp_dir / f"{rec['id']}.part"
+        tmp = self.tmp_dir / f"{rec.id}.part"
         tmp.unlink(missing_ok=True)
         if d.data is not None:
             write_durable(tmp, d.data, d.atime_ns, d.cand.mtime_ns)
@@ -157,14 +153,14 @@ class Placer:
             raise OutputError(f"copy of {d.cand.path} did not verify (storage error?); source left in place")
         return tmp
 
-    def link_into_place(self, d: "Decoded", rec: dict[str, Any], tmp: Path | None,
-                        summary: "SortSummary") -> tuple[dict[str, Any], Path | None] | None:
+    def link_into_place(self, d: "Decoded", rec: Intent, tmp: Path | None,
+                        summary: "SortSummary") -> tuple[Intent, Path | None] | None:
         """Give the staged copy (or, for a same-fs move, the source's inode) its name in benign/ or review/.
 
         Returns the (possibly re-issued) record and the staging file, or None if it was rolled back.
         """
         for _ in range(12):
-            dest = self.out / rec["dest"]
+            dest = self.out / rec.dest
             try:
                 if tmp is None and d.writer_started():
                     raise _Changed("opened for writing by another program while being sorted")
@@ -186,7 +182,7 @@ class Placer:
                 # a name this output file system refuses (FAT: ':' '?' '*'; a short NAME_MAX): a plain ASCII
                 # name instead, and shorter ones while it is still refused as too long
                 if exc.errno == errno.ENAMETOOLONG:
-                    shorter = [n for n in _SHORTER_NAMES if n < len(os.fsencode(os.path.basename(rec["dest"])))]
+                    shorter = [n for n in _SHORTER_NAMES if n < len(os.fsencode(os.path.basename(rec.dest)))]
                     if not shorter:
                         break
                     self.name_max = shorter[0]
@@ -202,13 +198,12 @@ class Placer:
                 return self._roll_back(rec, summary, "changed while being moved")
             return rec, tmp
         self.abort(rec, "no free destination name")
-        summary.left_in_place.append({"file": rec["file"], "reason": "no free name in the output"})
+        summary.leave(rec.file, "no free name in the output")
         return None
 
-    def _roll_back(self, rec: dict[str, Any], summary: "SortSummary", why: str) -> None:
+    def _roll_back(self, rec: Intent, summary: "SortSummary", why: str) -> None:
         self.abort(rec, why)
-        summary.left_in_place.append({"file": rec["file"], "reason": f"{why}; left for a later run"
-                                      if "vanished" not in why else why})
+        summary.leave(rec.file, f"{why}; left for a later run" if "vanished" not in why else why)
         return None
 
     def _link_source(self, d: "Decoded", dest: Path) -> bool:
@@ -280,43 +275,42 @@ class Placer:
         return self._linkable.get(d.dev, d.dev == self._out_dev)
 
     # ------------------------------------------------------------------ removing a source
-    def remove_source(self, d: "Decoded", rec: dict[str, Any], summary: "SortSummary") -> bool:
+    def remove_source(self, d: "Decoded", rec: Intent, summary: "SortSummary") -> bool:
         """Remove a sorted source, only if it is still exactly what was classified (see the module doc)."""
-        source, dest = d.cand.path, self.out / rec["dest"]
+        source, dest = d.cand.path, self.out / rec.dest
         placed = Identity.at(dest)
         linked = d.identity is not None and d.identity.same_inode(placed)
         if placed is None:
             raise OutputError(f"{dest} vanished right after it was placed (output folder removed or unmounted?); "
                               f"{source} and the rest were left in place; re-run")
-        held, before = capture_path(source, rec["id"]), Identity.at(source)
+        held, before = capture_path(source, rec.id), Identity.at(source)
         try:
             os.rename(source, held)  # whatever the name holds now is ours to check; nobody can swap it any more
         except FileNotFoundError:
-            summary.sources_kept.append({"file": str(source), "reason": "already gone (deleted by another program "
-                                         "after it was sorted)"})
+            summary.keep_source(str(source), "already gone (deleted by another program after it was sorted)")
             return False
         except OSError as exc:  # e.g. a write-protected card: the image is sorted, the source stays
             log.warning("could not remove %s after sorting it: %s", source, exc.strerror)
-            summary.sources_kept.append({"file": str(source), "reason": f"could not remove it ({exc.strerror})"})
+            summary.keep_source(str(source), f"could not remove it ({exc.strerror})")
             return False
         if not self._is_classified(d, before, held, linked, dest):
             put_back(held, source)
             if linked:
                 self._detach(d, rec)
             log.warning("%s changed while being sorted; left in place (it will be sorted again)", source)
-            summary.sources_kept.append({"file": str(source), "reason": "changed while being sorted"})
+            summary.keep_source(str(source), "changed while being sorted")
             return False
         try:
             os.unlink(held)
         except OSError as exc:
             put_back(held, source)
-            summary.sources_kept.append({"file": str(source), "reason": f"could not remove it ({exc.strerror})"})
+            summary.keep_source(str(source), f"could not remove it ({exc.strerror})")
             return False
         if d.writer_started():
             # a writer opened it in the very instant of the unlink: it is writing into this inode now
             self._undo_unlink(d, rec, linked)
-            summary.sources_kept.append({"file": str(source), "reason": "opened for writing while being removed; "
-                                         "restored, it will be sorted again"})
+            summary.keep_source(str(source), "opened for writing while being removed; restored, it will be sorted "
+                                "again")
             return False
         fault_point("unlink")
         return True
@@ -340,26 +334,26 @@ class Placer:
                 return False
         return True
 
-    def _detach(self, d: "Decoded", rec: dict[str, Any]) -> None:
+    def _detach(self, d: "Decoded", rec: Intent) -> None:
         """A same-fs move's placed file shares its inode with a source that a writer is about to change: give
         the placed name its own copy of the classified bytes (written while the lease still holds the writer)."""
         if d.fd is None and d.data is None:
             return
-        tmp = self.tmp_dir / f"{rec['id']}.detach.part"
+        tmp = self.tmp_dir / f"{rec.id}.detach.part"
         tmp.unlink(missing_ok=True)
         if d.data is not None:
             write_durable(tmp, d.data, d.atime_ns, d.cand.mtime_ns)
         elif copy_durable(d.fd, tmp, d.atime_ns, d.cand.mtime_ns) != d.sha256:
             tmp.unlink(missing_ok=True)
             return
-        os.replace(tmp, self.out / rec["dest"])  # our own file, same bytes: only its inode changes
-        fsync_dir((self.out / rec["dest"]).parent)
+        os.replace(tmp, self.out / rec.dest)  # our own file, same bytes: only its inode changes
+        fsync_dir((self.out / rec.dest).parent)
 
-    def _undo_unlink(self, d: "Decoded", rec: dict[str, Any], linked: bool) -> None:
+    def _undo_unlink(self, d: "Decoded", rec: Intent, linked: bool) -> None:
         source = d.cand.path
         if linked:  # the inode is still named in OUT: name it in the input again, then detach the placed copy
-            tmp = capture_path(source, rec["id"] + "r")
-            os.link(self.out / rec["dest"], tmp)
+            tmp = capture_path(source, rec.id + "r")
+            os.link(self.out / rec.dest, tmp)
             put_back(tmp, source)
             self._detach(d, rec)
             return
@@ -377,25 +371,23 @@ class Placer:
         log.warning("%s was opened for writing while being removed; restored from the open descriptor", source)
 
     # ------------------------------------------------------------------ journal helpers and names
-    def abort(self, rec: dict[str, Any], why: str) -> None:
-        self.append([{"event": "abort", "id": rec["id"], "why": why}])
-        self.state.aborted.add(rec["id"])
+    def abort(self, rec: Intent, why: str) -> None:
+        self.journal.record(Abort(rec.id, why))
 
-    def reissue(self, rec: dict[str, Any], d: "Decoded", why: str, safe: bool = False) -> dict[str, Any]:
+    def reissue(self, rec: Intent, d: "Decoded", why: str, safe: bool = False) -> Intent:
         """Abort ``rec`` and journal the same placement under a fresh destination name."""
         self.abort(rec, why)
         sub, name = os.path.split(self._name(d, rec))
         if safe:
             name = "".join(c if (c.isascii() and (c.isalnum() or c in "-_. ")) else "_" for c in name)
         name = os.path.join(sub, name) if sub else name
-        new = dict(rec, id=uuid.uuid4().hex, dest=self.unique_dest(rec["decision"], name))
-        self.append([new])
-        self.state.intents[new["id"]] = new
+        new = dataclasses.replace(rec, id=uuid.uuid4().hex, dest=self.unique_dest(rec.decision, name))
+        self.journal.record(new)
         return new
 
-    def _name(self, d: "Decoded", rec: dict[str, Any]) -> str:
+    def _name(self, d: "Decoded", rec: Intent) -> str:
         """The file's name in its folder: the base name, or with --keep-tree its path below the input."""
-        rel = rec.get("relpath") or d.cand.path.name
+        rel = rec.relpath or d.cand.path.name
         if self.keep_tree and os.sep in rel and not rel.startswith(".."):
             return rel
         return d.cand.path.name
@@ -426,7 +418,7 @@ class Placer:
         if len(os.fsencode(ext)) > 16:
             stem, ext = stem + ext, ""
         if self._claimed is None:
-            self._claimed = self.state.claimed_dests()
+            self._claimed = self.journal.state.claimed_dests()
         claimed = self._claimed
         n = 0
         while True:
@@ -458,22 +450,22 @@ def put_back(held: Path, source: Path) -> Path:
             target = source.with_name(f"{stem}__kept{n}{ext}")
 
 
-def finish_capture(rec: dict[str, Any], out: Path) -> str | None:
+def finish_capture(rec: Intent, out: Path) -> str | None:
     """Recovery of a source captured for removal when the run was killed: remove it if it is the
     placed image (same inode, or same sha256 as the destination), else put it back. Returns what was done."""
-    held = capture_path(rec["file"], rec["id"])
+    held = capture_path(rec.file, rec.id)
     if not os.path.lexists(held):
         return None
-    dest = out / rec["dest"]
+    dest = out / rec.dest
     got, placed = Identity.at(held), Identity.at(dest)
     same = got is not None and got.same_inode(placed)
-    if not same and got is not None and placed is not None and rec.get("sha256"):
+    if not same and got is not None and placed is not None and rec.sha256:
         try:
-            same = sha256_file(held) == rec["sha256"] == sha256_file(dest)
+            same = sha256_file(held) == rec.sha256 == sha256_file(dest)
         except OSError:
             same = False
     if same:
         os.unlink(held)
         return "removed"
-    put_back(held, Path(rec["file"]))
+    put_back(held, Path(rec.file))
     return "put back"

@@ -12,85 +12,83 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import stat
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
+from .decision import BENIGN, REVIEW
+from .faults import fault_point
 from .fileops import Identity, fsync_dir, sha256_file
-from .journal import JournalState, fault_point
-from .placement import BENIGN, REVIEW, finish_capture
+from .placement import finish_capture
+from .records import Abort, Claim, Done, Intent, SourceRemoved
 
 if TYPE_CHECKING:  # pragma: no cover
+    from .journal import Journal, JournalState
     from .placement import Placer
 
 log = logging.getLogger(__name__)
 
 
-def placement_complete(rec: dict[str, Any], out: Path) -> bool:
-    if not rec.get("dest"):
+def placement_complete(rec: Intent, out: Path) -> bool:
+    if not rec.dest:
         return False
     try:
-        st = os.stat(out / rec["dest"], follow_symlinks=False)
+        st = os.stat(out / rec.dest, follow_symlinks=False)
         if not stat.S_ISREG(st.st_mode):
             return False
-        if rec.get("relocated_from"):  # moved within OUT by reconcile: the same inode under both names
-            origin = out / rec["relocated_from"]
+        if rec.relocated_from:  # moved within OUT by reconcile: the same inode under both names
+            origin = out / rec.relocated_from
             if os.path.lexists(origin):
                 return os.path.samestat(st, os.stat(origin, follow_symlinks=False))
-        if not rec.get("sha256"):  # an unreadable file moved by hard link: the source is the same inode
-            return os.path.samestat(st, os.stat(rec["file"], follow_symlinks=False))
-        return sha256_file(out / rec["dest"]) == rec["sha256"]
+        if not rec.sha256:  # an unreadable file moved by hard link: the source is the same inode
+            return os.path.samestat(st, os.stat(rec.file, follow_symlinks=False))
+        return sha256_file(out / rec.dest) == rec.sha256
     except OSError:
         return False
 
 
-def _unlink_own_partial_link(rec: dict[str, Any], out: Path) -> None:
+def _unlink_own_partial_link(rec: Intent, out: Path) -> None:
     """A --move link whose source changed before the check: the dest is our second name of the source."""
-    if not rec.get("dest") or rec.get("mode") != "move" or not rec.get("file"):
+    if not rec.dest or rec.mode != "move" or not rec.file:
         return
-    dest = out / rec["dest"]
+    dest = out / rec.dest
     try:
-        if os.path.samestat(os.stat(dest, follow_symlinks=False), os.stat(rec["file"], follow_symlinks=False)):
+        if os.path.samestat(os.stat(dest, follow_symlinks=False), os.stat(rec.file, follow_symlinks=False)):
             os.unlink(dest)
     except OSError:
         pass
 
 
-def recover_pending(state: JournalState, out: Path, append: Callable[[list[dict[str, Any]]], None]) -> int:
+def recover_pending(journal: Journal, out: Path) -> int:
     """Finish or roll back placements a killed run left between intent and done. Returns #finished."""
-    finished, aborted = [], []
-    for rec in state.pending():
+    finished: list[Done] = []
+    aborted: list[Abort] = []
+    for rec in journal.state.pending():
         if placement_complete(rec, out):
-            finished.append({"event": "done", "id": rec["id"], "recovered": True})
+            finished.append(Done(rec.id, recovered=True))
         else:
             _unlink_own_partial_link(rec, out)
-            aborted.append({"event": "abort", "id": rec["id"], "why": "placement did not complete"})
-    append(finished + aborted)
+            aborted.append(Abort(rec.id, "placement did not complete"))
+    journal.record(*finished, *aborted)
     fault_point("recovered")
-    for rec in finished:
-        state.done.add(rec["id"])
-        if state.intents[rec["id"]].get("file"):
-            state.by_source[state.intents[rec["id"]]["file"]] = rec["id"]
-    for rec in aborted:
-        state.aborted.add(rec["id"])
+    state = journal.state
     _finish_relocations(state, out)
     # --move sources renamed aside for their removal check when the run was killed
     removed = []
     for rid in state.done - state.completed_moves:
         rec = state.intents[rid]
-        if rec.get("mode") != "move" or not rec.get("file"):
+        if rec.mode != "move" or not rec.file:
             continue
         if finish_capture(rec, out) == "removed":
-            removed.append({"event": "source_removed", "id": rid})
-            state.completed_moves.add(rid)
-        elif not os.path.lexists(rec["file"]) and os.path.isdir(os.path.dirname(rec["file"])):
+            removed.append(SourceRemoved(rid))
+        elif not os.path.lexists(rec.file) and os.path.isdir(os.path.dirname(rec.file)):
             # its source_removed record was lost (torn tail cut) or its owner deleted it: the input folder is
             # there and the source is not, so it is not "kept" (an unmounted card has no folder: left alone)
-            removed.append({"event": "source_removed", "id": rid, "observed": True})
-            state.completed_moves.add(rid)
-    append(removed)
+            removed.append(SourceRemoved(rid, observed=True))
+    journal.record(*removed)
     return len(finished)
 
 
@@ -98,11 +96,11 @@ def _finish_relocations(state: JournalState, out: Path) -> None:
     """A file moved benign/ -> review/ by reconcile whose old name was not yet removed."""
     for rid in state.done:
         rec = state.intents[rid]
-        origin = rec.get("relocated_from")
+        origin = rec.relocated_from
         if origin and os.path.lexists(out / origin):
             try:
                 if os.path.samestat(os.stat(out / origin, follow_symlinks=False),
-                                    os.stat(out / rec["dest"], follow_symlinks=False)):
+                                    os.stat(out / rec.dest, follow_symlinks=False)):
                     os.unlink(out / origin)
             except OSError:
                 pass
@@ -110,7 +108,7 @@ def _finish_relocations(state: JournalState, out: Path) -> None:
 
 def unaccounted(state: JournalState, out: Path) -> list[str]:
     """Files in benign/ and review/ (relative to OUT) that no finished placement accounts for."""
-    known = {state.intents[i]["dest"] for i in state.done if state.intents[i].get("dest")}
+    known = {state.intents[i].dest for i in state.done if state.intents[i].dest}
     found = []
     stack = [BENIGN, REVIEW]  # subfolders too (--keep-tree)
     while stack:
@@ -128,13 +126,13 @@ def unaccounted(state: JournalState, out: Path) -> list[str]:
     return sorted(found)
 
 
-def reconcile(state: JournalState, out: Path, placer: "Placer",
-              classify: Callable[[list[Path]], list[tuple[Any, dict[str, Any]]]]) -> int:
+def reconcile(journal: Journal, out: Path, placer: Placer,
+              classify: Callable[[list[Path]], list[tuple[Any, Intent]]]) -> int:
     """Record every file in benign/ and review/ that the journal does not account for. Returns how many.
 
     ``classify`` turns paths into (Decoded, intent record) pairs exactly as the sorter would for an input.
     """
-    orphans = unaccounted(state, out)
+    orphans = unaccounted(journal.state, out)
     if not orphans:
         return 0
     recorded = 0
@@ -142,41 +140,37 @@ def reconcile(state: JournalState, out: Path, placer: "Placer",
         chunk = orphans[start:start + 16]
         for (d, rec), rel in zip(classify([out / r for r in chunk]), chunk):
             try:
-                recorded += _record_orphan(state, out, placer, d, rec, rel)
+                recorded += _record_orphan(journal, out, placer, d, rec, rel)
             finally:
                 d.close()
     return recorded
 
 
-def _record_orphan(state: JournalState, out: Path, placer: "Placer", d: Any, rec: dict[str, Any], rel: str) -> int:
+def _record_orphan(journal: Journal, out: Path, placer: Placer, d: Any, rec: Intent, rel: str) -> int:
     if d.skip or d.identity is None:
         return 0  # vanished or unreadable right now: looked at again on the next start
     folder = rel.split("/", 1)[0]
-    rec.update({"file": "", "relpath": "", "recovered_from_output": True, "dest": rel,
-                "reason": f"found in OUT without a journal record; {rec['reason']}"})
-    if folder == BENIGN and rec["decision"] != BENIGN:
+    rec = dataclasses.replace(rec, file="", relpath="", recovered_from_output=True, dest=rel,
+                              reason=f"found in OUT without a journal record; {rec.reason}")
+    if folder == BENIGN and rec.decision != BENIGN:
         # never leave an image in benign/ that the model, now, would not put there: move it to review/
         new = placer.unique_dest(REVIEW, rel.split("/", 1)[1])  # same place below review/
-        rec.update({"dest": new, "relocated_from": rel, "decision": REVIEW})
-        placer.append([rec])
-        state.intents[rec["id"]] = rec
+        rec = dataclasses.replace(rec, dest=new, relocated_from=rel, decision=REVIEW)
+        journal.record(rec)
         os.link(out / rel, out / new, follow_symlinks=False)
         fsync_dir((out / new).parent)
-        placer.append([{"event": "done", "id": rec["id"]}])
-        state.done.add(rec["id"])
+        journal.record(Done(rec.id))
         old = Identity.at(out / rel)
         if old is not None and old.same_inode(Identity.at(out / new)):
             os.unlink(out / rel)
             fsync_dir((out / rel).parent)
         return 1
-    rec["decision"] = folder  # a file in review/ stays there whatever the model says now (review is safe)
-    placer.append([rec, {"event": "done", "id": rec["id"]}])
-    state.intents[rec["id"]] = rec
-    state.done.add(rec["id"])
+    rec.decision = folder  # a file in review/ stays there whatever the model says now (review is safe)
+    journal.record(rec, Done(rec.id))
     return 1
 
 
-def claim_record(rec_id: str, d: Any, input_dir: Path) -> dict[str, Any]:
+def claim_record(rec_id: str, d: Any, input_dir: Path) -> Claim:
     """The journal record that makes input ``d`` the source of placement ``rec_id`` (recovered from OUT)."""
-    return {"event": "claim", "id": rec_id, "file": str(d.cand.path), "relpath": os.path.relpath(d.cand.path, input_dir),
-            "size": d.cand.size, "mtime_ns": d.cand.mtime_ns, "ino": d.cand.ino, "ctime_ns": d.cand.ctime_ns}
+    return Claim(rec_id, str(d.cand.path), relpath=os.path.relpath(d.cand.path, input_dir), size=d.cand.size,
+                 mtime_ns=d.cand.mtime_ns, ino=d.cand.ino, ctime_ns=d.cand.ctime_ns)

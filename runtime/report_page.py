@@ -26,7 +26,7 @@ from urllib.parse import quote
 from .bundle import DEFAULT_BUNDLE, Bundle, load_bundle
 from .counts import MODEL_REASON, NEAR_LOGODDS, Counts, is_input_problem, is_not_dermoscopy, near_threshold  # noqa: F401
 from .errors import DermsortError
-from .journal import FORMULA_PREFIXES
+from .results_csv import FORMULA_PREFIXES
 from .metadata import PreprocessSpec
 from .report_assets import CSS, JS
 from .thumbs import save_thumbnail, thumb_name

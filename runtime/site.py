@@ -91,7 +91,7 @@ def score_cases(bundle: Bundle, engine: Any, cases: list[Case], scratch: Path, b
         except OSError as exc:
             results[str(case.path)] = {"decision": "", "reason": f"missing: {exc.strerror or exc}", "p_malignant": None}
     for d, rec in sorter.classify(found):
-        results[str(d.cand.path)] = rec
+        results[str(d.cand.path)] = {"decision": rec.decision, "reason": rec.reason, "p_malignant": rec.p_malignant}
         if progress:
             progress(1)
     out = []
@@ -176,6 +176,11 @@ def validation_report(bundle: Bundle, engine: Any, scored: list[dict[str, Any]],
                             "min_lower_bound": MIN_LOWER_BOUND}
     if n_mal:
         site_thr = min(1.0, choose_threshold(y, p, target))
+        # a site threshold that decides every case here as the validated one does is the validated one (the
+        # site the threshold was bound on gives it back up to the rounding of p), not a change of 1e-8
+        low, high = sorted((site_thr, validated))
+        if not np.any((p >= low) & (p < high)):
+            site_thr = validated
         fig = _at(y, p, dx, site_thr)
         site.update({"needed_threshold": site_thr, **{k: fig[k] for k in ("sensitivity", "sensitivity_ci",
                      "specificity", "specificity_ci", "work_reduction", "per_diagnosis", "n_malignant")}})

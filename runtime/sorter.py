@@ -18,23 +18,25 @@ import time
 import uuid
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 
 from .backends.base import Backend
-from .counts import Counts
 from .decision import BENIGN, REVIEW, RunFacts, decide, intent_record
 from .diagnosis import top_diagnoses
 from .errors import DermsortError, OutputError
 from .fileops import Identity, fsync_dir, sha256_file
-from .journal import Journal, JournalState, write_results_csv
+from .journal import Journal, JournalState
 from .placement import Placer
 from .reading import MAX_IN_MEMORY, Decoded, decode_one
+from .records import Intent, SourceRemoved
 from .recovery import claim_record, reconcile, recover_pending, unaccounted
+from .results_csv import write_results_csv
 from .scan import Candidate, ScanNotes, check_folders, default_out, scan
+from .summary import SortSummary
 from .thumbs import write_thumbnail
 
 __all__ = ["BENIGN", "REVIEW", "STATE_DIR", "Candidate", "Decoded", "ScanNotes", "SortOptions", "SortSummary", "Sorter",
@@ -70,85 +72,6 @@ class SortOptions:
     site_profile: str = ""
 
 
-@dataclass
-class SortSummary:
-    #: what was placed, by category: the same object (definitions in runtime/counts.py) that the review
-    #: page builds from results.csv, so the terminal, --json and the page cannot disagree
-    counts: Counts = field(default_factory=Counts)
-    skipped_already_sorted: int = 0
-    #: could not be placed (e.g. unreadable in copy mode, still being written); left where they are, listed here
-    left_in_place: list[dict[str, str]] = field(default_factory=list)
-    ignored: list[dict[str, str]] = field(default_factory=list)
-    #: --move: sorted (a verified copy is in the output) but the source could not be removed
-    sources_kept: list[dict[str, str]] = field(default_factory=list)
-    #: inputs whose bytes were already sorted under another name (renamed or moved since): recorded, not copied again
-    same_as_sorted: list[dict[str, str]] = field(default_factory=list)
-    recovered: int = 0
-    #: files in OUT that the journal did not account for (damaged or deleted journal), recorded again
-    reconciled: int = 0
-    #: files in subfolders (without --recursive) and hidden files: not sorted, only counted
-    in_subfolders: int = 0
-    hidden: int = 0
-    seconds: float = 0.0
-    backend: dict[str, Any] = field(default_factory=dict)
-    threshold: float = 0.0
-    threshold_overridden: bool = False
-    validated_threshold: float = 0.0
-    artifact_accepted: bool = True
-    decisions: list[dict[str, Any]] = field(default_factory=list)
-    interrupted: bool = False
-    #: results.csv could not be written (the journal has everything): the run must not report success
-    results_error: str = ""
-
-    @property
-    def benign(self) -> int:
-        return self.counts.benign
-
-    @property
-    def review(self) -> int:
-        """Images in review/ (non-image files are ``not_images``)."""
-        return self.counts.review
-
-    @property
-    def not_images(self) -> int:
-        return self.counts.not_images
-
-    @property
-    def sorted(self) -> int:
-        return self.counts.sorted
-
-    @property
-    def images(self) -> int:
-        return self.counts.images
-
-    @property
-    def work_reduction(self) -> float:
-        return self.counts.work_reduction
-
-    @property
-    def images_per_s(self) -> float:
-        return self.sorted / self.seconds if self.seconds > 0 else 0.0
-
-    def count(self, rec: dict[str, Any]) -> None:
-        self.counts.add(rec["decision"], rec.get("reason", ""), bool(rec.get("not_an_image")), rec.get("p_malignant"),
-                        rec.get("threshold"))
-        self.decisions.append({k: rec.get(k) for k in ("file", "relpath", "dest", "decision", "p_malignant", "reason",
-                                                       "sha256", "top_dx", "top_dx_p",
-                                                       "gate_score")})
-
-    def to_dict(self) -> dict[str, Any]:
-        return {**self.counts.to_dict(), "skipped_already_sorted": self.skipped_already_sorted,
-                "left_in_place": self.left_in_place, "ignored": self.ignored, "sources_kept": self.sources_kept,
-                "same_as_sorted": self.same_as_sorted,
-                "in_subfolders_not_sorted": self.in_subfolders, "hidden_files_not_sorted": self.hidden,
-                "recovered_placements": self.recovered, "reconciled_files": self.reconciled,
-                "seconds": round(self.seconds, 3),
-                "images_per_s": round(self.images_per_s, 2), "backend": self.backend, "threshold": self.threshold,
-                "threshold_overridden": self.threshold_overridden, "validated_threshold": self.validated_threshold,
-                "artifact_accepted": self.artifact_accepted, "interrupted": self.interrupted,
-                "results_error": self.results_error}
-
-
 class Sorter:
     """Sorts one input folder into ``options.out`` with one loaded backend."""
 
@@ -170,28 +93,31 @@ class Sorter:
         self.stop = stop or threading.Event()
         self.state_dir = self.out / STATE_DIR
         self.tmp_dir = self.state_dir / "tmp"
+        #: the journal and its state: every change goes through ``journal.record``
         self.journal = Journal(self.state_dir / "journal.jsonl")
-        self.state = JournalState()
         self._lock_fd: int | None = None
         self.run_id = uuid.uuid4().hex[:12]
         self._malignant_idx = self.metadata.malignant_indices()
         #: journal size when results.csv was last brought up to date (watch mode runs every few seconds)
         self._csv_at: int | None = None
-        self.placer = Placer(self.out, self.tmp_dir, self.state, options.move, self._append,
-                             journal_ok=lambda: self.journal.still_linked(), keep_tree=options.keep_tree)
+        self.placer = Placer(self.out, self.tmp_dir, self.journal, options.move, keep_tree=options.keep_tree)
         #: one line for the user when the journal was damaged (set by open())
         self.journal_warning = ""
         self.reconciled = 0
         #: sha256 -> id of files recovered from OUT whose input has not been seen yet
         self._unclaimed: dict[str, str] = {}
 
+    @property
+    def state(self) -> JournalState:
+        """What the journal says now (read only: ``journal.record`` changes it)."""
+        return self.journal.state
+
     # ------------------------------------------------------------------ setup / recovery
     def open(self) -> int:
         """Create the output, take the lock, and finish or roll back what a killed run left. Returns #recovered."""
         if self.options.dry_run:
             # read-only: a torn tail is left for the lock holder to cut
-            self.state = self.journal.read(repair=False) if self.journal.path.exists() else JournalState()
-            self.placer.state = self.state
+            self.journal.read(repair=False)
             return 0
         # files in an output that dermsort never wrote to (no state, no results.csv) are somebody else's:
         # they are never touched or recorded; in an output it did write to, they are reconciled
@@ -216,13 +142,12 @@ class Sorter:
             raise OutputError(f"another dermsort is already sorting into {self.out}") from None
         try:
             existed = self.journal.path.exists()
-            self.state = self.journal.read()
-            self.placer.state = self.state
+            self.journal.read()
             self._damaged_copy = self.journal.drop_bad_lines() if self.state.bad_lines else None
             self.journal.open()
             for sub in ("", BENIGN, REVIEW):  # the folders' names are durable before anything is placed in them
                 fsync_dir(self.out / sub)
-            recovered = recover_pending(self.state, self.out, self._append)
+            recovered = recover_pending(self.journal, self.out)
             # partial copies from a kill: the source is still where it was (sources go only after done)
             for part in self.tmp_dir.glob("*.part"):
                 part.unlink(missing_ok=True)
@@ -253,7 +178,7 @@ class Sorter:
             damage.append("journal missing")
         if not orphans and not damage:
             return
-        self.reconciled = reconcile(self.state, self.out, self.placer, self._classify_paths)
+        self.reconciled = reconcile(self.journal, self.out, self.placer, self._classify_paths)
         self.placer._claimed = None  # names chosen from now on must see the recorded files
         what = ", ".join(damage) or "records missing"
         kept = f" (damaged copy kept as {self._damaged_copy.name})" if getattr(self, "_damaged_copy", None) else ""
@@ -263,7 +188,7 @@ class Sorter:
         log.info("%s", self.journal_warning)  # the command prints it once, as its own warning line
         write_results_csv(self.state, self.out / "results.csv")
 
-    def _classify_paths(self, paths: list[Path]) -> list[tuple[Decoded, dict[str, Any]]]:
+    def _classify_paths(self, paths: list[Path]) -> list[tuple[Decoded, Intent]]:
         spec = self.metadata.preprocess
         decoded = []
         for path in paths:
@@ -346,10 +271,10 @@ class Sorter:
         if rid is None:
             return False
         rec = self.state.intents[rid]
-        replaced = bool(cand.ino and rec.get("ino")) and (rec["ino"], rec.get("ctime_ns")) != (cand.ino, cand.ctime_ns)
-        if replaced or (rec.get("size"), rec.get("mtime_ns")) != (cand.size, cand.mtime_ns):
+        replaced = bool(cand.ino and rec.ino) and (rec.ino, rec.ctime_ns) != (cand.ino, cand.ctime_ns)
+        if replaced or (rec.size, rec.mtime_ns) != (cand.size, cand.mtime_ns):
             try:
-                if not rec.get("sha256") or sha256_file(cand.path) != rec["sha256"]:
+                if not rec.sha256 or sha256_file(cand.path) != rec.sha256:
                     return False  # new content under an old name: sort it again (it gets its own name)
             except OSError:
                 return False
@@ -357,24 +282,23 @@ class Sorter:
             self._finish_move(rec, cand.path, summary)
         return True
 
-    def _finish_move(self, rec: dict[str, Any], source: Path, summary: SortSummary) -> None:
+    def _finish_move(self, rec: Intent, source: Path, summary: SortSummary) -> None:
         """A move whose done record is durable but whose source was not yet removed (killed in between)."""
         d = decode_one(Candidate(source, 0, 0), self.metadata.preprocess, hash_only=True)
         try:
             if d.skip or d.identity is None:
-                summary.sources_kept.append({"file": str(source), "reason": d.skip or "unreadable"})
+                summary.keep_source(str(source), d.skip or "unreadable")
                 return
-            dest = self.out / rec["dest"]
+            dest = self.out / rec.dest
             same = d.identity.same_inode(Identity.at(dest)) or (
-                bool(rec.get("sha256")) and d.sha256 == rec["sha256"] and _sha_or_none(dest) == rec["sha256"])
+                bool(rec.sha256) and d.sha256 == rec.sha256 and _sha_or_none(dest) == rec.sha256)
             if not same:
-                summary.sources_kept.append({"file": str(source), "reason": f"sorted earlier, but {rec['dest']} is "
-                                             "missing or differs from it, so it was not removed"})
+                summary.keep_source(str(source), f"sorted earlier, but {rec.dest} is missing or differs from it, "
+                                    "so it was not removed")
                 return
-            d.sha256 = d.sha256 or rec.get("sha256", "")
+            d.sha256 = d.sha256 or rec.sha256
             if self.placer.remove_source(d, rec, summary):
-                self._append([{"event": "source_removed", "id": rec["id"]}], sync=False)
-                self.state.completed_moves.add(rec["id"])
+                self.journal.record(SourceRemoved(rec.id), sync=False)
         finally:
             d.close()
 
@@ -411,7 +335,7 @@ class Sorter:
                         except Exception:  # noqa: BLE001 - only releasing descriptors here
                             pass
 
-    def _score(self, batch: list[Decoded]) -> list[dict[str, Any]]:
+    def _score(self, batch: list[Decoded]) -> list[Intent]:
         """Run the model on the decoded images of ``batch``; one intent record per item."""
         good = [d for d in batch if d.tensor is not None and not d.skip]
         p_malignant: dict[int, float] = {}
@@ -435,7 +359,7 @@ class Sorter:
             records.append(self._record(d, decision, reason, p, top_dx.get(id(d), (None, None)), g))
         return records
 
-    def classify(self, files: list[Candidate]) -> Iterator[tuple[Decoded, dict[str, Any]]]:
+    def classify(self, files: list[Candidate]) -> Iterator[tuple[Decoded, Intent]]:
         """Decide each file exactly as a sort would (same reading, checks, model call and rule), placing
         nothing: ``dermsort validate`` measures the decisions a sort at this site would make."""
         batch: list[Decoded] = []
@@ -447,7 +371,7 @@ class Sorter:
         if batch:
             yield from self._classified(batch)
 
-    def _classified(self, batch: list[Decoded]) -> list[tuple[Decoded, dict[str, Any]]]:
+    def _classified(self, batch: list[Decoded]) -> list[tuple[Decoded, Intent]]:
         try:
             return list(zip(batch, self._score(batch)))
         finally:
@@ -481,22 +405,19 @@ class Sorter:
                 rest.append(d)
                 continue
             rec = self.state.intents[rid]
-            if not rec.get("recovered_from_output") and _sha_or_none(self.out / rec["dest"]) != rec["sha256"]:
+            if not rec.recovered_from_output and _sha_or_none(self.out / rec.dest) != rec.sha256:
                 rest.append(d)  # its copy in OUT is gone or damaged: this input is sorted (again), not claimed
                 continue
-            if not rec.get("recovered_from_output"):
-                summary.same_as_sorted.append({"file": str(d.cand.path), "dest": rec.get("dest", ""),
-                                               "was": rec.get("file", "")})
+            if not rec.recovered_from_output:
+                summary.same_as_sorted.append({"file": str(d.cand.path), "dest": rec.dest,
+                                               "was": rec.file})
             else:
                 summary.skipped_already_sorted += 1
-            claim = claim_record(rid, d, self.input_dir)
-            self._append([claim])
-            self.journal.fold(self.state, claim)
+            self.journal.record(claim_record(rid, d, self.input_dir))
             if self.options.move:
                 rec = self.state.intents[rid]
                 if self.placer.remove_source(d, rec, summary):
-                    self._append([{"event": "source_removed", "id": rid}], sync=False)
-                    self.state.completed_moves.add(rid)
+                    self.journal.record(SourceRemoved(rid), sync=False)
             d.close()
         return rest
 
@@ -506,7 +427,7 @@ class Sorter:
 
     def _record(self, d: Decoded, decision: str, reason: str, p: float | None,
                 top: tuple[str, float] | tuple[None, None] = (None, None),
-                gate_score: float | None = None) -> dict[str, Any]:
+                gate_score: float | None = None) -> Intent:
         run = RunFacts(run_id=self.run_id, input_dir=self.input_dir, threshold=self.threshold,
                        threshold_overridden=self.options.threshold is not None, move=self.options.move,
                        artifact_accepted=self.artifact_accepted, signature=self.signature,
@@ -514,11 +435,11 @@ class Sorter:
         return intent_record(d, decision, reason, p, run, self.backend.describe(), top, gate_score)
 
     # ------------------------------------------------------------------ placement
-    def _place(self, records: list[tuple[Decoded, dict[str, Any]]], summary: SortSummary) -> None:
+    def _place(self, records: list[tuple[Decoded, Intent]], summary: SortSummary) -> None:
         if self.options.dry_run:
             for d, rec in records:
                 if d.skip or (d.unreadable and not self.options.move):
-                    summary.left_in_place.append({"file": rec["file"], "reason": rec["reason"]})
+                    summary.leave(rec.file, rec.reason)
                 else:
                     summary.count(rec)
             return
@@ -528,9 +449,6 @@ class Sorter:
             raise
         except OSError as exc:
             raise self._output_error(exc, "sorting") from None
-
-    def _append(self, records: list[dict[str, Any]], sync: bool = True) -> None:
-        self.journal.append(records, sync=sync)
 
     def _output_error(self, exc: OSError, when: str) -> OutputError:
         if exc.errno == errno.ENOSPC:

@@ -1,5 +1,5 @@
 """Fault-injection harness: run ``dermsort sort`` as a subprocess, kill it (SIGKILL) at a named step
-(``DERMSORT_FAULT_AT=STEP:N``, see runtime/journal.py) or after a random delay, and check the
+(``DERMSORT_FAULT_AT=STEP:N``, see runtime/faults.py) or after a random delay, and check the
 output against the originals.
 
 Two checks:

@@ -18,7 +18,9 @@ from click.testing import CliRunner
 from dermsort.cli import cli
 from dermsort.runtime.bundle import load_bundle
 from dermsort.runtime.diagnosis import DIAGNOSIS_NAMES, top_diagnoses, validation_lines
-from dermsort.runtime.journal import RESULT_FIELDS, JournalState, results_csv_text
+from dermsort.runtime.journal import JournalState
+from dermsort.runtime.records import Intent
+from dermsort.runtime.results_csv import RESULT_FIELDS, results_csv_text
 from dermsort.runtime.metadata import Validation
 from dermsort.runtime.preprocess import preprocess_file
 
@@ -251,9 +253,8 @@ def test_existing_column_order_is_kept_and_a_damaged_header_is_replaced(dx_bundl
 
 def test_results_csv_neutralises_formula_text_but_not_numbers():
     state = JournalState()
-    rec = {"event": "intent", "id": "a", "file": "=HYPERLINK(\"http://x\")", "dest": "review/@SUM(A1).jpg",
-           "decision": "review", "p_malignant": -0.0, "threshold": 0.5, "top_dx": "+cmd", "top_dx_p": 0.5,
-           "reason": "-bad", "model_id": "m", "mode": "copy"}
+    rec = Intent(id="a", file="=HYPERLINK(\"http://x\")", dest="review/@SUM(A1).jpg", decision="review",
+                 p_malignant=-0.0, threshold=0.5, top_dx="+cmd", top_dx_p=0.5, reason="-bad", model_id="m", mode="copy")
     state.intents["a"] = rec
     state.done.add("a")
     row = next(csv.DictReader(results_csv_text(state).splitlines()))

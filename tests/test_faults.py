@@ -17,11 +17,14 @@ from pathlib import Path
 import pytest
 
 from dermsort.cli import main
+from dermsort.runtime import faults as faults_mod
 from dermsort.runtime import journal as journal_mod
 from dermsort.runtime import placement as placement_mod
 from dermsort.runtime import recovery as recovery_mod
 from dermsort.runtime import sorter as sorter_mod
-from dermsort.runtime.journal import FAULT_STEPS, Journal
+from dermsort.runtime.faults import FAULT_STEPS
+from dermsort.runtime.journal import Journal
+from dermsort.runtime.records import Done, Intent
 from fault_harness import (CrashStats, check_final, check_no_loss, count_lost, make_corpus, read_journal,  # noqa: F401
                            restore_signal_handlers, run_sort, sort_cmd, tree)
 
@@ -248,14 +251,14 @@ def test_disk_full_injected_enospc_then_rerun_completes(tiny_bundle, tmp_path, c
     check_final(originals, inp, out, move=False)
 
 
-#: what every intent carries besides its file (an intent without them is damage: journal.is_record)
+#: what every intent carries besides its file (an intent without them is damage: records.is_record)
 _PLACED = {"dest": "review/x.jpg", "sha256": "0" * 64, "decision": "review"}
 
 
 def test_journal_write_failure_is_rolled_back(tmp_path, monkeypatch):
     j = Journal(tmp_path / "journal.jsonl")
     j.open()
-    j.append([{"event": "intent", "id": "a", "file": "/x", **_PLACED}])
+    j.record(Intent("a", file="/x", **_PLACED))
     before = j.path.read_bytes()
     real_write = os.write
 
@@ -265,10 +268,11 @@ def test_journal_write_failure_is_rolled_back(tmp_path, monkeypatch):
 
     monkeypatch.setattr(journal_mod.os, "write", half_then_enospc)
     with pytest.raises(OSError):
-        j.append([{"event": "intent", "id": "b", "file": "/y", **_PLACED}, {"event": "done", "id": "b"}])
+        j.record(Intent("b", file="/y", **_PLACED), Done("b"))
     monkeypatch.setattr(journal_mod.os, "write", real_write)
     assert j.path.read_bytes() == before  # no torn line: the failed append left no trace
-    j.append([{"event": "done", "id": "a"}])
+    assert "b" not in j.state.intents  # and nothing of it was folded into the state
+    j.record(Done("a"))
     j.close()
     state = Journal(j.path).read()
     assert state.done == {"a"} and "b" not in state.intents
@@ -279,7 +283,7 @@ def test_torn_journal_tail_is_cut_and_unicode_names_roundtrip(tmp_path):
     j = Journal(path)
     j.open()
     name = os.fsdecode(b"/in/l\xe9sion \xc3\xa9t\xc3\xa9.jpg")  # one Latin-1 byte, one valid UTF-8 name part
-    j.append([{"event": "intent", "id": "a", "file": name, **_PLACED}, {"event": "done", "id": "a"}])
+    j.record(Intent("a", file=name, **_PLACED), Done("a"))
     j.close()
     path.write_bytes(path.read_bytes() + b'{"event": "intent", "id": "b", "fi')  # killed mid-write
     path.read_bytes().decode("utf-8")  # the journal stays valid UTF-8
@@ -356,7 +360,7 @@ def test_output_deleted_mid_run_copy(tiny_bundle, tmp_path, capsys, monkeypatch,
     assert rc != 0
     _one_error_line(err, "disappeared")
     assert tree(inp) == originals
-    monkeypatch.setattr(placement_mod, "fault_point", journal_mod.fault_point)
+    monkeypatch.setattr(placement_mod, "fault_point", faults_mod.fault_point)
     rc, err = _main(_args(inp, out, tiny_bundle), capsys)
     assert rc == 0, err
     check_final(originals, inp, out, move=False)
@@ -373,7 +377,7 @@ def test_output_unmounted_mid_move_never_loses_a_source(tiny_bundle, tmp_path, c
     _one_error_line(err, "")
     assert "disappeared" in err or "vanished" in err, err
     check_no_loss(originals, inp, gone)  # every image is in the input or durably in the old output
-    monkeypatch.setattr(placement_mod, "fault_point", journal_mod.fault_point)
+    monkeypatch.setattr(placement_mod, "fault_point", faults_mod.fault_point)
     rc, err = _main(_args(inp, out, tiny_bundle, "--move"), capsys)
     assert rc == 0, err
     assert tree(inp) == {}

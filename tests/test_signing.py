@@ -366,7 +366,7 @@ def test_signed_bundle_says_who_signed_it_everywhere(signed_export, tmp_path):
     assert json.loads(res.stdout)["signature"] == said
     with open(tmp_path / "o" / "results.csv", newline="") as fh:
         header = next(csv.reader(fh))
-    from dermsort.runtime.journal import RESULT_FIELDS
+    from dermsort.runtime.results_csv import RESULT_FIELDS
 
     assert header == RESULT_FIELDS and header.index("signature") > header.index("site_profile")  # appended
     assert {r["signature"] for r in _rows(tmp_path / "o")} == {said}

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-STUDIES = ["pipeline", "wholeproc", "auto_overhead", "report_overhead", "devmodel", "quant_study"]
+STUDIES = ["pipeline", "wholeproc", "auto_overhead", "report_overhead", "devmodel", "quant_study", "gate_cost"]
 
 
 def test_setup_cfg_installs_no_study():

@@ -11,7 +11,7 @@ import shutil
 from pathlib import Path
 
 from dermsort.cli import main
-from dermsort.runtime.journal import RESULT_DOCS, RESULT_FIELDS
+from dermsort.runtime.results_csv import RESULT_DOCS, RESULT_FIELDS
 from fault_harness import small_real_images, tree
 
 REPO = Path(__file__).resolve().parents[1]

@@ -159,6 +159,31 @@ def test_synthetic_isic2019_isic2020_derm7pt_and_class_folders(tmp_path):
     assert [D.class_index(r, "ham7") for r in rows] == [4, 5, None, None, 0]
 
 
+def test_a_registered_reader_is_found_in_folders_by_name_and_by_columns(tmp_path, monkeypatch):
+    """A new data set is one ``@D.reads`` function: folder probing and column sniffing come from the registry."""
+    monkeypatch.setattr(D, "_FORMATS", list(D._FORMATS))  # the registration below ends with this test
+    jpg = _images("ph2", 1)[0]
+
+    @D.reads("Toy", files=("toy_truth.csv",), columns=lambda c: {"toy_id", "toy_dx"} <= c)
+    def read_toy(path, require_images=True):
+        report = D.SourceReport(str(path), "Toy")
+        rows = [D.Row(path=str(path.parent / r["toy_id"]), dx=r["toy_dx"], malignant=r["toy_dx"] == "mel",
+                      dataset="Toy", image_id=r["toy_id"]) for r in D._read_csv(path)]
+        return D._finish(rows, report), report
+
+    names = [f.name for f in D.list_formats()]
+    assert names[:6] == ["labels.csv", "HAM10000", "ISIC2019", "ISIC2020", "Derm7pt", "PH2"] and names[-1] == "Toy"
+    toy = tmp_path / "sets" / "toy"
+    toy.mkdir(parents=True)
+    shutil.copy(jpg, toy / jpg.name)
+    (toy / "toy_truth.csv").write_text(f"toy_id,toy_dx\n{jpg.name},mel\n")
+    rows, reports = D.read_source(tmp_path / "sets")  # a folder of data sets: the toy one is found by its file
+    assert [r.reader for r in reports] == ["Toy"] and [(r.dataset, r.malignant) for r in rows] == [("Toy", True)]
+    renamed = toy / "exported.csv"
+    (toy / "toy_truth.csv").rename(renamed)
+    assert D.reader_for_file(renamed) is read_toy  # by its columns
+
+
 # --------------------------------------------------------------------------- grouped splits
 
 def test_union_find_links_lesions_and_patients():
@@ -335,17 +360,17 @@ def test_interrupted_training_resumes_to_the_same_model(tmp_path, monkeypatch):
     config = dict(data=[str(DATA / "ham10000-sample"), str(DATA / "ph2")], architecture="tiny_cnn", epochs=3,
                   max_images=40, batch_size=8, n_boot=100, patience=10)
     whole = trainer.train(trainer.TrainConfig(out=str(tmp_path / "whole"), **config), echo=lambda _: None)
-    save = trainer._save_atomic
+    save = trainer.save_atomic
 
     def killed_after_epoch_2(obj, path):
         save(obj, path)
         if path.name == "last.pt" and obj["epoch"] == 2:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(trainer, "_save_atomic", killed_after_epoch_2)
+    monkeypatch.setattr(trainer, "save_atomic", killed_after_epoch_2)
     with pytest.raises(KeyboardInterrupt):
         trainer.train(trainer.TrainConfig(out=str(tmp_path / "cut"), **config), echo=lambda _: None)
-    monkeypatch.setattr(trainer, "_save_atomic", save)
+    monkeypatch.setattr(trainer, "save_atomic", save)
     assert (tmp_path / "cut" / "last.pt").is_file() and not (tmp_path / "cut" / "checkpoint.pt").exists()
     lines: list[str] = []
     resumed = trainer.train(trainer.TrainConfig(out=str(tmp_path / "cut"), resume=True, **config), echo=lines.append)

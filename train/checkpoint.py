@@ -1,7 +1,8 @@
 """The checkpoint contract: what ``dermsort train`` writes to checkpoint.pt and how every part opens it.
 
 One definition of the format (``CHECKPOINT_FORMAT`` / ``CHECKPOINT_VERSION`` and the keys it must
-carry) and of ``load_checkpoint``: train, evaluate, the torch backend, bench's naive baseline and
+carry), of how it is written (``save_atomic``: also the trainer's resumable ``last.pt``) and of
+``load_checkpoint``: train, evaluate, the torch backend, bench's naive baseline and
 export all come through here. Architectures are resolved by ``dermsort.train.models`` (imported when a
 model is built, so this module stays importable where only torch is installed); a checkpoint with a
 fitted not-dermoscopy gate (a "gate" key, `dermsort fit-gate`) is rebuilt as its ``GatedClassifier``.
@@ -12,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import pickle
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -30,6 +32,13 @@ REQUIRED_KEYS = ("architecture", "num_classes", "state_dict", "metadata")
 
 class CheckpointError(ModelError, ValueError):
     """Not a usable dermsort checkpoint (a ValueError too: train's commands catch those)."""
+
+
+def save_atomic(obj: Any, path: Path) -> None:
+    """``torch.save`` to a hidden ``.part`` file beside ``path``, then rename: no reader sees half a file."""
+    tmp = path.with_name(f".{path.name}.part")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
 
 
 def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu",

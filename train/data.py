@@ -1,8 +1,10 @@
 """Labelled dermoscopy images from the public data sets' own files, as one list of ``Row``.
 
 Each reader turns one source (a CSV/TXT or a folder) into rows with a path, a diagnosis, a
-malignant flag and the ids a grouped split needs (lesion, patient). ``read_sources`` dispatches on
-what a path contains, so ``--data`` may name a file, a data-set folder or a folder of data sets.
+malignant flag and the ids a grouped split needs (lesion, patient). Readers register themselves with
+``@reads(...)`` (the file names and columns that identify their data set), the way ``models.py``
+registers architectures; ``read_sources`` loops over that registry, so ``--data`` may name a file, a
+data-set folder or a folder of data sets, and a new data set is one decorated function.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Sequence
 
 from dermsort.runtime import labels
 from dermsort.runtime.preprocess import IMAGE_EXTENSIONS
@@ -182,8 +184,61 @@ def _label(dx_raw: str, report: SourceReport, malignant: bool | None = None) -> 
     return dx, is_malignant
 
 
+# --------------------------------------------------------------------------- the registry of data-set formats
+
+Reader = Callable[..., tuple[list[Row], SourceReport]]
+
+
+@dataclass(frozen=True)
+class SourceFormat:
+    """One data set's own label file: its reader and how a file or a folder is recognised as it."""
+
+    name: str
+    read: Reader
+    #: files (relative to a data-set folder) read as this format, most specific first
+    files: tuple[str, ...] = ()
+    #: a CSV's header columns -> whether they are this format (a file given by path, whatever its name)
+    columns: Callable[[set[str]], bool] | None = None
+    #: name endings that are this format whatever the rest of the name (PH2's .txt table)
+    suffixes: tuple[str, ...] = ()
+    #: entries of ``files`` other data sets use too: read as this format only when the columns agree
+    shared_names: tuple[str, ...] = ()
+    #: a file given by path is this format when its name is one of ``files`` (False: by its columns only)
+    by_name: bool = True
+    #: column checks run by ascending rank, then registration order (generic columns go last)
+    columns_rank: int = 0
+
+
+_FORMATS: list[SourceFormat] = []
+
+
+def reads(name: str, *, files: Sequence[str] = (), columns: Callable[[set[str]], bool] | None = None,
+          suffixes: Sequence[str] = (), shared_names: Sequence[str] = (), by_name: bool = True,
+          columns_rank: int = 0) -> Callable[[Reader], Reader]:
+    """Register the decorated function as the reader of data-set format ``name``.
+
+    Registration order is the order a folder's files are looked for (the first present wins).
+    """
+    def register(read: Reader) -> Reader:
+        _FORMATS.append(SourceFormat(name, read, tuple(files), columns, tuple(suffixes), tuple(shared_names),
+                                     by_name, columns_rank))
+        return read
+    return register
+
+
+def list_formats() -> list[SourceFormat]:
+    """The registered data-set formats, in folder-probing order."""
+    return list(_FORMATS)
+
+
+def _has(*required: str, any_of: Sequence[str] = ()) -> Callable[[set[str]], bool]:
+    """Columns test: every ``required`` column, and at least one of ``any_of`` when given."""
+    return lambda columns: set(required) <= columns and (not any_of or bool(set(any_of) & columns))
+
+
 # --------------------------------------------------------------------------- readers
 
+@reads("labels.csv", files=("labels.csv",), columns=lambda c: {"file", "dx"} <= c or {"file", "malignant"} <= c)
 def read_labels_csv(path: Path, require_images: bool = True, dataset: str | None = None) -> tuple[list[Row], SourceReport]:
     """The plain ``labels.csv`` (image_id, file, dx, malignant, lesion_id, [patient_id], split).
 
@@ -211,6 +266,8 @@ def read_labels_csv(path: Path, require_images: bool = True, dataset: str | None
     return _finish(rows, report), report
 
 
+@reads("HAM10000", files=("HAM10000_metadata.csv",), columns=_has("lesion_id", "image_id", "dx"),
+       columns_rank=1)  # a labels.csv carries these columns too: asked after every other format
 def read_ham10000(path: Path, require_images: bool = True) -> tuple[list[Row], SourceReport]:
     """``HAM10000_metadata.csv``; images beside it, in images/ or the official part_1/part_2 folders."""
     path = Path(path)
@@ -232,6 +289,7 @@ def read_ham10000(path: Path, require_images: bool = True) -> tuple[list[Row], S
     return _finish(rows, report), report
 
 
+@reads("ISIC2019", files=("ISIC_2019_Training_GroundTruth.csv",), columns=_has("image", "MEL", "NV"))
 def read_isic2019(path: Path, require_images: bool = True) -> tuple[list[Row], SourceReport]:
     """``ISIC_2019_Training_GroundTruth.csv`` (one-hot) + the optional metadata CSV beside it (lesion_id)."""
     path = Path(path)
@@ -262,6 +320,8 @@ def read_isic2019(path: Path, require_images: bool = True) -> tuple[list[Row], S
     return _finish(rows, report), report
 
 
+@reads("ISIC2020", files=("ISIC_2020_Training_GroundTruth_v2.csv", "ISIC_2020_Training_GroundTruth.csv", "train.csv"),
+       columns=_has("target", any_of=("image_name", "isic_id")), shared_names=("train.csv",), by_name=False)
 def read_isic2020(path: Path, require_images: bool = True) -> tuple[list[Row], SourceReport]:
     """ISIC 2020 ground truth (image_name or isic_id, patient_id, diagnosis, target); target decides malignancy."""
     path = Path(path)
@@ -289,6 +349,7 @@ def read_isic2020(path: Path, require_images: bool = True) -> tuple[list[Row], S
     return _finish(rows, report), report
 
 
+@reads("Derm7pt", files=("meta.csv", "meta/meta.csv"), columns=_has("case_num", "diagnosis", "derm"))
 def read_derm7pt(path: Path, require_images: bool = True) -> tuple[list[Row], SourceReport]:
     """Derm7pt ``meta.csv`` (case_num, diagnosis, derm): the dermoscopic image of each case."""
     path = Path(path)
@@ -340,6 +401,7 @@ def parse_ph2_table(path: Path) -> list[dict[str, str]]:
     return records
 
 
+@reads("PH2", files=("PH2_dataset.txt",), suffixes=(".txt",))
 def read_ph2(path: Path, require_images: bool = True) -> tuple[list[Row], SourceReport]:
     """PH2 ``PH2_dataset.txt``; images in images/ or the original ``PH2 Dataset images/IMDxxx/...`` tree."""
     path = Path(path)
@@ -399,60 +461,46 @@ def read_class_folders(path: Path, require_images: bool = True) -> tuple[list[Ro
 
 # --------------------------------------------------------------------------- dispatch
 
-#: (reader name, how to recognise its file in a folder, reader)
-Reader = Callable[..., tuple[list[Row], SourceReport]]
-_FOLDER_FILES: list[tuple[str, Reader]] = [
-    ("labels.csv", read_labels_csv),
-    ("HAM10000_metadata.csv", read_ham10000),
-    ("ISIC_2019_Training_GroundTruth.csv", read_isic2019),
-    ("ISIC_2020_Training_GroundTruth_v2.csv", read_isic2020),
-    ("ISIC_2020_Training_GroundTruth.csv", read_isic2020),
-    ("train.csv", read_isic2020),
-    ("meta.csv", read_derm7pt),
-    ("meta/meta.csv", read_derm7pt),
-    ("PH2_dataset.txt", read_ph2),
-]
-
-
 def reader_for_file(path: Path) -> Reader:
-    """Pick a reader by the file's name, else by its columns."""
+    """Pick a reader by the file's name ending, else its name, else its columns."""
     name = path.name
-    if name.lower().endswith(".txt"):
-        return read_ph2
-    for known, reader in _FOLDER_FILES:
-        if name == Path(known).name and reader is not read_isic2020:
-            return reader
+    for fmt in _FORMATS:
+        if fmt.suffixes and name.lower().endswith(fmt.suffixes):
+            return fmt.read
+    for fmt in _FORMATS:
+        if fmt.by_name and any(name == Path(known).name for known in fmt.files):
+            return fmt.read
     with open(path, newline="", encoding="utf-8-sig") as fh:
         columns = {c.strip() for c in next(csv.reader(fh), [])}
-    if {"file", "dx"} <= columns or {"file", "malignant"} <= columns:
-        return read_labels_csv
-    if {"image", "MEL", "NV"} <= columns:
-        return read_isic2019
-    if "target" in columns and ({"image_name"} & columns or {"isic_id"} & columns):
-        return read_isic2020
-    if {"case_num", "diagnosis", "derm"} <= columns:
-        return read_derm7pt
-    if {"lesion_id", "image_id", "dx"} <= columns:
-        return read_ham10000
+    for fmt in sorted(_FORMATS, key=lambda f: f.columns_rank):  # sorted() is stable: registration order within a rank
+        if fmt.columns is not None and fmt.columns(columns):
+            return fmt.read
     raise ValueError(f"{path}: cannot tell which data set this is (columns: {', '.join(sorted(columns))})")
 
 
 def read_source(path: str | os.PathLike, require_images: bool = True) -> tuple[list[Row], list[SourceReport]]:
-    """One ``--data`` argument -> rows. A folder of data sets (each with labels.csv) reads them all."""
+    """One ``--data`` argument -> rows. A folder of data sets (each with labels.csv) reads them all.
+
+    A folder is read by the first registered format whose file it holds; failing that, its sub-folders
+    that hold one are read each; failing that, it is read as class folders (``read_class_folders``).
+    """
     path = Path(path).expanduser()
     if not path.exists():
         raise FileNotFoundError(f"--data {path}: no such file or folder")
     if path.is_file():
         rows, report = reader_for_file(path)(path, require_images=require_images)
         return rows, [report]
-    for known, reader in _FOLDER_FILES:
-        candidate = path / known
-        if candidate.is_file():
-            if reader is read_isic2020 and known == "train.csv" and reader_for_file(candidate) is not read_isic2020:
+    for fmt in _FORMATS:
+        for known in fmt.files:
+            candidate = path / known
+            if not candidate.is_file():
                 continue
-            rows, report = reader(candidate, require_images=require_images)
+            if known in fmt.shared_names and reader_for_file(candidate) is not fmt.read:
+                continue
+            rows, report = fmt.read(candidate, require_images=require_images)
             return rows, [report]
-    subsets = sorted(p for p in path.iterdir() if p.is_dir() and any((p / k).is_file() for k, _ in _FOLDER_FILES))
+    known_files = [known for fmt in _FORMATS for known in fmt.files]
+    subsets = sorted(p for p in path.iterdir() if p.is_dir() and any((p / k).is_file() for k in known_files))
     if subsets:
         rows, reports = [], []
         for sub in subsets:

@@ -45,7 +45,8 @@ CLINIC_SETS = ("ham10000", "isic2019")
 def checkpoint_scorer(path: Path, device: str = "cpu") -> Scorer:
     import torch
 
-    from .trainer import load_checkpoint, resolve_device
+    from .checkpoint import load_checkpoint
+    from .scoring import resolve_device
 
     torch_device = resolve_device(device)
     model, metadata, _ = load_checkpoint(path, map_location=torch_device)

@@ -14,7 +14,6 @@ import math
 import os
 import platform
 import random
-import subprocess
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -25,103 +24,31 @@ import numpy as np
 import torch
 from torch import nn
 
-from dermsort.runtime.metadata import ModelMetadata
-
 from . import metrics
 # the checkpoint contract lives in checkpoint.py; these names stay importable from here
-from .checkpoint import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, load_checkpoint  # noqa: F401
+from .checkpoint import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, load_checkpoint, save_atomic  # noqa: F401
 from .data import Row, class_index, label_set_members, label_sets, read_sources, task_classes
 from .dataset import Augment, DermoscopyDataset, ImageCache
+from .finish import finish_run
 from .objective import SetLoss, ShardedWeightedSampler, balanced_weights
 from .models import (build_model, classifier_of, count_stages, default_preprocess, freeze_stages,
                      pretrained_provenance, set_frozen_eval)
+from .run import SplitRows, TrainConfig, TrainedRun, TrainResult
+# resolve_device and predict_probabilities stay importable from here (evaluate and older callers)
+from .scoring import data_loader, p_malignant, predict_probabilities, resolve_device  # noqa: F401
 from .split import assert_no_leak, assign_splits, split_summary, subsample
 
 log = logging.getLogger(__name__)
 
-REPO = Path(__file__).resolve().parents[1]
 Echo = Callable[[str], None]
-
-
-@dataclass
-class TrainConfig:
-    """Everything that defines a training run (recorded verbatim in the checkpoint's provenance)."""
-
-    data: list[str]
-    out: str
-    architecture: str = "efficientnet_lite0"
-    task: str = "binary"
-    epochs: int = 12
-    batch_size: int = 32
-    lr: float = 1e-3
-    weight_decay: float = 1e-2
-    seed: int = 0
-    target_sensitivity: float = 0.95
-    device: str = "auto"
-    amp: bool = False
-    #: train only the classifier for the first N epochs (the backbone keeps its pretrained features)
-    freeze_backbone_epochs: int = 0
-    #: the first K stages (stem, early blocks) stay frozen for the whole run: cheaper backward pass
-    freeze_stages: int = 0
-    max_images: int | None = None
-    image_size: int | None = None
-    pretrained: bool = True
-    split_mode: str = "given"
-    folds: int | None = None
-    fold: int = 0
-    val_fraction: float = 0.15
-    test_fraction: float = 0.15
-    #: stop after this many epochs without a better val AUC
-    patience: int = 4
-    #: wall-clock budget: no epoch is started that would probably end after it (shared CPUs vary a lot)
-    max_minutes: float | None = None
-    #: class imbalance: "sets" (sample (data set, class) evenly: see objective.balanced_weights),
-    #: "loss" (class-weighted loss), "sampler" (class-weighted sampling) or "none"
-    balance: str = "loss"
-    #: the classifier learns this many times faster than the pretrained body
-    head_lr_mult: float = 1.0
-    label_smoothing: float = 0.0
-    #: channels-last memory layout: ~1.8x cheaper training steps on CPU
-    channels_last: bool = True
-    #: epoch choice: "sets" = mean of the AUCs inside each val set with >= ``min_set_malignant`` malignant
-    #: images (a pooled AUC partly rewards telling the sets apart); "pooled" = one AUC over all val images
-    select_on: str = "sets"
-    #: a data set joins the epoch choice and the threshold rule when its val split has this many malignant
-    min_set_malignant: int = 50
-    #: test-time flips: the model's output is the mean of the logits of the image and its mirror images
-    tta: str = "none"
-    workers: int = 0
-    threads: int | None = None
-    n_boot: int = 2000
-    augment: dict[str, Any] = field(default_factory=dict)
-    #: continue from ``out/last.pt`` (written after every epoch) when a run was interrupted
-    resume: bool = False
-    #: colour constancy in the preprocessing ("none" or "shades_of_gray"): recorded in the metadata
-    color_constancy: str = "none"
-    #: exponential moving average of the weights (0 = off); val, the epoch choice and export use it
-    ema_decay: float = 0.0
 
 
 #: settings that may differ between an interrupted run and its resumption
 _RESUMABLE_CHANGES = {"resume", "max_minutes", "threads", "workers", "n_boot", "patience"}
 
 
-@dataclass
-class TrainResult:
-    checkpoint: Path
-    metrics: dict[str, Any]
-    metadata: ModelMetadata
-
 
 # --------------------------------------------------------------------------- helpers
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise click.ClickException("--device cuda: no CUDA device is visible to torch here")
-    return torch.device(name)
-
 
 def keep_freed_memory() -> bool:
     """Stop glibc from handing every large tensor buffer back to the kernel after each batch.
@@ -147,52 +74,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def git_commit(repo: Path = REPO) -> str:
-    """The repository's commit (+ "-dirty" with uncommitted changes), or "" outside git. Read-only."""
-    try:
-        head = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True,
-                              timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "--no-optional-locks", "-C", str(repo), "status", "--porcelain",
-                                "--untracked-files=no"], capture_output=True, text=True, timeout=10).stdout.strip()
-        return head + ("-dirty" if dirty else "")
-    except (OSError, subprocess.SubprocessError):
-        return ""
-
-
-def _loader(dataset: DermoscopyDataset, batch_size: int, workers: int, shuffle: bool = False,
-            sampler: torch.utils.data.Sampler | None = None, seed: int = 0) -> torch.utils.data.DataLoader:
-    generator = torch.Generator().manual_seed(seed)
-    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=shuffle and sampler is None,
-                                       sampler=sampler, num_workers=workers, generator=generator,
-                                       persistent_workers=workers > 0, drop_last=False)
-
-
-@torch.no_grad()
-def predict_probabilities(model: nn.Module, dataset: DermoscopyDataset, device: torch.device, batch_size: int = 64,
-                          workers: int = 0, amp: bool = False, channels_last: bool = False) -> np.ndarray:
-    """Softmax class probabilities for every sample of ``dataset`` (in order)."""
-    model.eval()
-    out = []
-    for batch, _ in _loader(dataset, batch_size, workers):
-        batch = batch.to(device, non_blocking=True)
-        if channels_last:
-            batch = batch.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device_type="cuda", dtype=torch.float16, enabled=amp and device.type == "cuda"):
-            logits = model(batch)
-        out.append(torch.softmax(logits.float(), dim=1).cpu().numpy())
-    return np.concatenate(out) if out else np.zeros((0, 0))
-
-
-def _save_atomic(obj: Any, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.part")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-def _p_malignant(probabilities: np.ndarray, malignant_idx: Sequence[int]) -> np.ndarray:
-    return probabilities[:, list(malignant_idx)].sum(axis=1)
 
 
 def _class_counts(targets: Sequence[int], n_classes: int) -> np.ndarray:
@@ -244,7 +125,7 @@ def _val_scores(model: nn.Module, val_ds: DermoscopyDataset, val_rows: Sequence[
     """p_malignant on val and the AUCs the epoch is chosen by (per set and pooled)."""
     probabilities = predict_probabilities(model, val_ds, device, config.batch_size * 2, config.workers, amp,
                                           channels_last=config.channels_last)
-    p = _p_malignant(probabilities, malignant_idx)
+    p = p_malignant(probabilities, malignant_idx)
     y = np.array([int(r.malignant) for r in val_rows])
     sets = np.array([r.dataset for r in val_rows])
     per_set = metrics.set_aucs(y, p, sets, config.min_set_malignant)
@@ -261,30 +142,30 @@ def _epoch_line(epoch: int, record: dict[str, Any], improved: bool) -> str:
             f"({record['seconds']:.0f} s: data {record['data_seconds']:.0f} s, steps {record['step_seconds']:.0f} s)")
 
 
-def train(config: TrainConfig, echo: Echo = click.echo) -> TrainResult:
-    """Run one training as configured; returns the checkpoint path, the metrics and the metadata."""
-    from . import distributed
-    from .finish import finish_run
+@dataclass
+class _Progress:
+    """The loop's state that last.pt carries across an interruption (besides the weights and optimiser)."""
 
-    started = time.time()
-    dist = distributed.setup(config.device)
-    if not dist.is_main:
-        echo = lambda *_a, **_k: None  # noqa: E731 - only rank 0 talks
-    out = Path(config.out)
-    if dist.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-    seed_everything(config.seed)
-    if config.threads:
-        torch.set_num_threads(config.threads)
-    device = dist.device or resolve_device(config.device)
-    if device.type == "cpu":
-        keep_freed_memory()
-    amp = config.amp and device.type == "cuda"
-    if config.amp and not amp:
-        echo("note: --amp only applies on CUDA; training in float32 on the CPU")
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best_auc: float = -1.0
+    best_epoch: int = -1
+    best_state: dict[str, torch.Tensor] | None = None
+    stale: int = 0
 
-    # ---- data and split
-    classes, malignant_classes = task_classes(config.task)
+
+@dataclass
+class _Optimisation:
+    """What one training step uses besides the model and the batch."""
+
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    criterion: nn.Module
+    ema: WeightAverage | None
+
+
+def _read_and_split(config: TrainConfig, echo: Echo) -> SplitRows:
+    """Every --data source read, rows without a class of the task left out, split (grouped, no leak), printed."""
     all_rows = read_sources(config.data, echo=echo)
     rows, targets = [], []
     for row in all_rows:
@@ -308,6 +189,138 @@ def train(config: TrainConfig, echo: Echo = click.echo) -> TrainResult:
         if not any(rows[i].malignant for i in part[name]) or all(rows[i].malignant for i in part[name]):
             raise click.ClickException(f"the {name} split needs both benign and malignant images "
                                        f"(has {len(part[name])} images); add data or change the split")
+    return SplitRows(rows, targets, splits, part, summary)
+
+
+def _class_weight(train_targets: Sequence[int], n_targets: int) -> np.ndarray:
+    """Inverse-frequency weight per target (0 for a target absent from train)."""
+    counts = _class_counts(train_targets, n_targets)
+    present = counts > 0
+    return np.where(present, counts.sum() / (present.sum() * np.maximum(counts, 1)), 0.0)
+
+
+def _train_sampler(config: TrainConfig, data: SplitRows, class_weight: np.ndarray, rank: int,
+                   world: int) -> ShardedWeightedSampler:
+    """Each epoch's draw of train images as ``config.balance`` asks, sharded over the DDP ranks."""
+    train_targets = data.targets_of("train")
+    if config.balance in ("sampler", "sets"):
+        train_rows = data.rows_of("train")
+        weights = (balanced_weights([r.dataset for r in train_rows], [int(r.malignant) for r in train_rows])
+                   if config.balance == "sets" else np.array([class_weight[t] for t in train_targets]))
+        return ShardedWeightedSampler(weights, len(train_targets), seed=config.seed, rank=rank, world=world)
+    return ShardedWeightedSampler(np.ones(len(train_targets)), len(train_targets), seed=config.seed,
+                                  rank=rank, world=world, replace=False)
+
+
+def _optimiser(config: TrainConfig, trainable: list[nn.Parameter], head_ids: set[int], steps_per_epoch: int,
+               ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+    """AdamW (the classifier at ``head_lr_mult`` x lr) with a linear warm-up then cosine decay per step."""
+    body_params = [p for p in trainable if id(p) not in head_ids]
+    head_params = [p for p in trainable if id(p) in head_ids]
+    optimizer = torch.optim.AdamW([{"params": body_params, "lr": config.lr},
+                                   {"params": head_params, "lr": config.lr * config.head_lr_mult}],
+                                  lr=config.lr, weight_decay=config.weight_decay)
+    total_steps = max(1, config.epochs * steps_per_epoch)
+    warmup = min(steps_per_epoch, total_steps // 10)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: (step + 1) / max(1, warmup) if step < warmup
+        else 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total_steps - warmup))))
+    return optimizer, scheduler
+
+
+def _resume(last_path: Path, config: TrainConfig, model: nn.Module, opt: _Optimisation, train_ds: DermoscopyDataset,
+            progress: _Progress) -> tuple[int, float]:
+    """Load an interrupted run's last.pt into the live objects; (its last epoch, the seconds it had spent)."""
+    state = torch.load(last_path, map_location="cpu", weights_only=True)
+    changed = {k for k, v in asdict(config).items()
+               if k not in _RESUMABLE_CHANGES and state["config"].get(k) != (list(v) if isinstance(v, tuple) else v)}
+    if changed:
+        raise click.ClickException(f"cannot resume {last_path}: {', '.join(sorted(changed))} differ from that run")
+    model.load_state_dict(state["model"])
+    opt.optimizer.load_state_dict(state["optimizer"])
+    opt.scheduler.load_state_dict(state["scheduler"])
+    opt.scaler.load_state_dict(state["scaler"])
+    torch.set_rng_state(state["torch_rng"])
+    train_ds._calls = state["augment_calls"]
+    if opt.ema is not None:
+        opt.ema.load(state["ema"])
+    progress.history, progress.stale = state["history"], state["stale"]
+    progress.best_auc, progress.best_epoch, progress.best_state = state["best_auc"], state["best_epoch"], state["best_state"]
+    return state["epoch"], state["elapsed"]
+
+
+def _last_state(config: TrainConfig, epoch: int, model: nn.Module, opt: _Optimisation, train_ds: DermoscopyDataset,
+                progress: _Progress, elapsed: float) -> dict[str, Any]:
+    """last.pt's content after ``epoch``: everything ``_resume`` needs to continue bit for bit."""
+    return {"config": asdict(config), "epoch": epoch, "model": model.state_dict(),
+            "optimizer": opt.optimizer.state_dict(), "scheduler": opt.scheduler.state_dict(),
+            "scaler": opt.scaler.state_dict(), "torch_rng": torch.get_rng_state(),
+            "augment_calls": train_ds._calls,
+            "ema": opt.ema.state() if opt.ema is not None else None, "history": progress.history,
+            "stale": progress.stale, "best_auc": progress.best_auc,
+            "best_epoch": progress.best_epoch, "best_state": progress.best_state, "elapsed": elapsed}
+
+
+def _run_batches(net: nn.Module, loader: torch.utils.data.DataLoader, opt: _Optimisation, config: TrainConfig,
+                 device: torch.device, amp: bool, epoch: int, echo: Echo) -> dict[str, Any]:
+    """One pass over the epoch's train batches; the epoch record's loss and timing fields."""
+    t_epoch = time.time()
+    running, seen, last_note, data_s, step_s = 0.0, 0, time.time(), 0.0, 0.0
+    n_batches = len(loader)
+    t_data = time.time()
+    for b, (images, labels) in enumerate(loader, 1):
+        t_step = time.time()
+        data_s += t_step - t_data
+        images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+        if config.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        opt.optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(device_type="cuda", dtype=torch.float16, enabled=amp):
+            loss = opt.criterion(net(images), labels)
+        opt.scaler.scale(loss).backward()
+        opt.scaler.step(opt.optimizer)
+        opt.scaler.update()
+        opt.scheduler.step()
+        if opt.ema is not None:
+            opt.ema.update()
+        running += float(loss.detach()) * len(labels)
+        seen += len(labels)
+        t_data = time.time()
+        step_s += t_data - t_step
+        if time.time() - last_note > 30 or b == n_batches:
+            last_note = time.time()
+            spent = time.time() - t_epoch
+            eta_epoch = spent / b * (n_batches - b)
+            eta_run = eta_epoch + spent / b * n_batches * (config.epochs - epoch)
+            echo(f"  epoch {epoch}/{config.epochs}: {b}/{n_batches} batches, loss {running / seen:.4f}, "
+                 f"{spent:.0f} s; ETA epoch {eta_epoch:.0f} s, run <= {eta_run / 60:.1f} min")
+    return {"train_loss": running / max(1, seen), "data_seconds": round(data_s, 1), "step_seconds": round(step_s, 1)}
+
+
+def train(config: TrainConfig, echo: Echo = click.echo) -> TrainResult:
+    """Run one training as configured; returns the checkpoint path, the metrics and the metadata."""
+    from . import distributed
+
+    started = time.time()
+    dist = distributed.setup(config.device)
+    if not dist.is_main:
+        echo = lambda *_a, **_k: None  # noqa: E731 - only rank 0 talks
+    out = Path(config.out)
+    if dist.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+    seed_everything(config.seed)
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    device = dist.device or resolve_device(config.device)
+    if device.type == "cpu":
+        keep_freed_memory()
+    amp = config.amp and device.type == "cuda"
+    if config.amp and not amp:
+        echo("note: --amp only applies on CUDA; training in float32 on the CPU")
+
+    # ---- data and split
+    classes, malignant_classes = task_classes(config.task)
+    data = _read_and_split(config, echo)
 
     # ---- model
     spec = default_preprocess(config.architecture, config.image_size, config.color_constancy)
@@ -328,73 +341,41 @@ def train(config: TrainConfig, echo: Echo = click.echo) -> TrainResult:
     # ---- data pipeline (train pixels == runtime pixels: see dataset.py)
     cache = ImageCache(spec)
     t0 = time.time()
-    cache.warm([rows[i].path for i in part["train"] + part["val"]], threads=config.threads or os.cpu_count() or 1)
+    cache.warm([r.path for r in data.rows_of("train") + data.rows_of("val")], threads=config.threads or os.cpu_count() or 1)
     echo(f"decoded {len(cache)} train/val images in {time.time() - t0:.0f} s ({cache.nbytes() / 1e6:.0f} MB cached)")
     augment = Augment(**config.augment)
-    train_targets = [targets[i] for i in part["train"]]
-    train_ds = DermoscopyDataset([rows[i].path for i in part["train"]], train_targets, spec, augment, cache, config.seed)
-    val_rows = [rows[i] for i in part["val"]]
-    val_ds = DermoscopyDataset([r.path for r in val_rows], [targets[i] for i in part["val"]], spec, None, cache)
-    n_targets = len(label_sets(config.task))
-    counts = _class_counts(train_targets, n_targets)
-    present = counts > 0
-    class_weight = np.where(present, counts.sum() / (present.sum() * np.maximum(counts, 1)), 0.0)
-    if config.balance in ("sampler", "sets"):
-        weights = (balanced_weights([rows[i].dataset for i in part["train"]], [int(rows[i].malignant) for i in part["train"]])
-                   if config.balance == "sets" else np.array([class_weight[t] for t in train_targets]))
-        sampler = ShardedWeightedSampler(weights, len(train_targets), seed=config.seed, rank=dist.rank, world=dist.world)
-    else:
-        sampler = ShardedWeightedSampler(np.ones(len(train_targets)), len(train_targets), seed=config.seed,
-                                         rank=dist.rank, world=dist.world, replace=False)
+    train_ds = DermoscopyDataset([r.path for r in data.rows_of("train")], data.targets_of("train"), spec, augment, cache,
+                                 config.seed)
+    val_rows = data.rows_of("val")
+    val_ds = DermoscopyDataset([r.path for r in val_rows], data.targets_of("val"), spec, None, cache)
+    class_weight = _class_weight(data.targets_of("train"), len(label_sets(config.task)))
+    sampler = _train_sampler(config, data, class_weight, dist.rank, dist.world)
     criterion = SetLoss(label_set_members(config.task), len(classes), config.label_smoothing,
                         class_weight if config.balance == "loss" else None).to(device)
     per_rank_batch = max(1, config.batch_size // dist.world)
-    train_loader = _loader(train_ds, per_rank_batch, config.workers, sampler=sampler, seed=config.seed)
+    train_loader = data_loader(train_ds, per_rank_batch, config.workers, sampler=sampler, seed=config.seed)
     net = dist.wrap(model)
 
-    body_params = [p for p in trainable if id(p) not in head_ids]
-    head_params = [p for p in trainable if id(p) in head_ids]
-    optimizer = torch.optim.AdamW([{"params": body_params, "lr": config.lr},
-                                   {"params": head_params, "lr": config.lr * config.head_lr_mult}],
-                                  lr=config.lr, weight_decay=config.weight_decay)
-    total_steps = max(1, config.epochs * len(train_loader))
-    warmup = min(len(train_loader), total_steps // 10)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: (step + 1) / max(1, warmup) if step < warmup
-        else 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total_steps - warmup))))
-    scaler = torch.amp.GradScaler("cuda", enabled=amp)
+    optimizer, scheduler = _optimiser(config, trainable, head_ids, len(train_loader))
+    opt = _Optimisation(optimizer, scheduler, torch.amp.GradScaler("cuda", enabled=amp), criterion,
+                        WeightAverage(model, config.ema_decay) if config.ema_decay else None)
     malignant_idx = [classes.index(c) for c in malignant_classes]
 
-    ema = WeightAverage(model, config.ema_decay) if config.ema_decay else None
-    best_auc, best_epoch, best_state, stale = -1.0, -1, None, 0
-    history: list[dict[str, Any]] = []
+    progress = _Progress()
     first_epoch, resumed_from = 1, None
     last_path = out / "last.pt"
     if config.resume and last_path.is_file():
-        state = torch.load(last_path, map_location="cpu", weights_only=True)
-        changed = {k for k, v in asdict(config).items()
-                   if k not in _RESUMABLE_CHANGES and state["config"].get(k) != (list(v) if isinstance(v, tuple) else v)}
-        if changed:
-            raise click.ClickException(f"cannot resume {last_path}: {', '.join(sorted(changed))} differ from that run")
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
-        torch.set_rng_state(state["torch_rng"])
-        train_ds._calls = state["augment_calls"]
-        if ema is not None:
-            ema.load(state["ema"])
-        history, stale = state["history"], state["stale"]
-        best_auc, best_epoch, best_state = state["best_auc"], state["best_epoch"], state["best_state"]
-        first_epoch = resumed_from = state["epoch"] + 1
-        started = time.time() - state["elapsed"]
-        echo(f"resuming after epoch {state['epoch']} from {last_path} ({state['elapsed'] / 60:.1f} min already spent)")
+        last_epoch, elapsed = _resume(last_path, config, model, opt, train_ds, progress)
+        first_epoch = resumed_from = last_epoch + 1
+        started = time.time() - elapsed
+        echo(f"resuming after epoch {last_epoch} from {last_path} ({elapsed / 60:.1f} min already spent)")
     echo(f"training on {device} ({torch.get_num_threads()} threads{f', {dist.world} processes' if dist.world > 1 else ''}), "
          f"{len(train_ds)} train / {len(val_ds)} val images, {config.epochs} epochs max, batch {config.batch_size}")
     stopped_by = "epochs"
     for epoch in range(first_epoch, config.epochs + 1):
         t_epoch = time.time()
-        if config.max_minutes and history:
+        if config.max_minutes and progress.history:
+            history = progress.history
             full_epochs = [h["seconds"] for h in history if not h["head_only"]] or [h["seconds"] for h in history]
             if dist.agree(time.time() - started + max(full_epochs) > config.max_minutes * 60):
                 echo(f"time budget: stopping before epoch {epoch} ({config.max_minutes:g} min budget)")
@@ -411,64 +392,30 @@ def train(config: TrainConfig, echo: Echo = click.echo) -> TrainResult:
         if head_only:
             model.eval()
             head.train()
-        running, seen, last_note, data_s, step_s = 0.0, 0, time.time(), 0.0, 0.0
-        n_batches = len(train_loader)
-        t_data = time.time()
-        for b, (images, labels) in enumerate(train_loader, 1):
-            t_step = time.time()
-            data_s += t_step - t_data
-            images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-            if config.channels_last:
-                images = images.contiguous(memory_format=torch.channels_last)
-            optimizer.zero_grad(set_to_none=True)
-            with torch.autocast(device_type="cuda", dtype=torch.float16, enabled=amp):
-                loss = criterion(net(images), labels)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
-            if ema is not None:
-                ema.update()
-            running += float(loss.detach()) * len(labels)
-            seen += len(labels)
-            t_data = time.time()
-            step_s += t_data - t_step
-            if time.time() - last_note > 30 or b == n_batches:
-                last_note = time.time()
-                spent = time.time() - t_epoch
-                eta_epoch = spent / b * (n_batches - b)
-                eta_run = eta_epoch + spent / b * n_batches * (config.epochs - epoch)
-                echo(f"  epoch {epoch}/{config.epochs}: {b}/{n_batches} batches, loss {running / seen:.4f}, "
-                     f"{spent:.0f} s; ETA epoch {eta_epoch:.0f} s, run <= {eta_run / 60:.1f} min")
-        record: dict[str, Any] = {"epoch": epoch, "train_loss": running / max(1, seen), "head_only": head_only,
-                                  "lr": optimizer.param_groups[0]["lr"], "data_seconds": round(data_s, 1),
-                                  "step_seconds": round(step_s, 1)}
+        losses = _run_batches(net, train_loader, opt, config, device, amp, epoch, echo)
+        record: dict[str, Any] = {"epoch": epoch, "train_loss": losses["train_loss"], "head_only": head_only,
+                                  "lr": optimizer.param_groups[0]["lr"], "data_seconds": losses["data_seconds"],
+                                  "step_seconds": losses["step_seconds"]}
         improved = False
         if dist.is_main:
-            live = ema.swap_in() if ema is not None else None  # val (and the kept state) use the average
+            live = opt.ema.swap_in() if opt.ema is not None else None  # val (and the kept state) use the average
             _, figures = _val_scores(model, val_ds, val_rows, malignant_idx, device, config, amp)
             record.update(figures)
-            improved = figures["val_score"] is not None and figures["val_score"] > best_auc + 1e-6
+            improved = figures["val_score"] is not None and figures["val_score"] > progress.best_auc + 1e-6
             if improved:
-                best_auc, best_epoch, stale = figures["val_score"], epoch, 0
-                best_state = copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
+                progress.best_auc, progress.best_epoch, progress.stale = figures["val_score"], epoch, 0
+                progress.best_state = copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
             if live is not None:
                 model.load_state_dict(live)
             else:
-                stale += 1
+                progress.stale += 1
         record["seconds"] = round(time.time() - t_epoch, 1)
-        history.append(record)
+        progress.history.append(record)
         if dist.is_main:
             echo(_epoch_line(epoch, record, improved))
-            (out / "history.json").write_text(json.dumps(history, indent=1))
-            _save_atomic({"config": asdict(config), "epoch": epoch, "model": model.state_dict(),
-                          "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                          "scaler": scaler.state_dict(), "torch_rng": torch.get_rng_state(),
-                          "augment_calls": train_ds._calls,
-                          "ema": ema.state() if ema is not None else None, "history": history, "stale": stale, "best_auc": best_auc,
-                          "best_epoch": best_epoch, "best_state": best_state, "elapsed": time.time() - started},
-                         last_path)
-        if dist.agree(stale >= config.patience and not head_only):
+            (out / "history.json").write_text(json.dumps(progress.history, indent=1))
+            save_atomic(_last_state(config, epoch, model, opt, train_ds, progress, time.time() - started), last_path)
+        if dist.agree(progress.stale >= config.patience and not head_only):
             echo(f"early stop: no better val score for {config.patience} epochs")
             stopped_by = "early stopping"
             break
@@ -477,12 +424,12 @@ def train(config: TrainConfig, echo: Echo = click.echo) -> TrainResult:
         dist.close()
         return TrainResult(out / "checkpoint.pt", {}, None)  # type: ignore[arg-type]
     dist.close()
-    if best_state is None:
+    if progress.best_state is None:
         raise click.ClickException("validation AUC could not be computed in any epoch")
-    model.load_state_dict(best_state)
+    model.load_state_dict(progress.best_state)
     model.eval()
-    return finish_run(config, model, best_state, rows=rows, targets=targets, splits=splits, part=part, summary=summary,
-                      spec=spec, cache=cache, augment=augment, classes=classes, malignant_classes=malignant_classes,
-                      device=device, amp=amp, history=history, best_epoch=best_epoch, best_auc=best_auc,
-                      stopped_by=stopped_by, resumed_from=resumed_from, class_weight=class_weight,
-                      provenance_weights=provenance_weights, train_seconds=train_seconds, started=started, echo=echo)
+    return finish_run(TrainedRun(
+        config, model, progress.best_state, data, spec, cache, augment, classes, malignant_classes, device, amp,
+        history=progress.history, best_epoch=progress.best_epoch, best_auc=progress.best_auc, stopped_by=stopped_by,
+        resumed_from=resumed_from, class_weight=class_weight, provenance_weights=provenance_weights,
+        train_seconds=train_seconds, started=started), echo)

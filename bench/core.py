@@ -19,9 +19,9 @@ import numpy as np
 
 from dermsort.runtime.backends.base import backend_status, create_backend, list_backends
 from dermsort.runtime.bundle import Artifact, Bundle, load_bundle
-from dermsort.runtime.engine import compatible, save_profile, sorting_backends
+from dermsort.runtime.engine import compatible, load_profile, save_profile, sorting_backends
 from dermsort.runtime.errors import DermsortError
-from dermsort.runtime.probe import machine_load
+from dermsort.runtime.probe import LoadWatch
 from dermsort.runtime.preprocess import preprocess_file
 
 from . import metrics
@@ -160,7 +160,7 @@ def run_bench(bundle_path: str | Path, images: list[LabelledImage], settings: Be
     ref = reference_artifact(bundle)
     started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     load_before = load_average()
-    load_start = machine_load()
+    load_watch = LoadWatch().start()
     paths = [im.path for im in images]
     files = [str(p) for p in paths]
     labels = {str(im.path): im.malignant for im in images}
@@ -231,9 +231,17 @@ def run_bench(bundle_path: str | Path, images: list[LabelledImage], settings: Be
     if write_profile:
         ranking = profile_ranking(rows, bundle)
         if ranking:
-            path = save_profile(bundle, ranking, source="bench", load=load_start)
-            report["profile"] = {"path": str(path), "ranking": ranking}
-            _log(echo, f"machine profile: {path} (auto -> {ranking[0]['backend']}/{ranking[0]['artifact']})")
+            load = load_watch.finish()
+            path = save_profile(bundle, ranking, source="bench", load=load)
+            report["profile"] = {"path": str(path), "ranking": ranking, "load": load}
+            kept = load_profile().get("models", {}).get(bundle.model_id) or {}
+            first = (kept.get("ranking") or ranking)[0]
+            note = ""
+            if load.get("noisy") and (kept.get("noisy_bench") or {}).get("load") == load:
+                note = (f" (this bench ran on a busy machine, load {load.get('loadavg')}, others "
+                        f"{load.get('others_per_cpu')} per CPU: the quiet profile was kept)")
+                report["profile"]["kept_quiet_profile"] = True
+            _log(echo, f"machine profile: {path} (auto -> {first['backend']}/{first['artifact']}){note}")
     return report
 
 

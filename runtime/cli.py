@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import signal
 import sys
 import threading
@@ -112,7 +113,7 @@ def _model_options(fn):
 def _prepare(folder: Path, out: Path | None, backend: str, precision: str, model: Path | None,
              threshold: float | None, move: bool, recursive: bool, dry_run: bool, batch_size: int,
              workers: int | None, threads: int | None, allow_rejected: bool = False, keep_tree: bool = False,
-             site_profile: Path | None = None, no_site_profile: bool = False):
+             site_profile: Path | None = None, no_site_profile: bool = False, probe_if_fewer: bool = True):
     # a registered backend that does not sort (the torch reference): open_backend says why
     if keep_tree and not recursive:
         raise DermsortError("--keep-tree needs --recursive (it mirrors the subfolders that --recursive sorts)")
@@ -133,7 +134,11 @@ def _prepare(folder: Path, out: Path | None, backend: str, precision: str, model
         site.check_profile(profile, bundle)
         if backend == "auto" and precision == "auto" and artifact_name is None:
             artifact_name = profile.artifact  # the artifact the site's figures were measured on
-    engine = open_backend(bundle, backend, precision, artifact_name, threads=threads, allow_rejected=allow_rejected)
+    # `auto` without a machine profile probes the candidates (loading, and compiling, each): worth it only when
+    # there is enough to sort; a handful of images runs on the reference order, and a later, bigger run probes
+    probe = probe_if_fewer or _at_least(folder, recursive, PROBE_MIN_IMAGES)
+    engine = open_backend(bundle, backend, precision, artifact_name, threads=threads, allow_rejected=allow_rejected,
+                          probe=probe)
     try:
         if profile is not None:
             site.check_profile(profile, bundle, engine.artifact)
@@ -146,6 +151,31 @@ def _prepare(folder: Path, out: Path | None, backend: str, precision: str, model
     _warn_threshold(engine, threshold)
     _warn_signature(bundle, engine)
     return bundle, engine, opts, profile
+
+
+#: `dermsort sort` probes the backends (no valid machine profile yet) only for at least this many images: the
+#: probe loads every candidate (~0.5-1 s on 2 cores), which a few images cannot pay back
+PROBE_MIN_IMAGES = 64
+
+
+def _at_least(folder: Path, recursive: bool, n: int) -> bool:
+    """Does FOLDER hold at least ``n`` files (in its subfolders too with ``recursive``)? Stops counting at ``n``."""
+    count, todo = 0, [folder]
+    while todo:
+        try:
+            with os.scandir(todo.pop()) as entries:
+                for entry in entries:
+                    if entry.name.startswith("."):
+                        continue
+                    if entry.is_file(follow_symlinks=False):
+                        count += 1
+                        if count >= n:
+                            return True
+                    elif recursive and entry.is_dir(follow_symlinks=False):
+                        todo.append(Path(entry.path))
+        except OSError:
+            continue
+    return False
 
 
 @dataclass
@@ -385,7 +415,7 @@ def sort(folder: Path, out: Path | None, move: bool, recursive: bool, keep_tree:
                   precision=precision, model=model, threshold=threshold, move=move, recursive=recursive,
                   dry_run=dry_run, batch_size=batch_size, workers=workers, threads=threads,
                   allow_rejected=allow_rejected, keep_tree=keep_tree, site_profile=site_profile,
-                  no_site_profile=no_site_profile) as run:
+                  no_site_profile=no_site_profile, probe_if_fewer=False) as run:
         bundle, engine, opts, profile, sorter = run.bundle, run.engine, run.opts, run.profile, run.sorter
         notes = ScanNotes()
         files = scan(sorter.input_dir, recursive, notes=notes)

@@ -140,10 +140,11 @@ def _rank(bundle: Bundle, pairs: list[tuple[str, Artifact]], threads: int | None
     reprobe = ""
     if isinstance(entry, dict):
         reprobe = stale_reason(entry, bundle)
-        if not reprobe and entry.get("source") == "probe" and entry.get("load", {}).get("noisy"):
+        if not reprobe and (entry.get("load") or {}).get("noisy"):
             now = machine_load()
-            if not now["noisy"]:  # a probe taken under load is replaced once the machine is quiet
-                reprobe = f"the last probe ran under load {entry['load'].get('loadavg')}, now {now['loadavg']}"
+            if not now["noisy"]:  # a probe (or bench) taken under load is replaced once the machine is quiet
+                reprobe = (f"the last {entry.get('source', 'probe')} ran under load {entry['load'].get('loadavg')}, "
+                           f"now {now['loadavg']}")
         if not reprobe:
             order = {(r["backend"], r["artifact"]): i for i, r in enumerate(entry.get("ranking", []))}
             known = [p for p in pairs if (p[0], p[1].name) in order]

@@ -102,7 +102,7 @@ def test_probe_rounds_interleave_and_are_bounded(tiny_bundle, monkeypatch):
             b.close()
 
 
-def _store(bundle, ranking_pairs, source, noisy=False, **change):
+def _store(bundle, ranking_pairs, source, noisy=False, change=None):
     ranking = [{"backend": b, "artifact": a, "images_per_s": 1.0} for b, a in ranking_pairs]
     load = {"loadavg": [9.0, 9.0, 9.0] if noisy else [0.0, 0.0, 0.0], "cpus": 2, "per_cpu": 4.5 if noisy else 0.0,
             "noisy": noisy}
@@ -127,7 +127,12 @@ def test_a_valid_profile_is_used_as_is(two_speed_bundle):
     assert _entry(bundle)["source"] == "bench"
 
 
-@pytest.mark.parametrize("change", [{"versions": {"onnxruntime": "1.0.0"}}, {"model": "0123456789abcdef"}, None])
+@pytest.mark.parametrize("change", [{"versions": {"onnxruntime": "1.0.0"}},  # a backend upgraded
+                                    {"versions": {"onnxruntime": None}},  # a backend installed since
+                                    {"model": "0123456789abcdef"},  # an artifact re-exported
+                                    {"bundle": "another-model-id"},  # another bundle
+                                    {"environment": "py311-0123456789"},  # another venv's entry, copied here
+                                    None])
 def test_library_or_model_change_makes_the_profile_stale(two_speed_bundle, change):
     bundle, _ = load_bundle(two_speed_bundle)
     if change is None:  # an entry from an older dermsort: nothing says what it is valid for
@@ -138,7 +143,7 @@ def test_library_or_model_change_makes_the_profile_stale(two_speed_bundle, chang
         del data["models"][bundle.model_id]["valid_for"]
         path.write_text(json.dumps(data))
     else:
-        _store(bundle, [SLOW, FAST], "bench", **change)
+        _store(bundle, [SLOW, FAST], "bench", change=change)
     assert probe.stale_reason(_entry(bundle), bundle)
     assert _auto(bundle) == FAST  # re-probed
     entry = _entry(bundle)
@@ -249,3 +254,108 @@ def test_a_profile_measured_before_a_faster_backend_was_installed_is_stale():
     older = json.loads(json.dumps(now))
     del older["valid_for"]["versions"]["openvino"]  # a profile from before all candidates were recorded
     assert probe.stale_reason(older, bundle)
+
+
+def test_each_python_environment_keeps_its_own_profile(two_speed_bundle, monkeypatch):
+    """Issue 26: two virtual environments on one machine (one with only ONNX Runtime) must not overwrite each
+    other's ranking: the profile file is named by host and environment (sys.prefix + Python version)."""
+    bundle, _ = load_bundle(two_speed_bundle)
+    _store(bundle, [SLOW, FAST], "bench")
+    here = engine.profile_path()
+    monkeypatch.setattr(probe.sys, "prefix", "/opt/another-venv")
+    other = engine.profile_path()
+    assert other != here and other.parent == here.parent
+    assert engine.load_profile() == {}  # nothing measured in this environment yet
+    assert _auto(bundle) == FAST  # probed here, written to this environment's file
+    assert _pairs(json.loads(other.read_text())["models"][bundle.model_id]) == [FAST, SLOW]
+    assert _pairs(json.loads(here.read_text())["models"][bundle.model_id]) == [SLOW, FAST]  # untouched
+
+
+def test_a_bench_on_a_busy_machine_does_not_replace_a_quiet_profile(two_speed_bundle, monkeypatch):
+    bundle, _ = load_bundle(two_speed_bundle)
+    _store(bundle, [SLOW, FAST], "bench", noisy=False)  # quiet (artificially ranked, to see who wins)
+    _store(bundle, [FAST, SLOW], "bench", noisy=True)  # busy: recorded beside it, not used
+    entry = _entry(bundle)
+    assert _pairs(entry) == [SLOW, FAST] and not entry["load"]["noisy"]
+    assert _pairs(entry["noisy_bench"]) == [FAST, SLOW] and entry["noisy_bench"]["load"]["noisy"]
+    monkeypatch.setattr(probe, "NOISY_LOAD_PER_CPU", 1e9)  # whatever the real load: quiet now
+    assert _auto(bundle) == SLOW  # the quiet bench is believed, no re-probe
+    # a quiet bench replaces it; a busy one replaces only a busy one
+    _store(bundle, [FAST, SLOW], "bench", noisy=False)
+    assert _pairs(_entry(bundle)) == [FAST, SLOW] and "noisy_bench" not in _entry(bundle)
+    engine.profile_path().unlink()
+    _store(bundle, [FAST, SLOW], "bench", noisy=True)  # nothing quiet known: a busy bench is better than nothing
+    _store(bundle, [SLOW, FAST], "bench", noisy=True)
+    assert _pairs(_entry(bundle)) == [SLOW, FAST] and _entry(bundle)["load"]["noisy"]
+    # a busy bench that did get written is re-measured by a probe once the machine is quiet
+    assert _auto(bundle) == FAST
+    assert _entry(bundle)["source"] == "probe" and not _entry(bundle)["load"]["noisy"]
+
+
+def test_load_watch_counts_only_other_processes(monkeypatch):
+    watch = probe.LoadWatch().start()
+    t0 = __import__("time").process_time()
+    while __import__("time").process_time() - t0 < 0.2:  # this process's own work is not load
+        pass
+    load = watch.finish()
+    assert len(load["loadavg"]) == 3 and len(load["end_loadavg"]) == 3
+    assert 0.0 <= load["others_per_cpu"] <= 1.5  # a fraction of the CPUs (ticks are coarse)
+    # quiet at the start (load average), but other processes kept the CPUs busy meanwhile: noisy
+    monkeypatch.setattr(probe, "machine_load", lambda: {"loadavg": [0.0] * 3, "cpus": 2, "per_cpu": 0.0, "noisy": False})
+    monkeypatch.setattr(probe, "NOISY_LOAD_PER_CPU", -1.0)
+    assert probe.LoadWatch().start().finish()["noisy"]
+
+
+def test_a_probe_on_a_busy_machine_ranks_by_cpu_time(two_speed_bundle, monkeypatch):
+    """Issue 26: on a busy machine a probe's wall times measure the other programs; the CPU time of each call
+    does not count the time it was descheduled, so the ranking holds (and says which clock it used)."""
+    bundle, _ = load_bundle(two_speed_bundle)
+    monkeypatch.setattr(probe, "NOISY_LOAD_PER_CPU", -1.0)  # busy now, whatever the real load
+    monkeypatch.setattr(probe, "SCREEN_RATIO", 1e9)  # both measured in rounds
+    assert _auto(bundle) == FAST
+    entry = _entry(bundle)
+    assert entry["probe"]["clock"] == "cpu" and entry["load"]["noisy"] and _pairs(entry) == [FAST, SLOW]
+    assert all(r["measured"] for r in entry["ranking"])
+    monkeypatch.setattr(probe, "NOISY_LOAD_PER_CPU", 1e9)  # quiet: wall time, and the busy probe is replaced
+    assert _auto(bundle) == FAST and _entry(bundle)["probe"]["clock"] == "wall"
+
+    import time
+
+    class Fake:  # "descheduled" waits 30 ms per call but costs no CPU; "busy" computes for 6 ms
+        def __init__(self, sleep_s, spin_s):
+            self.sleep_s, self.spin_s = sleep_s, spin_s
+
+        def predict(self, batch):
+            time.sleep(self.sleep_s)
+            t0 = time.process_time()
+            while time.process_time() - t0 < self.spin_s:
+                pass
+
+    descheduled, busy = Fake(0.03, 0.0), Fake(0.0, 0.006)
+    rows, how = probe.probe([busy, descheduled], 8, budget_s=0.0, by_cpu=True)
+    assert how["clock"] == "cpu" and rows[0]["index"] == 1  # the cheap one, however long it was kept waiting
+    rows, how = probe.probe([busy, descheduled], 8, budget_s=0.0, by_cpu=False)
+    assert how["clock"] == "wall" and rows[0]["index"] == 0
+
+
+def test_a_few_images_are_not_worth_a_probe(tiny_bundle, tmp_path, monkeypatch):
+    """Issue 26: the first `sort` of one image on a new machine must not load (and compile) every candidate
+    backend to rank them: below PROBE_MIN_IMAGES it runs the reference order and writes no profile; a bigger
+    folder probes."""
+    pytest.importorskip("openvino", reason='needs OpenVINO installed: pip install "dermsort[openvino]"')
+    from dermsort.runtime import cli
+    from dermsort.cli import main
+
+    monkeypatch.setattr(cli, "PROBE_MIN_IMAGES", 3)
+    inp = tmp_path / "in"
+    inp.mkdir()
+    rows = labelled("ph2", "test", 3)
+    for row in rows[:2]:
+        (inp / Path(row["path"]).name).write_bytes(Path(row["path"]).read_bytes())
+    calls = []
+    monkeypatch.setattr(engine, "measure", lambda *a, **k: calls.append(1) or probe.probe(*a, **k))
+    assert main(["sort", str(inp), "--out", str(tmp_path / "o1"), "--model", str(tiny_bundle), "--json"]) == 0
+    assert calls == [] and not engine.profile_path().exists()
+    (inp / Path(rows[2]["path"]).name).write_bytes(Path(rows[2]["path"]).read_bytes())
+    assert main(["sort", str(inp), "--out", str(tmp_path / "o2"), "--model", str(tiny_bundle), "--json"]) == 0
+    assert calls == [1] and engine.profile_path().exists()

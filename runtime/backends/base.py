@@ -14,6 +14,7 @@ import importlib
 import importlib.util
 import json
 import logging
+import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from importlib import metadata as importlib_metadata
@@ -55,6 +56,29 @@ class BackendSpec:
 
 #: metadata fields that change a decision: the manifest must agree with the model file on each
 DECISION_FIELDS = ("model_id", "classes", "malignant_classes", "threshold", "preprocess", "output", "gate")
+
+
+def inference_streams(threads: int | None) -> tuple[int, int]:
+    """(streams, threads per stream) for a CPU backend: how many parts of a batch run at once, each on its own
+    threads. A small model on few cores spends much of an all-core call synchronising its threads (and they
+    share the cores with the decode threads): two single-threaded halves of a batch of 4 cost ~10-20 % less CPU
+    than one call on both cores (docs/BENCHMARKS.md, issue 26). ``threads`` given (``--threads``): one stream
+    on that many threads, as before. ``DERMSORT_INFER_STREAMS`` overrides the number of streams."""
+    cpus = os.cpu_count() or 1
+    if threads:
+        return 1, int(threads)
+    try:
+        streams = int(os.environ.get("DERMSORT_INFER_STREAMS", "0"))
+    except ValueError:
+        streams = 0
+    streams = max(1, min(cpus, streams or min(cpus, 4)))
+    return streams, max(1, cpus // streams)
+
+
+def split_batch(batch: np.ndarray, parts: int) -> list[np.ndarray]:
+    """``batch`` in at most ``parts`` contiguous pieces of nearly equal size (none empty)."""
+    parts = max(1, min(parts, len(batch)))
+    return [p for p in np.array_split(batch, parts) if len(p)]
 
 
 class Backend(ABC):

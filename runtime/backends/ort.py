@@ -12,7 +12,7 @@ import numpy as np
 from ..bundle import sha256_file
 from ..caches import compiled_cache_dir, cpu_fingerprint
 from ..metadata import ARTIFACT_RECORD_KEY, ONNX_METADATA_KEY
-from .base import Backend, BackendSpec
+from .base import Backend, BackendSpec, inference_streams, split_batch
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,8 @@ class OnnxRuntimeBackend(Backend):
     def _options(self, ort: Any, level: Any) -> Any:
         opts = ort.SessionOptions()
         opts.graph_optimization_level = level
-        opts.intra_op_num_threads = self.threads or (os.cpu_count() or 1)
+        opts.intra_op_num_threads = self._per_stream
+        opts.inter_op_num_threads = 1
         opts.log_severity_level = 3
         if not ALLOW_SPINNING:
             opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
@@ -58,6 +59,10 @@ class OnnxRuntimeBackend(Backend):
         wanted = ["CPUExecutionProvider"]
         if self.device in (None, "cuda") and "CUDAExecutionProvider" in available:
             wanted.insert(0, "CUDAExecutionProvider")
+        # on CPU, a batch runs as `streams` parts at once (one session: its run() may be called concurrently)
+        self._streams, self._per_stream = inference_streams(self.threads) if wanted == ["CPUExecutionProvider"] \
+            else (1, self.threads or (os.cpu_count() or 1))
+        self._pool = None
         source = os.fspath(self.bundle.artifact_path(self.artifact))
         # the optimised graph is CPU-specific (layouts, fused kernels): cache it only for CPU-only sessions
         self.session = self._cached_session(ort, source) if wanted == ["CPUExecutionProvider"] else None
@@ -120,11 +125,26 @@ class OnnxRuntimeBackend(Backend):
     def _predict_impl(self, batch: np.ndarray) -> np.ndarray:
         if self.input_type == "tensor(float16)":
             batch = batch.astype(np.float16)
-        return self.session.run(None, {self.input_name: batch})[0]
+        parts = split_batch(batch, self._streams)
+        if len(parts) == 1:
+            return self.session.run(None, {self.input_name: batch})[0]
+        if self._pool is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._pool = ThreadPoolExecutor(max_workers=self._streams, thread_name_prefix="ort-stream")
+        runs = [self._pool.submit(self.session.run, None, {self.input_name: part}) for part in parts]
+        return np.concatenate([r.result()[0] for r in runs])
+
+    def close(self) -> None:
+        if getattr(self, "_pool", None) is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+        super().close()
 
     def describe(self) -> dict[str, Any]:
         info = super().describe()
         info["providers"] = getattr(self, "providers", [])
         info["device"] = "cuda" if "CUDAExecutionProvider" in info["providers"] else "cpu"
         info["graph_cache"] = self.cache_state
+        info["streams"] = f"{getattr(self, '_streams', 1)}x{getattr(self, '_per_stream', 0)} threads"
         return info

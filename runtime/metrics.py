@@ -3,7 +3,7 @@ the threshold picker, the confusion counts and the per-diagnosis sensitivity for
 
 They live here, beside the runtime, because ``dermsort validate`` (runtime/site.py) must not import
 train/; the training package's ``metrics`` module re-exports them and adds what needs scikit-learn or matplotlib (AUC,
-plots). ``tests/test_metrics_single.py`` fails if a second copy appears elsewhere. Only numpy is imported.
+plots). ``tests/train/test_one_metrics_module.py`` fails if a second copy appears elsewhere. Only numpy is imported.
 
 Convention everywhere: an image goes to benign/ only when ``p_malignant < threshold``; sensitivity
 is the share of malignant images sent to review, work reduction the share of all images sent to benign.

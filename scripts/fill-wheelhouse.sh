@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Fills a local wheelhouse (needs the package registry) with what tests/test_packaging.py installs
+# Fills a local wheelhouse (needs the package registry) with what tests/deploy/test_packaging.py installs
 # OFFLINE into fresh venvs: both ONNX Runtime builds (onnxruntime, onnxruntime-gpu) and dermsort's base
 # dependencies, for this machine's Python and platform, and the build requirements of dermsort's wheel. Without it that test skips and says so.
 #   scripts/fill-wheelhouse.sh [DIR]     (default $DERMSORT_WHEELHOUSE or ~/.cache/dermsort/wheelhouse)

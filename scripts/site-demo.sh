@@ -10,7 +10,7 @@
 # Usage: scripts/site-demo.sh [WORK_DIR]   (default: a new temporary folder; nothing in the repo is written)
 # Env: DERMSORT (default .venv/bin/dermsort), PYTHON (default .venv/bin/python), DATA (default ../shared/data),
 #      QUALITY (default 8), PIN (default "--backend onnxruntime --precision fp32": the reference artifact, the one
-#      the model card and tests/test_site.py measure; PIN= runs `auto` as a clinic would, whose artifact and
+#      the model card and tests/runtime/test_site_check.py measure; PIN= runs `auto` as a clinic would, whose artifact and
 #      thresholds depend on the machine). The artifact that ran is printed with the figures.
 set -euo pipefail
 cd "$(dirname "$0")/.."

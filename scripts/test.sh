@@ -4,7 +4,7 @@
 # virtual environment .venv, installs dermsort with every extra that runs on a CPU machine into it
 # (torch/torchvision pinned by setup.cfg's [train]/[export] extras), installs headless Chromium for
 # the review-page browser test where it can (DERMSORT_NO_APT=1 skips that), and runs the suite with
-# that environment's python. Arguments go to pytest (e.g. `./scripts/test.sh tests/test_cli.py`).
+# that environment's python. Arguments go to pytest (e.g. `./scripts/test.sh tests/runtime/test_cli.py`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 step() { printf '[test.sh] %s\n' "$*" >&2; }

@@ -12,6 +12,9 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+# tests live in one folder per part; a test module may import helpers from another part's test module
+for _part in ("runtime", "export", "train", "bench", "deploy"):
+    sys.path.insert(1, str(Path(__file__).resolve().parent / _part))
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:

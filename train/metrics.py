@@ -1,7 +1,7 @@
 """Operating-point figures for a triage model: THE one implementation for the whole package.
 
 train/, export/ (parity gate) and bench/ all take their Wilson intervals, AUCs, operating points and
-threshold choice from here; ``tests/test_metrics_single.py`` fails if a second copy appears elsewhere.
+threshold choice from here; ``tests/train/test_one_metrics_module.py`` fails if a second copy appears elsewhere.
 The torch-free core (Wilson interval, threshold picker, confusion, per-diagnosis sensitivity) lives in
 ``dermsort.runtime.metrics`` so that the runtime's ``dermsort validate`` can use it without train/; it is
 re-exported here unchanged.

@@ -20,7 +20,7 @@ and the sorter never ask which system they run on.
   two names are one file here (case-insensitive, normalisation-insensitive folders).
 
 The backend is chosen once from ``sys.platform`` (``BACKEND``); the contract every backend keeps is in
-tests/test_os_contract.py, which runs the Windows and macOS backends on Linux too, with their OS
+tests/runtime/test_os_contract.py, which runs the Windows and macOS backends on Linux too, with their OS
 calls replaced by recorded behaviour.
 """
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 if not (DATA / "ham10000-sample" / "labels.csv").is_file():  # pragma: no cover - conftest exits first
     raise RuntimeError(f"real test data not found at {DATA} (expected ../shared/data beside the repo)")
 

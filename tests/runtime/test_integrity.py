@@ -122,7 +122,7 @@ def _with_rejected_openvino(src: Path, dst: Path) -> Path:
     art = bundle.get("openvino-fp16")
     art.accepted, art.override = False, "--allow-parity-failure: openvino-fp16 REJECTED: 9 flips"
     # as an export with --allow-parity-failure writes it: the verdict sealed inside the file too
-    # (a manifest-only edit is refused as such: tests/test_signing.py)
+    # (a manifest-only edit is refused as such: tests/runtime/test_signing.py)
     from dermsort.export.seal import embed_artifact_records
 
     embed_artifact_records(bundle.root, bundle.artifacts)

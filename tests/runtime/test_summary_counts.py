@@ -14,7 +14,7 @@ from dermsort.cli import main
 from dermsort.runtime.results_csv import RESULT_DOCS, RESULT_FIELDS
 from fault_harness import small_real_images, tree
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _sort(inp: Path, out: Path, bundle: Path, capsys, *extra: str) -> tuple[int, str, str]:

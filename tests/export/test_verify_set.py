@@ -29,7 +29,7 @@ def bundle_copy(tmp_path: Path) -> Path:
     copy = tmp_path / "bundle"
     shutil.copytree(DEFAULT_BUNDLE, copy)
     # these tests edit the bundle as a local build would: the copy is unsigned (the signature would refuse
-    # every edit first; tests/test_signing.py covers that)
+    # every edit first; tests/runtime/test_signing.py covers that)
     (copy / "signature.json").unlink(missing_ok=True)
     return copy
 

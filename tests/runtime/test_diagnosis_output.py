@@ -24,7 +24,7 @@ from dermsort.runtime.results_csv import RESULT_FIELDS, results_csv_text
 from dermsort.runtime.metadata import Validation
 from dermsort.runtime.preprocess import preprocess_file
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 HAM_IMAGES = sorted((DATA / "ham10000-sample" / "images").glob("*.jpg"))
 DX_CLASSES = ["akiec", "bcc", "bkl", "df", "mel", "nv", "vasc"]
 DX_MALIGNANT = ["mel", "bcc", "akiec"]

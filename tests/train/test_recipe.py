@@ -18,7 +18,7 @@ from dermsort.train import data as D  # noqa: E402
 from dermsort.train import metrics as M  # noqa: E402
 from dermsort.train.objective import SetLoss, ShardedWeightedSampler, balanced_weights  # noqa: E402
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 if not (DATA / "ham10000-sample" / "labels.csv").is_file():
     pytest.exit(f"real test data not found at {DATA}: expected ../shared/data beside the repository (docs/DATA.md)",
                 returncode=4)
@@ -213,7 +213,7 @@ def test_documented_recipe_is_the_one_that_trained_the_bundled_model():
 
     from dermsort.runtime.bundle import DEFAULT_BUNDLE, load_bundle
 
-    script = (Path(__file__).resolve().parents[1] / "scripts" / "train-default.sh")
+    script = (Path(__file__).resolve().parents[2] / "scripts" / "train-default.sh")
     text = script.read_text()
     block = text[text.index("TRAIN_ARGS=("):text.index(")", text.index("TRAIN_ARGS=("))]
     options = dict(re.findall(r"--([a-z-]+) ([^\s-][^\s]*)", block))

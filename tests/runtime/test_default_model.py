@@ -13,7 +13,7 @@ from dermsort.runtime.backends.base import create_backend
 from dermsort.runtime.bundle import DEFAULT_BUNDLE, load_bundle
 from dermsort.runtime.preprocess import preprocess_file
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 DATA = REPO.parent / "shared" / "data"
 HAM7 = ["akiec", "bcc", "bkl", "df", "mel", "nv", "vasc"]
 

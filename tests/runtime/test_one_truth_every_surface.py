@@ -22,7 +22,7 @@ from dermsort.runtime import engine
 from dermsort.runtime.bundle import DEFAULT_BUNDLE, load_bundle
 from fault_harness import copy_corpus, small_real_images, tree
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _run(capsys, *argv: str) -> tuple[int, str, str]:

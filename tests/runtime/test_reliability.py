@@ -1,6 +1,6 @@
 """Reliability properties of ``dermsort sort`` / ``watch``: never overwrite, idempotent re-runs,
 --move across file systems, model integrity, no network, no torch, one-line CLI errors, watch mode,
-graceful stop. (SIGKILL and environment faults: test_faults.py; hostile input: test_bad_input.py.)"""
+graceful stop. (SIGKILL and environment faults: tests/runtime/test_crash_and_hostile_env.py; hostile input: tests/runtime/test_bad_input_goes_to_review.py.)"""
 
 from __future__ import annotations
 
@@ -348,7 +348,7 @@ def test_cli_no_write_permission(tiny_bundle, tmp_path):
         res = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(ro)], capture_output=True)
         if res.returncode != 0:
             pytest.skip("running as root (chmod does not bite) and cannot mount a read-only tmpfs; "
-                        "see test_faults.py for the monkeypatched variants")
+                        "see tests/runtime/test_crash_and_hostile_env.py for the monkeypatched variants")
         cleanup = lambda: subprocess.run(["umount", "-l", str(ro)], capture_output=True)  # noqa: E731
     try:
         res = subprocess.run([*PY, "sort", str(inp), "--out", str(ro / "out"), "--model", str(tiny_bundle),

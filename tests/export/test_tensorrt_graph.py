@@ -13,7 +13,7 @@ import pytest
 torch = pytest.importorskip("torch", reason='needs torch: pip install "dermsort[export]"')
 onnx = pytest.importorskip("onnx", reason='needs onnx: pip install "dermsort[export]"')
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 
 
 @pytest.mark.slow

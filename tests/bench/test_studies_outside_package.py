@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 STUDIES = ["pipeline", "wholeproc", "auto_overhead", "report_overhead", "devmodel", "quant_study", "gate_cost"]
 
 

@@ -14,7 +14,7 @@ import pytest
 from dermsort.export import calibration, parity
 from dermsort.export.parity import Tolerances, compare, malignant_to_benign_allowed
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 ALL_CSVS = sorted(str(p) for p in DATA.glob("*/labels.csv"))
 
 N_MAL, N_BEN, THRESHOLD = 100, 900, 0.5

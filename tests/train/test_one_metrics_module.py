@@ -18,7 +18,7 @@ import pytest
 
 from dermsort.train.metrics import choose_threshold, operating_point, wilson_ci
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SOURCE_DIRS = ("train", "export", "bench", "runtime", "dermsort")
 THE_MODULE = REPO / "train" / "metrics.py"
 #: the torch-free core of THE module (Wilson, threshold picker), beside the runtime, re-exported by it

@@ -359,7 +359,7 @@ def test_a_writer_that_starts_after_the_read_is_seen_or_kept_out(backend, tmp_pa
             writer.write(b"y")
             writer.flush()
             if module is linux and guard.leased:
-                return  # a leased file: the writer is made to wait (lease break); covered by tests/test_writers.py
+                return  # a leased file: the writer is made to wait (lease break); covered by tests/runtime/test_concurrent_writers.py
             assert not guard.intact()
         guard.release()
     finally:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
 JETSON_INSTALL = DEPLOY / "jetson" / "install.sh"
 JETSON_UNINSTALL = DEPLOY / "jetson" / "uninstall.sh"

@@ -13,7 +13,7 @@ import pytest
 
 from fault_harness import copy_corpus, read_journal, sha256, tree
 from fault_harness import sort_json as _sort
-from test_faults import tmpfs  # noqa: F401 - the real small tmpfs fixture
+from test_crash_and_hostile_env import tmpfs  # noqa: F401 - the real small tmpfs fixture
 
 
 def _rows(out: Path) -> list[dict[str, str]]:

@@ -17,7 +17,7 @@ from dermsort.runtime import engine
 from dermsort.runtime.bundle import load_bundle
 
 # studies/ (one-off studies behind published figures) is not installed: import it from this checkout
-sys.path.append(str(Path(__file__).resolve().parents[1]))
+sys.path.append(str(Path(__file__).resolve().parents[2]))
 
 FAST = ["--reps", "5", "--warmup", "1", "--e2e-reps", "1", "--cold-reps", "1"]
 
@@ -138,7 +138,7 @@ def test_child_peak_rss_is_its_own_not_the_parents(tiny_bundle):
 def test_wilson_interval_and_figures():
     from dermsort.bench import metrics
 
-    # the Wilson interval itself is dermsort.train.metrics.wilson_ci (tests/test_metrics_single.py)
+    # the Wilson interval itself is dermsort.train.metrics.wilson_ci (tests/train/test_one_metrics_module.py)
     figures = metrics.operating_figures([1] * 10 + [0, 0], ["review"] * 9 + ["benign"] * 3, [0.9] * 9 + [0.2, 0.1, 0.6])
     low, high = figures["sensitivity_ci95"]
     assert math.isclose(low, 0.5958, abs_tol=1e-3) and math.isclose(high, 0.9821, abs_tol=1e-3)

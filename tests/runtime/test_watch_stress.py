@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 
 from fault_harness import read_journal, small_real_images, wait_for
-from test_writers import _on_disk, _rows, assert_results_match_disk
+from test_concurrent_writers import _on_disk, _rows, assert_results_match_disk
 
 PY = [sys.executable, "-m", "dermsort.cli"]
 ROUNDS = int(os.environ.get("DERMSORT_STRESS_ROUNDS", "100"))

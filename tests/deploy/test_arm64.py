@@ -5,7 +5,7 @@ in it as root, runs the service's command, and compares every decision and p(mal
 x86 machine. It needs root, qemu-user-static + binfmt-support + debootstrap, the package registries
 (Debian's, PyPI) and 15-40 minutes of emulated CPU, so it runs only with DERMSORT_ARM64_CHECK=1; the
 last run's report is committed as docs/deploy/arm64-check.txt. Its skip path (no binfmt_misc) is
-tested in test_deploy.py on every run.
+tested in tests/deploy/test_deploy.py on every run.
 """
 
 from __future__ import annotations

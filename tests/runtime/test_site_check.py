@@ -79,7 +79,7 @@ def _reseal(profile: dict, **changes) -> dict:
 
 #: the site where model v3 falls short: ISIC 2020 re-encoded at this JPEG quality (docs/SITE_CHECK.md)
 JPEG_QUALITY = 8
-RECOMPRESS = Path(__file__).resolve().parent.parent / "scripts" / "recompress-site.py"
+RECOMPRESS = Path(__file__).resolve().parents[2] / "scripts" / "recompress-site.py"
 
 
 def _recompressed(split: str, folder: Path) -> Path:

@@ -156,7 +156,7 @@ def test_onnxruntime_and_openvino_agree_on_real_images(tiny_bundle):
 def test_every_registered_backend_is_tested_here_or_skips_with_reason():
     # Optimum-style meta-test: a backend added to the registry must be covered.
     covered = {"onnxruntime", "openvino"}
-    elsewhere = {"torch": "tests/test_train.py", "tensorrt": "test_tensorrt_backend_on_gpu"}
+    elsewhere = {"torch": "tests/train/test_train.py", "tensorrt": "test_tensorrt_backend_on_gpu"}
     assert set(list_backends()) <= covered | set(elsewhere)
 
 
@@ -207,7 +207,7 @@ def test_runtime_never_imports_torch_or_other_parts():
             "print(bad); sys.exit(1 if bad else 0)")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert res.returncode == 0, res.stdout + res.stderr
-    for path in Path(__file__).resolve().parents[1].joinpath("runtime").rglob("*.py"):
+    for path in Path(__file__).resolve().parents[2].joinpath("runtime").rglob("*.py"):
         text = path.read_text()
         for forbidden in ("import torch", "from torch", "dermsort.train", "dermsort.export", "dermsort.bench"):
             assert forbidden not in text, f"{path} mentions {forbidden}"

@@ -19,7 +19,7 @@ from dermsort.train import data as D  # noqa: E402
 from dermsort.train import metrics as M  # noqa: E402
 from dermsort.train.split import LeakError, assert_no_leak, assign_splits, connected_groups  # noqa: E402
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 if not (DATA / "ham10000-sample" / "labels.csv").is_file():
     pytest.exit(f"real test data not found at {DATA}: expected ../shared/data beside the repository (docs/DATA.md)",
                 returncode=4)

@@ -6,7 +6,7 @@ import pytest
 
 from dermsort.runtime import labels
 
-DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
+DATA = Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
 
 
 def _write(folder: Path, text: str) -> Path:

@@ -19,7 +19,7 @@ from test_export import SPEC, TinyCNN, _save_checkpoint  # noqa: E402
 
 from dermsort.runtime.metadata import ModelMetadata, Validation  # noqa: E402
 
-TESTS = Path(__file__).resolve().parents[1]
+TESTS = Path(__file__).resolve().parent  # tests/export, where test_export lives
 #: the CLI with the test architecture registered (as tests/export/test_export.py does in-process)
 LAUNCH = ("import sys; sys.path.insert(0, sys.argv.pop(1)); from test_export import _fake_train_models; "
           "sys.modules['dermsort.train.models'] = _fake_train_models(); "

@@ -103,3 +103,26 @@ def folded_key(relpath: str) -> str:
     """Names that one case-insensitive, normalisation-insensitive folder (NTFS, APFS, HFS+, exFAT) treats as
     one: ``Lesion.JPG`` = ``lesion.jpg``, NFC ``Ä`` (U+00C4) = NFD ``A`` + U+0308."""
     return unicodedata.normalize("NFC", relpath).casefold()
+
+
+# ---------------------------------------------------------------- POSIX (Linux and macOS alike)
+def posix_remove(path: str | os.PathLike) -> None:
+    """Delete a file (``os.unlink``, looked up per call)."""
+    os.unlink(path)
+
+
+def posix_lock_exclusive(fd: int) -> None:
+    """Take the output's one-writer lock; BlockingIOError when another process holds it."""
+    import fcntl
+
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+
+def never_transient(exc: OSError) -> bool:
+    """Whether an error may go away by itself in a moment (Windows: antivirus, indexers). Never on POSIX."""
+    return False
+
+
+def every_name_readable(name: str) -> str | None:
+    """Why an input by this name cannot be read safely here: None, every name can (only '/' and NUL are illegal)."""
+    return None

@@ -24,6 +24,10 @@ import os
 import time
 import unicodedata
 
+from ._shared import every_name_readable as input_name_problem  # noqa: F401 - the contract
+from ._shared import never_transient as is_transient  # noqa: F401
+from ._shared import posix_lock_exclusive as lock_exclusive  # noqa: F401
+from ._shared import posix_remove as remove  # noqa: F401
 from ._shared import Moved, folded_key, rename_by_link
 
 NAME = "darwin"
@@ -121,24 +125,6 @@ def rename_no_replace(source: str | os.PathLike, target: str | os.PathLike) -> N
     if err not in (errno.ENOTSUP, errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
         raise OSError(err, os.strerror(err), os.fspath(source))
     rename_by_link(source, target, OS.link, OS.lexists, OS.rename, OS.unlink)
-
-
-def remove(path: str | os.PathLike) -> None:
-    os.unlink(path)
-
-
-def lock_exclusive(fd: int) -> None:
-    import fcntl
-
-    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-
-
-def is_transient(exc: OSError) -> bool:
-    return False
-
-
-def input_name_problem(name: str) -> str | None:
-    return None
 
 
 def portable_name(name: str) -> str:

@@ -14,6 +14,10 @@ import os
 import stat
 import time
 
+from ._shared import every_name_readable as input_name_problem  # noqa: F401 - the contract
+from ._shared import never_transient as is_transient  # noqa: F401
+from ._shared import posix_lock_exclusive as lock_exclusive  # noqa: F401
+from ._shared import posix_remove as remove  # noqa: F401
 from ._shared import rename_by_link
 
 NAME = "linux"
@@ -56,26 +60,6 @@ def link(source: str | os.PathLike, target: str | os.PathLike) -> None:
 def link_open_file(fd: int, target: str | os.PathLike) -> None:
     """Name the inode behind ``fd`` (not whatever its path holds now) ``target``; FileExistsError if taken."""
     os.link(f"/proc/self/fd/{fd}", target, follow_symlinks=True)
-
-
-def remove(path: str | os.PathLike) -> None:
-    """Delete a file (``os.unlink``, looked up per call)."""
-    os.unlink(path)
-
-
-def lock_exclusive(fd: int) -> None:
-    """Take the output's one-writer lock; BlockingIOError when another process holds it."""
-    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-
-
-def is_transient(exc: OSError) -> bool:
-    """Whether an error may go away by itself in a moment (Windows: antivirus, indexers). Never here."""
-    return False
-
-
-def input_name_problem(name: str) -> str | None:
-    """Why an input by this name cannot be read safely here (None: every name can)."""
-    return None
 
 
 def portable_name(name: str) -> str:

@@ -104,30 +104,44 @@ def child(folder: str, out: str, sort_args: list[str]) -> dict[str, Any]:
 
     t_imported = time.perf_counter()
     stages = Stages()
-    # main thread, start-up and end
-    stages.wrap(cli, "open_backend", "session: backend load (open_backend)")
-    stages.wrap(cli, "load_bundle", "session: bundle load") if hasattr(cli, "load_bundle") else None
-    stages.wrap(sorter.Sorter, "open", "sorter open (lock, journal, fsync dirs, recovery)")
-    stages.wrap(cli, "write_report_checked", "report page")
-    stages.wrap(cli, "_drift", "drift check")
-    stages.wrap(cli, "_record_drift", "drift check")
-    stages.wrap(sorter, "write_results_csv", "results.csv")
-    stages.wrap(cli, "scan", "scan")
-    # decode threads
-    stages.wrap(sorter, "decode_one", "read + sha256")
-    stages.wrap(preprocess, "open_image", "decode (open_image)")
-    stages.wrap(reading, "preprocess", "preprocess (resize, checks, normalise)")
-    stages.wrap(reading, "encode_thumbnail", "thumbnail encode")
-    # main thread, per batch
+    from dermsort.runtime import recovery
+    # (module or class, attribute, stage): a function is wrapped where it is looked up, so a name imported
+    # into several modules is wrapped in each; a target that no longer exists stops the profile (a renamed
+    # stage must not silently drop out of it)
+    targets = [
+        # main thread, start-up and end
+        (cli, "open_backend", "session: backend load (open_backend)"),
+        (cli, "load_bundle", "session: bundle load"),
+        (sorter.Sorter, "open", "sorter open (lock, journal, fsync dirs, recovery)"),
+        (cli, "write_report_checked", "report page"),
+        (cli, "_drift", "drift check"),
+        (cli, "_record_drift", "drift check"),
+        (sorter, "write_results_csv", "results.csv"),
+        (cli, "scan", "scan"),
+        # decode threads
+        (sorter, "decode_one", "read + sha256"),
+        (preprocess, "open_image", "decode (open_image)"),
+        (reading, "preprocess", "preprocess (resize, checks, normalise)"),
+        (reading, "encode_thumbnail", "thumbnail encode"),
+        # main thread, per batch
+        (sorter.Sorter, "_process", "main: decision, records, bookkeeping"),
+        (base.Backend, "infer", "inference (Backend.infer)"),
+        (placement.Placer, "place_batch", "placement: copies, links, names"),
+        (journal.Journal, "record", "journal appends (write + fsync)"),
+        (placement, "fsync_dir", "placement: directory fsyncs"),
+        (journal, "fsync_dir", "placement: directory fsyncs"),
+        (sorter, "fsync_dir", "placement: directory fsyncs"),
+        (recovery, "fsync_dir", "placement: directory fsyncs"),
+        (placement, "copy_durable", "placement: copy + file fsync"),
+        (placement, "write_durable", "placement: copy + file fsync"),
+        (sorter, "write_thumbnail", "thumbnail write"),
+    ]
+    missing = [f"{getattr(o, '__name__', o)}.{a}" for o, a, _ in targets if not hasattr(o, a)]
+    if missing:
+        raise SystemExit(f"stage_profile: these stage functions no longer exist, update the profile: {', '.join(missing)}")
+    for owner, attr, stage in targets:
+        stages.wrap(owner, attr, stage)
     _wrap_generator(stages, sorter.Sorter, "_decode_stream", "main waits for decoded images")
-    stages.wrap(sorter.Sorter, "_process", "main: decision, records, bookkeeping")
-    stages.wrap(base.Backend, "infer", "inference (Backend.infer)")
-    stages.wrap(placement.Placer, "place_batch", "placement: copies, links, names")
-    stages.wrap(journal.Journal, "append", "journal appends (write + fsync)")
-    stages.wrap(placement, "fsync_dir", "placement: directory fsyncs")
-    stages.wrap(placement, "copy_durable", "placement: copy + file fsync")
-    stages.wrap(placement, "write_durable", "placement: copy + file fsync")
-    stages.wrap(sorter, "write_thumbnail", "thumbnail write")
     buf = io.StringIO()
     t0 = time.perf_counter()
     ru0 = resource.getrusage(resource.RUSAGE_SELF)

@@ -9,6 +9,7 @@ orchestrates them. Guarantees: docs/RELIABILITY.md.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
@@ -16,7 +17,7 @@ import threading
 import time
 import uuid
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
@@ -69,6 +70,34 @@ class SortOptions:
     #: the profile in every record (results.csv column site_profile)
     site_threshold: float | None = None
     site_profile: str = ""
+
+
+class _Scored:
+    """A batch whose model call has started: ``good`` are the items it scores, ``future`` its result."""
+
+    def __init__(self, batch: list[Decoded], good: list[Decoded], future: Future | None):
+        self.batch, self.good, self.future = batch, good, future
+        self._items = list(batch)  # every item read, for close(), whatever ``batch`` becomes
+        self.closed = False
+
+    def result(self) -> tuple[np.ndarray, np.ndarray | None]:
+        assert self.future is not None
+        return self.future.result()
+
+    def close(self) -> None:
+        """Release the files read for this batch (descriptors, read leases): once."""
+        if not self.closed:
+            self.closed = True
+            for d in self._items:
+                d.close()
+
+    def abandon(self) -> None:
+        """An error elsewhere: wait for the model call (the backend is not called twice at once; its error,
+        if any, is not the one being raised), then release the files; nothing of it was recorded."""
+        if self.future is not None:
+            with contextlib.suppress(BaseException):
+                self.future.result()
+        self.close()
 
 
 class Sorter:
@@ -231,17 +260,30 @@ class Sorter:
                 # inputs renamed or moved since they were sorted are matched by sha256, not sorted twice
                 for sha, rid in self.state.sorted_elsewhere().items():
                     self._unclaimed.setdefault(sha, rid)
-            batch: list[Decoded] = []
-            for item in self._decode_stream(todo):
-                batch.append(item)
-                if len(batch) >= self.options.batch_size:
-                    self._process(batch, summary, progress)
-                    batch = []
-                if self.stop.is_set():
-                    summary.interrupted = True
-                    break
-            if batch:
-                self._process(batch, summary, progress)
+            with self._inference_worker() as infer:
+                # one batch in flight: batch k's model call runs on the worker while this thread places
+                # batch k-1 (journal, copies, fsyncs); every journal event is still written by this thread,
+                # in the same order as without the overlap
+                scored: _Scored | None = None
+                batch: list[Decoded] = []
+                try:
+                    for item in self._decode_stream(todo):
+                        batch.append(item)
+                        if len(batch) >= self.options.batch_size:
+                            started, batch = self._start(batch, infer), []
+                            scored = self._advance(scored, started, summary, progress)
+                        if self.stop.is_set():
+                            summary.interrupted = True
+                            break
+                    if batch and not summary.interrupted:
+                        started, batch = self._start(batch, infer), []
+                        scored = self._advance(scored, started, summary, progress)
+                    scored = self._advance(scored, None, summary, progress)
+                finally:
+                    if scored is not None:  # an error: wait for the model call in flight, release its files
+                        scored.abandon()
+                    for d in batch:
+                        d.close()
             failed = False
         finally:
             summary.seconds = time.perf_counter() - start
@@ -334,14 +376,61 @@ class Sorter:
                         except Exception:  # noqa: BLE001 - only releasing descriptors here
                             pass
 
+    def _inference_worker(self) -> ThreadPoolExecutor | contextlib.nullcontext:
+        """The thread that runs the model while this one places the previous batch (None: run it inline)."""
+        if self.options.dry_run or not self.backend.infer_off_thread:
+            return contextlib.nullcontext(None)
+        return ThreadPoolExecutor(max_workers=1, thread_name_prefix="infer")
+
+    def _start(self, batch: list[Decoded], infer: ThreadPoolExecutor | None) -> "_Scored":
+        """Start the model call for ``batch`` (on ``infer``, or now when it is None)."""
+        good = [d for d in batch if d.tensor is not None and not d.skip]
+        if not good:
+            return _Scored(batch, good, None)
+        stacked = np.stack([d.tensor for d in good])
+        for d in good:
+            d.tensor = None  # the pixels are not needed any more: the stack holds them
+        if infer is None:
+            done: Future = Future()
+            try:
+                done.set_result(self.backend.infer(stacked))
+            except BaseException as exc:  # noqa: BLE001 - re-raised by result(), where it was raised before
+                done.set_exception(exc)
+            return _Scored(batch, good, done)
+        return _Scored(batch, good, infer.submit(self.backend.infer, stacked))
+
+    def _advance(self, scored: "_Scored | None", nxt: "_Scored | None", summary: SortSummary,
+                 progress: Callable[[int], None] | None) -> "_Scored | None":
+        """Place ``scored`` (its model call started earlier) while ``nxt``'s runs; returns ``nxt``."""
+        if scored is not None:
+            try:
+                self._process(scored, summary, progress)
+            except BaseException:
+                if nxt is not None:
+                    nxt.abandon()
+                raise
+        return nxt
+
     def _score(self, batch: list[Decoded]) -> list[Intent]:
         """Run the model on the decoded images of ``batch``; one intent record per item."""
-        good = [d for d in batch if d.tensor is not None and not d.skip]
+        return self._records(self._start(batch, None))
+
+    def _records(self, scored: "_Scored") -> list[Intent]:
+        """One intent record per item of a batch whose model call was started by ``_start``."""
+        batch, good = scored.batch, scored.good
         p_malignant: dict[int, float] = {}
         gate_score: dict[int, float] = {}
         top_dx: dict[int, tuple[str, float] | tuple[None, None]] = {}
         if good:
-            probs, gate = self.backend.infer(np.stack([d.tensor for d in good]))
+            try:
+                probs, gate = scored.result()
+            except DermsortError:
+                raise
+            except Exception as exc:  # the library failed (out of memory, a driver...): one line, not a traceback
+                text = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+                raise DermsortError(f"the model call failed on {self.backend.spec.name} ({type(exc).__name__}: {text}); "
+                                    "nothing was lost: images sorted so far are recorded and the rest are still in "
+                                    "the input folder; re-run") from None
             pm = probs[:, self._malignant_idx].sum(axis=1)
             # display only: the decision below rests on the gate and p_malignant alone
             tops = top_diagnoses(probs, self.metadata.classes)
@@ -377,18 +466,18 @@ class Sorter:
             for d in batch:
                 d.close()
 
-    def _process(self, batch: list[Decoded], summary: SortSummary, progress: Callable[[int], None] | None) -> None:
+    def _process(self, scored: "_Scored", summary: SortSummary, progress: Callable[[int], None] | None) -> None:
         try:
-            batch = self._claim_recovered(batch, summary)
-            records = list(zip(batch, self._score(batch)))
+            # inputs that are files recovered from OUT are claimed, not placed (their model call is wasted)
+            batch = scored.batch = self._claim_recovered(scored.batch, summary)
+            records = list(zip(batch, self._records(scored)))
             self._place(records, summary)
             for d in batch:  # the review page's thumbnails: written by this thread, after the batch is placed
                 if d.thumb:
                     write_thumbnail(self.state_dir / "thumbs", d.sha256, d.thumb)
                     d.thumb = None
         finally:
-            for d in batch:
-                d.close()
+            scored.close()
         if progress:
             progress(len(batch))
 

@@ -146,13 +146,14 @@ def arms(folder: Path, scratch: Path, model: Path | None, warm_cache: Path, one_
 
 
 def run_set(name: str, folder: Path, scratch: Path, model: Path | None, warm_cache: Path, reps: int,
-            echo, variants: list[str] = ()) -> dict[str, Any]:
+            echo, variants: list[str] = (), skip: set[str] = frozenset()) -> dict[str, Any]:
     from dermsort.bench.machine import load_average
     from dermsort.bench.measure import median, warm_page_cache
 
     paths = sorted(p for p in folder.iterdir() if p.is_file())
     warm_page_cache(paths)
     table = arms(folder, scratch, model, warm_cache, one_image=len(paths) == 1, variants=variants)
+    table = {arm: make for arm, make in table.items() if arm not in skip}
     names = list(table)
     runs: dict[str, list[dict[str, Any]]] = {n: [] for n in names}
     load_before = load_average()
@@ -183,15 +184,17 @@ def run_set(name: str, folder: Path, scratch: Path, model: Path | None, warm_cac
     sort = runs["dermsort sort"]
 
     def paired(other: str, inverse: bool = False) -> float:
+        if other not in runs:  # an arm left out with --skip-arms
+            return float("nan")
         ratios = [(o["wall_s"] / s["wall_s"]) for s, o in zip(sort, runs[other])]
         return median([1 / x for x in ratios]) if inverse else median(ratios)
 
     ratios = {"dermosort_over_sort": paired("DermoSort-style"), "naive_over_sort": paired("naive, same model"),
               "sort_over_floor": paired("decode-only floor", inverse=True)}
     ort = f"dermsort sort {ORT_FP32}"
-    if ort in runs:
+    if ort in runs and "naive, same model" in runs:
         ratios["naive_over_ort_fp32"] = median([o["wall_s"] / s["wall_s"] for s, o in zip(runs[ort], runs["naive, same model"])])
-    if "bare imports" in runs:
+    if "bare imports" in runs and "dermsort sort" in runs:
         ratios["sort_over_bare_imports"] = median([s["wall_s"] / o["wall_s"] for s, o in zip(sort, runs["bare imports"])])
     return {"set": name, "n_images": len(paths), "mean_file_mb": sum(p.stat().st_size for p in paths) / len(paths) / 2**20,
             "rows": rows, "paired_ratios": ratios, "load_before": load_before, "load_after": load_average(),
@@ -305,6 +308,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="extra `dermsort sort` arm with these options, e.g. \"--batch-size 4\" (repeatable)")
     parser.add_argument("--reps", type=int, default=3, help="rounds (fresh processes per arm and set)")
     parser.add_argument("--sets", default="", help="comma-separated subset of set names (default: all)")
+    parser.add_argument("--skip-arms", default="",
+                        help="comma-separated arms to leave out while iterating, e.g. \"DermoSort-style\" (a committed "
+                             "report keeps every arm)")
     parser.add_argument("--out", type=Path, default=None, help="write whole-process.json/.md here")
     parser.add_argument("--floor", type=Path, default=None, help=argparse.SUPPRESS)  # internal: the floor arm
     args = parser.parse_args(argv)
@@ -337,7 +343,8 @@ def main(argv: list[str] | None = None) -> int:
                                   "variants": args.variant, "sets": []}
         for name, folder in sets.items():
             echo(f"measuring {name} ...")
-            report["sets"].append(run_set(name, folder, tmp, args.model, warm, args.reps, echo, args.variant))
+            report["sets"].append(run_set(name, folder, tmp, args.model, warm, args.reps, echo, args.variant,
+                                          skip={a.strip() for a in args.skip_arms.split(",") if a.strip()}))
         report["verdicts"] = verdicts(report)
         report["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     finally:

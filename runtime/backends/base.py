@@ -88,6 +88,9 @@ class Backend(ABC):
     """
 
     spec: ClassVar[BackendSpec]
+    #: may the sorter call ``infer`` from its inference thread (while it places the previous batch)? CPU
+    #: libraries take calls from any thread (one at a time); a backend bound to the thread that loaded it says no
+    infer_off_thread: ClassVar[bool] = True
 
     def __init__(self, bundle: Bundle, artifact: Artifact, device: str | None = None, threads: int | None = None):
         self.bundle = bundle

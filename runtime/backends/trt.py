@@ -59,6 +59,9 @@ class TensorRTBackend(Backend):
     spec = BackendSpec("tensorrt", ("tensorrt-engine",), "tensorrt", "NVIDIA TensorRT engine (GPU)",
                        library="tensorrt",
                        install='pip install "dermsort[tensorrt]" (needs an NVIDIA GPU)')
+    #: the sorter calls it on the thread that loaded it: its overlap of inference and placement was never
+    #: measured on a GPU (no GPU was lent to that work), so it is not assumed
+    infer_off_thread = False
 
     @classmethod
     def available(cls) -> tuple[bool, str]:

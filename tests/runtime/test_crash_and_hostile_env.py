@@ -251,6 +251,39 @@ def test_disk_full_injected_enospc_then_rerun_completes(tiny_bundle, tmp_path, c
     check_final(originals, inp, out, move=False)
 
 
+@pytest.mark.parametrize("fail_at", [1, 3])
+def test_model_call_failing_while_the_batch_before_is_placed(tiny_bundle, tmp_path, capsys, monkeypatch, fail_at):
+    """The sorter places batch k-1 while batch k's model call runs on its inference thread. A model call
+    that fails there: one error line; every batch scored before it is placed completely, nothing of the
+    failing batch or the one after it is recorded or moved; a re-run sorts the rest."""
+    from dermsort.runtime.backends.base import Backend
+
+    inp = tmp_path / "in"
+    originals = _small_corpus(inp, 16)
+    out = tmp_path / "out"
+    real = Backend.infer
+    calls = Counter()
+
+    def failing(self, batch):
+        calls["n"] += 1
+        if calls["n"] == fail_at:
+            raise RuntimeError("device lost\nsecond line")
+        return real(self, batch)
+
+    monkeypatch.setattr(Backend, "infer", failing)
+    rc, err = _main(_args(inp, out, tiny_bundle, "--move"), capsys)
+    assert rc != 0
+    _one_error_line(err, "the model call failed on onnxruntime (RuntimeError: device lost)")
+    check_no_loss(originals, inp, out)
+    placed = [p for sub in ("benign", "review") for p in (out / sub).iterdir()]
+    assert len(placed) == 4 * (fail_at - 1), "every batch scored before the failure is placed, none after it"
+    assert len(list(inp.iterdir())) == len(originals) - len(placed), "--move removed exactly the placed sources"
+    monkeypatch.setattr(Backend, "infer", real)
+    rc, err = _main(_args(inp, out, tiny_bundle, "--move"), capsys)
+    assert rc == 0, err
+    check_final(originals, inp, out, move=True)
+
+
 #: what every intent carries besides its file (an intent without them is damage: records.is_record)
 _PLACED = {"dest": "review/x.jpg", "sha256": "0" * 64, "decision": "review"}
 

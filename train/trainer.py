@@ -152,6 +152,15 @@ class _Progress:
     best_state: dict[str, torch.Tensor] | None = None
     stale: int = 0
 
+    def note_val_score(self, score: float | None, epoch: int) -> bool:
+        """Record an epoch's val score: True when it is the best so far (the patience count restarts), else
+        one more epoch without improvement, whether or not a weight average is kept."""
+        if score is not None and score > self.best_auc + 1e-6:
+            self.best_auc, self.best_epoch, self.stale = score, epoch, 0
+            return True
+        self.stale += 1
+        return False
+
 
 @dataclass
 class _Optimisation:
@@ -401,14 +410,11 @@ def train(config: TrainConfig, echo: Echo = click.echo) -> TrainResult:
             live = opt.ema.swap_in() if opt.ema is not None else None  # val (and the kept state) use the average
             _, figures = _val_scores(model, val_ds, val_rows, malignant_idx, device, config, amp)
             record.update(figures)
-            improved = figures["val_score"] is not None and figures["val_score"] > progress.best_auc + 1e-6
+            improved = progress.note_val_score(figures["val_score"], epoch)
             if improved:
-                progress.best_auc, progress.best_epoch, progress.stale = figures["val_score"], epoch, 0
                 progress.best_state = copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
             if live is not None:
                 model.load_state_dict(live)
-            else:
-                progress.stale += 1
         record["seconds"] = round(time.time() - t_epoch, 1)
         progress.history.append(record)
         if dist.is_main:

@@ -429,3 +429,27 @@ def test_evaluate_checkpoint_and_onnx_bundle_through_runtime(tiny_run, tiny_bund
     assert figures["n_images"] == sum(r["split"] == "test" for r in _labels("ham10000-sample"))
     cm = figures["confusion"]
     assert cm["tp"] + cm["fn"] == figures["n_malignant"] and sum(cm.values()) == figures["n_images"]
+
+
+@pytest.mark.parametrize("ema_decay", [0.0, 0.9], ids=["no-average", "ema"])
+def test_early_stopping_counts_epochs_without_a_better_val_score(tmp_path, monkeypatch, ema_decay):
+    """Patience = epochs in a row without a better val score, with or without a weight average: the best
+    epoch restarts the count, and training stops after `patience` epochs that are not better. (A weight
+    average once disabled the count entirely, and without one the best epoch counted as stale.)"""
+    from dermsort.train import trainer
+
+    real = trainer._val_scores
+    scores = iter([0.70, 0.60, 0.65, 0.69, 0.60, 0.60, 0.60, 0.60])
+
+    def scripted(*args, **kwargs):  # the real validation pass; its score replaced by a scripted sequence
+        out, figures = real(*args, **kwargs)
+        return out, {**figures, "val_score": next(scores)}
+
+    monkeypatch.setattr(trainer, "_val_scores", scripted)
+    lines: list[str] = []
+    config = dict(data=[str(DATA / "ham10000-sample"), str(DATA / "ph2")], architecture="tiny_cnn", epochs=8,
+                  max_images=40, batch_size=8, n_boot=50, patience=3, ema_decay=ema_decay, freeze_backbone_epochs=0)
+    trainer.train(trainer.TrainConfig(out=str(tmp_path / "run"), **config), echo=lines.append)
+    history = json.loads((tmp_path / "run" / "history.json").read_text())
+    assert [h["epoch"] for h in history] == [1, 2, 3, 4], lines  # best at 1, then 3 epochs not better
+    assert any("early stop: no better val score for 3 epochs" in line for line in lines)

@@ -1,6 +1,7 @@
 """The sorter: scan -> read + decode (thread pool) -> batched inference -> decision -> place -> journal.
 
-Each idea has its own module: finding inputs (``scan``), reading one safely (``reading``), giving it
+Each idea has its own module: finding inputs (``scan``), reading one safely (``reading``), reading ahead
+and keeping one model call in flight (``batches``), giving it
 its name and removing a source (``placement``, where the never-overwrite / identity-checked /
 durable-before-irreversible promises live), finishing what a killed run or a damaged journal left
 (``recovery``), and the low-level durable file operations (``fileops``). This module only
@@ -9,24 +10,20 @@ orchestrates them. Guarantees: docs/RELIABILITY.md.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import logging
 import os
 import threading
 import time
 import uuid
-from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
-import numpy as np
-
 from .backends.base import Backend
+from . import batches
+from .batches import Scored, decode_ahead, inference_thread
 from .decision import BENIGN, REVIEW, RunFacts, decide, intent_record
-from .diagnosis import top_diagnoses
 from .errors import DermsortError, OutputError
 from .fileops import Identity, fsync_dir, lock_exclusive, sha256_file
 from .journal import Journal, JournalState
@@ -45,9 +42,6 @@ __all__ = ["BENIGN", "REVIEW", "STATE_DIR", "Candidate", "Decoded", "ScanNotes",
 log = logging.getLogger(__name__)
 
 STATE_DIR = ".dermsort"
-#: bytes of file data and decoded pixels the read-ahead may hold at once (a 24 MP PNG has no draft
-#: mode and decodes to ~72 MB: the cap keeps peak memory flat whatever the input)
-LOOKAHEAD_BYTES = 48 << 20
 
 
 @dataclass
@@ -70,34 +64,6 @@ class SortOptions:
     #: the profile in every record (results.csv column site_profile)
     site_threshold: float | None = None
     site_profile: str = ""
-
-
-class _Scored:
-    """A batch whose model call has started: ``good`` are the items it scores, ``future`` its result."""
-
-    def __init__(self, batch: list[Decoded], good: list[Decoded], future: Future | None):
-        self.batch, self.good, self.future = batch, good, future
-        self._items = list(batch)  # every item read, for close(), whatever ``batch`` becomes
-        self.closed = False
-
-    def result(self) -> tuple[np.ndarray, np.ndarray | None]:
-        assert self.future is not None
-        return self.future.result()
-
-    def close(self) -> None:
-        """Release the files read for this batch (descriptors, read leases): once."""
-        if not self.closed:
-            self.closed = True
-            for d in self._items:
-                d.close()
-
-    def abandon(self) -> None:
-        """An error elsewhere: wait for the model call (the backend is not called twice at once; its error,
-        if any, is not the one being raised), then release the files; nothing of it was recorded."""
-        if self.future is not None:
-            with contextlib.suppress(BaseException):
-                self.future.result()
-        self.close()
 
 
 class Sorter:
@@ -125,7 +91,6 @@ class Sorter:
         self.journal = Journal(self.state_dir / "journal.jsonl")
         self._lock_fd: int | None = None
         self.run_id = uuid.uuid4().hex[:12]
-        self._malignant_idx = self.metadata.malignant_indices()
         #: journal size when results.csv was last brought up to date (watch mode runs every few seconds)
         self._csv_at: int | None = None
         self.placer = Placer(self.out, self.tmp_dir, self.journal, options.move, keep_tree=options.keep_tree)
@@ -260,23 +225,23 @@ class Sorter:
                 # inputs renamed or moved since they were sorted are matched by sha256, not sorted twice
                 for sha, rid in self.state.sorted_elsewhere().items():
                     self._unclaimed.setdefault(sha, rid)
-            with self._inference_worker() as infer:
+            with inference_thread(self.backend, inline=self.options.dry_run) as infer:
                 # one batch in flight: batch k's model call runs on the worker while this thread places
                 # batch k-1 (journal, copies, fsyncs); every journal event is still written by this thread,
                 # in the same order as without the overlap
-                scored: _Scored | None = None
+                scored: Scored | None = None
                 batch: list[Decoded] = []
                 try:
                     for item in self._decode_stream(todo):
                         batch.append(item)
                         if len(batch) >= self.options.batch_size:
-                            started, batch = self._start(batch, infer), []
+                            started, batch = batches.start(self.backend, batch, infer), []
                             scored = self._advance(scored, started, summary, progress)
                         if self.stop.is_set():
                             summary.interrupted = True
                             break
                     if batch and not summary.interrupted:
-                        started, batch = self._start(batch, infer), []
+                        started, batch = batches.start(self.backend, batch, infer), []
                         scored = self._advance(scored, started, summary, progress)
                     scored = self._advance(scored, None, summary, progress)
                 finally:
@@ -344,63 +309,12 @@ class Sorter:
             d.close()
 
     def _decode_stream(self, todo: list[Candidate]) -> Iterator[Decoded]:
-        """Read + hash + decode in a thread pool with bounded look-ahead: at most 2 batches of files, and at
-        most LOOKAHEAD_BYTES of file data in flight (so a run of 24 MP PNGs cannot pile up in memory)."""
-        workers = self.options.workers or max(1, min(8, (os.cpu_count() or 1)))
-        ahead = max(2 * self.options.batch_size, 2 * workers)
-        spec = self.metadata.preprocess
         thumbs = None if self.options.dry_run else self.state_dir / "thumbs"  # the review page's thumbnails
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode") as pool:
-            pending: deque = deque()
-            in_flight = 0
-            it = iter(todo)
-            nxt = next(it, None)
-            try:
-                while pending or nxt is not None:
-                    # keep at least one file in flight; beyond that respect both caps
-                    while nxt is not None and (not pending or (len(pending) < ahead
-                                                               and in_flight + nxt.size <= LOOKAHEAD_BYTES)):
-                        pending.append((pool.submit(decode_one, nxt, spec, False, thumbs), nxt.size))
-                        in_flight += nxt.size
-                        nxt = next(it, None)
-                    fut, size = pending.popleft()
-                    in_flight -= size
-                    yield fut.result()
-                    if self.stop.is_set():
-                        return
-            finally:
-                for fut, _ in pending:  # an error or a stop: do not decode what will not be placed
-                    if not fut.cancel():
-                        try:
-                            fut.result().close()
-                        except Exception:  # noqa: BLE001 - only releasing descriptors here
-                            pass
+        return decode_ahead(todo, self.metadata.preprocess, self.options.workers, self.options.batch_size, thumbs,
+                            self.stop)
 
-    def _inference_worker(self) -> ThreadPoolExecutor | contextlib.nullcontext:
-        """The thread that runs the model while this one places the previous batch (None: run it inline)."""
-        if self.options.dry_run or not self.backend.infer_off_thread:
-            return contextlib.nullcontext(None)
-        return ThreadPoolExecutor(max_workers=1, thread_name_prefix="infer")
-
-    def _start(self, batch: list[Decoded], infer: ThreadPoolExecutor | None) -> "_Scored":
-        """Start the model call for ``batch`` (on ``infer``, or now when it is None)."""
-        good = [d for d in batch if d.tensor is not None and not d.skip]
-        if not good:
-            return _Scored(batch, good, None)
-        stacked = np.stack([d.tensor for d in good])
-        for d in good:
-            d.tensor = None  # the pixels are not needed any more: the stack holds them
-        if infer is None:
-            done: Future = Future()
-            try:
-                done.set_result(self.backend.infer(stacked))
-            except BaseException as exc:  # noqa: BLE001 - re-raised by result(), where it was raised before
-                done.set_exception(exc)
-            return _Scored(batch, good, done)
-        return _Scored(batch, good, infer.submit(self.backend.infer, stacked))
-
-    def _advance(self, scored: "_Scored | None", nxt: "_Scored | None", summary: SortSummary,
-                 progress: Callable[[int], None] | None) -> "_Scored | None":
+    def _advance(self, scored: Scored | None, nxt: Scored | None, summary: SortSummary,
+                 progress: Callable[[int], None] | None) -> Scored | None:
         """Place ``scored`` (its model call started earlier) while ``nxt``'s runs; returns ``nxt``."""
         if scored is not None:
             try:
@@ -413,39 +327,12 @@ class Sorter:
 
     def _score(self, batch: list[Decoded]) -> list[Intent]:
         """Run the model on the decoded images of ``batch``; one intent record per item."""
-        return self._records(self._start(batch, None))
+        return self._records(batches.start(self.backend, batch, None))
 
-    def _records(self, scored: "_Scored") -> list[Intent]:
-        """One intent record per item of a batch whose model call was started by ``_start``."""
-        batch, good = scored.batch, scored.good
-        p_malignant: dict[int, float] = {}
-        gate_score: dict[int, float] = {}
-        top_dx: dict[int, tuple[str, float] | tuple[None, None]] = {}
-        if good:
-            try:
-                probs, gate = scored.result()
-            except DermsortError:
-                raise
-            except Exception as exc:  # the library failed (out of memory, a driver...): one line, not a traceback
-                text = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-                raise DermsortError(f"the model call failed on {self.backend.spec.name} ({type(exc).__name__}: {text}); "
-                                    "nothing was lost: images sorted so far are recorded and the rest are still in "
-                                    "the input folder; re-run") from None
-            pm = probs[:, self._malignant_idx].sum(axis=1)
-            # display only: the decision below rests on the gate and p_malignant alone
-            tops = top_diagnoses(probs, self.metadata.classes)
-            for i, (d, p, top) in enumerate(zip(good, pm, tops)):
-                p_malignant[id(d)] = float(p)
-                top_dx[id(d)] = top
-                if gate is not None:
-                    gate_score[id(d)] = float(gate[i])
-        records = []
-        for d in batch:
-            d.tensor = None  # the pixels are not needed any more
-            p, g = p_malignant.get(id(d)), gate_score.get(id(d))
-            decision, reason = self.decide(d, p, g)
-            records.append(self._record(d, decision, reason, p, top_dx.get(id(d), (None, None)), g))
-        return records
+    def _records(self, scored: Scored) -> list[Intent]:
+        """One intent record per item of a batch whose model call was started by ``batches.start``."""
+        return [self._record(d, *self.decide(d, sc.p_malignant, sc.gate), sc.p_malignant, sc.top, sc.gate)
+                for d, sc in zip(scored.batch, scored.scores())]
 
     def classify(self, files: list[Candidate]) -> Iterator[tuple[Decoded, Intent]]:
         """Decide each file exactly as a sort would (same reading, checks, model call and rule), placing
@@ -466,7 +353,7 @@ class Sorter:
             for d in batch:
                 d.close()
 
-    def _process(self, scored: "_Scored", summary: SortSummary, progress: Callable[[int], None] | None) -> None:
+    def _process(self, scored: Scored, summary: SortSummary, progress: Callable[[int], None] | None) -> None:
         try:
             # inputs that are files recovered from OUT are claimed, not placed (their model call is wasted)
             batch = scored.batch = self._claim_recovered(scored.batch, summary)

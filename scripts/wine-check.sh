@@ -104,9 +104,11 @@ sha = lambda p: hashlib.sha256(p.read_bytes()).hexdigest()
 text = (names / "summary.txt").read_text(errors="replace")
 summary = json.loads(text[text.index("{"):])
 ignored = sorted(Path(r["file"].replace("\\", "/")).name for r in summary["ignored"])
-placed = sorted(p.name for p in (names / "out").rglob("*.jpg"))
+# the sorted images only: OUT/.dermsort/thumbs holds the review page's thumbnails (named by sha256)
+placed_paths = [p for sub in ("benign", "review") for p in (names / "out" / sub).rglob("*") if p.is_file()]
+placed = sorted(p.name for p in placed_paths)
 left = sorted(p.name for p in (names / "in").iterdir())
-everything = sorted([sha(p) for p in (names / "out").rglob("*.jpg")] + [sha(p) for p in (names / "in").iterdir()])
+everything = sorted([sha(p) for p in placed_paths] + [sha(p) for p in (names / "in").iterdir()])
 ok = (everything == sorted(sha(p) for p in sources) and len(placed) == 2 and len(ignored) == 3
       and sorted(left) == sorted(ignored))
 print(f"{'PASS' if ok else 'FAIL'} names Windows cannot open are listed and left, NFC/NFD both placed: "

@@ -104,7 +104,7 @@ def child(folder: str, out: str, sort_args: list[str]) -> dict[str, Any]:
 
     t_imported = time.perf_counter()
     stages = Stages()
-    from dermsort.runtime import recovery
+    from dermsort.runtime import batches, recovery
     # (module or class, attribute, stage): a function is wrapped where it is looked up, so a name imported
     # into several modules is wrapped in each; a target that no longer exists stops the profile (a renamed
     # stage must not silently drop out of it)
@@ -119,14 +119,14 @@ def child(folder: str, out: str, sort_args: list[str]) -> dict[str, Any]:
         (sorter, "write_results_csv", "results.csv"),
         (cli, "scan", "scan"),
         # decode threads
-        (sorter, "decode_one", "read + sha256"),
+        (batches, "decode_one", "read + sha256"),
         (preprocess, "open_image", "decode (open_image)"),
         (reading, "preprocess", "preprocess (resize, checks, normalise)"),
         (reading, "encode_thumbnail", "thumbnail encode"),
         # main thread, per batch
         (sorter.Sorter, "_process", "main: decision, records, bookkeeping"),
         (base.Backend, "infer", "inference (Backend.infer)"),
-        (sorter._Scored, "result", "main waits for the model call"),
+        (batches.Scored, "result", "main waits for the model call"),
         (placement.Placer, "place_batch", "placement: copies, links, names"),
         (journal.Journal, "record", "journal appends (write + fsync)"),
         (placement, "fsync_dir", "placement: directory fsyncs"),

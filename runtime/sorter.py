@@ -225,30 +225,7 @@ class Sorter:
                 # inputs renamed or moved since they were sorted are matched by sha256, not sorted twice
                 for sha, rid in self.state.sorted_elsewhere().items():
                     self._unclaimed.setdefault(sha, rid)
-            with inference_thread(self.backend, inline=self.options.dry_run) as infer:
-                # one batch in flight: batch k's model call runs on the worker while this thread places
-                # batch k-1 (journal, copies, fsyncs); every journal event is still written by this thread,
-                # in the same order as without the overlap
-                scored: Scored | None = None
-                batch: list[Decoded] = []
-                try:
-                    for item in self._decode_stream(todo):
-                        batch.append(item)
-                        if len(batch) >= self.options.batch_size:
-                            started, batch = batches.start(self.backend, batch, infer), []
-                            scored = self._advance(scored, started, summary, progress)
-                        if self.stop.is_set():
-                            summary.interrupted = True
-                            break
-                    if batch and not summary.interrupted:
-                        started, batch = batches.start(self.backend, batch, infer), []
-                        scored = self._advance(scored, started, summary, progress)
-                    scored = self._advance(scored, None, summary, progress)
-                finally:
-                    if scored is not None:  # an error: wait for the model call in flight, release its files
-                        scored.abandon()
-                    for d in batch:
-                        d.close()
+            self._sort_batches(todo, summary, progress)
             failed = False
         finally:
             summary.seconds = time.perf_counter() - start
@@ -271,6 +248,34 @@ class Sorter:
                     # the command reports it (one line: sort's error, watch's warning), not the log too
                     log.info("%s", summary.results_error)
         return summary
+
+    def _sort_batches(self, todo: list[Candidate], summary: SortSummary,
+                      progress: Callable[[int], None] | None) -> None:
+        """Read ahead, score and place ``todo`` batch by batch, one model call in flight."""
+        with inference_thread(self.backend, inline=self.options.dry_run) as infer:
+            # one batch in flight: batch k's model call runs on the worker while this thread places
+            # batch k-1 (journal, copies, fsyncs); every journal event is still written by this thread,
+            # in the same order as without the overlap
+            scored: Scored | None = None
+            batch: list[Decoded] = []
+            try:
+                for item in self._decode_stream(todo):
+                    batch.append(item)
+                    if len(batch) >= self.options.batch_size:
+                        started, batch = batches.start(self.backend, batch, infer), []
+                        scored = self._advance(scored, started, summary, progress)
+                    if self.stop.is_set():
+                        summary.interrupted = True
+                        break
+                if batch and not summary.interrupted:
+                    started, batch = batches.start(self.backend, batch, infer), []
+                    scored = self._advance(scored, started, summary, progress)
+                scored = self._advance(scored, None, summary, progress)
+            finally:
+                if scored is not None:  # an error: wait for the model call in flight, release its files
+                    scored.abandon()
+                for d in batch:
+                    d.close()
 
     def _already_sorted(self, cand: Candidate, summary: SortSummary) -> bool:
         rid = self.state.by_source.get(str(cand.path))

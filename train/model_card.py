@@ -171,12 +171,15 @@ def gate_section(manifest: dict[str, Any], evaluations: dict[str, dict[str, Any]
         lines.append(f"- Candidates compared on the same splits (max-softmax, energy, Mahalanobis, probe): "
                      f"[{candidates}]({candidates}).")
     lines.append("")
-    for split in [k for k in ("test", "val") if k in evaluations]:
+    # every evaluation (test, val, then each other artifact's, e.g. the fastest accepted one): the gate must
+    # hold for every accepted artifact, so each one's rates are shown
+    order = [k for k in ("test", "val") if k in evaluations] + [k for k in evaluations if k not in ("test", "val")]
+    for split in order:
         ev = evaluations[split]
         g, o = ev.get("gate"), ev.get("ood")
         if not g and not o:
             continue
-        lines += [f"### {split} split ({Path(str(ev['runner'].get('artifact'))).name})", ""]
+        lines += [f"### {ev['split']} split ({Path(str(ev['runner'].get('artifact'))).name})", ""]
         if commands.get(split):
             lines += ["```", commands[split], "```", ""]
         if g:

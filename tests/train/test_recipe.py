@@ -229,3 +229,37 @@ def test_documented_recipe_is_the_one_that_trained_the_bundled_model():
         proc = subprocess.run(["shellcheck", str(script)], capture_output=True, text=True)
         assert proc.returncode == 0, proc.stdout
     assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
+
+
+def test_model_card_shows_the_gate_rates_of_every_evaluated_artifact(tmp_path):
+    """Issue 25: the gate must hold for every accepted artifact, so the card shows the not-dermoscopy tables of
+    each evaluation it is given (the reference and the fastest accepted artifact), from evaluate's own figures."""
+    from click.testing import CliRunner
+
+    from dermsort.cli import cli
+    from dermsort.runtime.bundle import DEFAULT_BUNDLE
+    from dermsort.train import model_card
+
+    runner = CliRunner()
+    evs = {"test": ("onnxruntime", "onnx-fp32"), "test-bf16": ("openvino", "openvino-bf16")}
+    for key, (backend, artifact) in evs.items():
+        result = runner.invoke(cli, ["evaluate", str(DEFAULT_BUNDLE), "--data", str(DATA / "ph2"), "--split", "test",
+                                     "--backend", backend, "--artifact", artifact, "--ood", str(DATA / "ood"),
+                                     "--out", str(tmp_path / key), "--n-boot", "100"])
+        assert result.exit_code == 0, result.output
+    card = tmp_path / "docs" / "MODEL_CARD.md"
+    card.parent.mkdir()
+    result = runner.invoke(model_card.main, [str(DEFAULT_BUNDLE), *[a for k in evs for a in ("--eval", f"{k}={tmp_path / k}")],
+                                             "--out", str(card)])
+    assert result.exit_code == 0, result.output
+    text = card.read_text()
+    gate_part = text[text.index("## Not-dermoscopy gate"):]
+    for key, (_, artifact) in evs.items():
+        figures = json.loads((tmp_path / key / "metrics.json").read_text())
+        section = gate_part[gate_part.index(f"### test split ({artifact})"):]
+        ph2 = figures["gate"]["per_dataset"]["ph2"]
+        assert next(l for l in section.splitlines() if l.startswith("| ph2 |")).startswith(
+            f"| ph2 | {ph2['n']} | {ph2['rejected']} (")
+        sd198 = figures["ood"]["per_source"]["sd198"]
+        assert next(l for l in section.splitlines() if l.startswith("| source: sd198 |")).startswith(
+            f"| source: sd198 | {sd198['n']} | {sd198['reached_benign']} (")

@@ -79,9 +79,9 @@ def _save_checkpoint(path: Path, model, architecture: str, metadata: ModelMetada
     return path
 
 
-@pytest.fixture(scope="module")
-def tiny_checkpoint(tmp_path_factory) -> Path:
-    """A tiny CNN trained for 60 steps on the real train splits (so its outputs spread like a model's)."""
+def train_tiny_checkpoint(path: Path, steps: int, model_id: str) -> Path:
+    """A tiny CNN trained for ``steps`` steps on the real train splits (so its outputs spread like a model's),
+    saved as a checkpoint at ``path`` with the threshold training would set: 90 % sensitivity on its own data."""
     rows = _train_rows()
     x = torch.from_numpy(np.stack([preprocess_file(p, SPEC)[0] for p, _ in rows]))
     y = torch.tensor([m for _, m in rows])
@@ -90,7 +90,7 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
     optimiser = torch.optim.AdamW(model.parameters(), 1e-2)
     generator = torch.Generator().manual_seed(0)
     model.train()
-    for _ in range(60):
+    for _ in range(steps):
         idx = torch.randint(0, len(x), (32,), generator=generator)
         loss = torch.nn.functional.cross_entropy(model(x[idx]), y[idx])
         optimiser.zero_grad()
@@ -99,12 +99,17 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
     model.eval()
     with torch.no_grad():
         p_malignant = torch.softmax(model(x), 1)[:, 1].numpy()
-    # operating threshold as training would set it: 90 % sensitivity on its own data
     threshold = float(np.quantile(p_malignant[y.numpy() == 1], 0.1))
-    metadata = ModelMetadata(model_id="test-tiny-cnn", architecture="test_tiny_cnn", classes=["benign", "malignant"],
+    metadata = ModelMetadata(model_id=model_id, architecture="test_tiny_cnn", classes=["benign", "malignant"],
                              malignant_classes=["malignant"], threshold=threshold, preprocess=SPEC,
                              validation=Validation(split="train (test model)"))
-    return _save_checkpoint(tmp_path_factory.mktemp("ckpt") / "checkpoint.pt", model, "test_tiny_cnn", metadata)
+    return _save_checkpoint(path, model, "test_tiny_cnn", metadata)
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    """A tiny CNN trained for 60 steps on the real train splits."""
+    return train_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "checkpoint.pt", 60, "test-tiny-cnn")
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch", reason='signing tests export a real model: pip install "dermsort[export]"')
@@ -29,11 +28,10 @@ torch = pytest.importorskip("torch", reason='signing tests export a real model: 
 from dermsort.export import api  # noqa: E402
 from dermsort.runtime.bundle import decision_digest, load_bundle, write_manifest  # noqa: E402
 from dermsort.runtime.errors import ModelError  # noqa: E402
-from dermsort.runtime.metadata import ARTIFACT_RECORD_KEY, ONNX_METADATA_KEY, ModelMetadata, Validation  # noqa: E402
-from dermsort.runtime.preprocess import preprocess_file  # noqa: E402
+from dermsort.runtime.metadata import ARTIFACT_RECORD_KEY, ONNX_METADATA_KEY  # noqa: E402
 from dermsort.runtime.signing import SIGNATURE, generate_key, sign_bundle  # noqa: E402
 from fault_harness import small_real_images  # noqa: E402
-from test_export import CSVS, SPEC, TinyCNN, _fake_train_models, _save_checkpoint, _train_rows  # noqa: E402
+from test_export import CSVS, SPEC, TinyCNN, _fake_train_models, train_tiny_checkpoint  # noqa: E402
 
 CONSOLE = Path(sys.executable).with_name("dermsort")
 
@@ -94,26 +92,7 @@ def _config(tmp_path, monkeypatch, keys) -> Path:
 @pytest.fixture(scope="module")
 def signed_export(tmp_path_factory, keys) -> Path:
     """A tiny CNN trained briefly on the real train splits, exported for real and signed with the trusted key."""
-    rows = _train_rows()
-    x = torch.from_numpy(np.stack([preprocess_file(p, SPEC)[0] for p, _ in rows]))
-    y = torch.tensor([m for _, m in rows])
-    torch.manual_seed(0)
-    model = TinyCNN(2)
-    optimiser = torch.optim.AdamW(model.parameters(), 1e-2)
-    generator = torch.Generator().manual_seed(0)
-    for _ in range(30):
-        idx = torch.randint(0, len(x), (32,), generator=generator)
-        loss = torch.nn.functional.cross_entropy(model(x[idx]), y[idx])
-        optimiser.zero_grad()
-        loss.backward()
-        optimiser.step()
-    model.eval()
-    with torch.no_grad():
-        p_malignant = torch.softmax(model(x), 1)[:, 1].numpy()
-    metadata = ModelMetadata(model_id="test-signed-cnn", architecture="test_tiny_cnn", classes=["benign", "malignant"],
-                             malignant_classes=["malignant"], threshold=float(np.quantile(p_malignant[y.numpy() == 1], 0.1)),
-                             preprocess=SPEC, validation=Validation(split="train (test model)"))
-    ckpt = _save_checkpoint(tmp_path_factory.mktemp("ckpt") / "checkpoint.pt", model, "test_tiny_cnn", metadata)
+    ckpt = train_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "checkpoint.pt", 30, "test-signed-cnn")
     out = tmp_path_factory.mktemp("export") / "bundle"
     config = tmp_path_factory.mktemp("config")
     (config / "dermsort" / "trusted-keys").mkdir(parents=True)

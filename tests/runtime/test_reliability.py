@@ -275,6 +275,19 @@ def _one_line(res: subprocess.CompletedProcess, needle: str, usage: bool = False
         assert len(lines) == 1 and lines[0].startswith("dermsort: error:") and needle in lines[0], res.stderr
 
 
+def _junk_model_bundle(tiny_bundle: Path, junk: Path) -> None:
+    """A copy of ``tiny_bundle`` whose model.onnx is not a model, listed with its right checksum in a
+    consistent (re-sealed) manifest: only loading it can fail."""
+    shutil.copytree(tiny_bundle, junk)
+    (junk / "model.onnx").write_bytes(b"\x00not an onnx model" * 100)
+    manifest = json.loads((junk / "manifest.json").read_text())
+    for art in manifest["artifacts"]:
+        if art["path"] == "model.onnx":
+            art["sha256"] = sha256(junk / "model.onnx")
+    manifest["integrity"] = {"sha256": decision_digest(manifest)}
+    (junk / "manifest.json").write_text(json.dumps(manifest))
+
+
 def test_cli_bad_input_one_line_errors(tiny_bundle, tmp_path):
     inp = tmp_path / "in"
     _corpus(inp, 2)
@@ -284,14 +297,7 @@ def test_cli_bad_input_one_line_errors(tiny_bundle, tmp_path):
     data[len(data) // 2] ^= 0x01  # one flipped bit
     (bad / "model.onnx").write_bytes(bytes(data))
     junk = tmp_path / "junk-model"  # listed in the manifest with the right checksum, but not a model
-    shutil.copytree(tiny_bundle, junk)
-    (junk / "model.onnx").write_bytes(b"\x00not an onnx model" * 100)
-    manifest = json.loads((junk / "manifest.json").read_text())
-    for art in manifest["artifacts"]:
-        if art["path"] == "model.onnx":
-            art["sha256"] = sha256(junk / "model.onnx")
-    manifest["integrity"] = {"sha256": decision_digest(manifest)}  # a consistent (re-sealed) manifest
-    (junk / "manifest.json").write_text(json.dumps(manifest))
+    _junk_model_bundle(tiny_bundle, junk)
     unreadable = tmp_path / "unreadable-model"
     shutil.copytree(tiny_bundle, unreadable)
     (unreadable / "manifest.json").write_bytes(b"\xff\xfe garbage")
@@ -323,14 +329,7 @@ def test_cli_unloadable_model_is_one_line(tiny_bundle, tmp_path):
     inp = tmp_path / "in"
     _corpus(inp, 1)
     junk = tmp_path / "junk-model"
-    shutil.copytree(tiny_bundle, junk)
-    (junk / "model.onnx").write_bytes(b"\x00not an onnx model" * 100)
-    manifest = json.loads((junk / "manifest.json").read_text())
-    for art in manifest["artifacts"]:
-        if art["path"] == "model.onnx":
-            art["sha256"] = sha256(junk / "model.onnx")
-    manifest["integrity"] = {"sha256": decision_digest(manifest)}  # a consistent (re-sealed) manifest
-    (junk / "manifest.json").write_text(json.dumps(manifest))
+    _junk_model_bundle(tiny_bundle, junk)
     res = subprocess.run([*PY, "sort", str(inp), "--backend", "onnxruntime", "--model", str(junk)],
                          capture_output=True, text=True, timeout=120)
     _one_line(res, "could load the model")

@@ -151,23 +151,15 @@ def resize_and_crop(img: Image.Image, spec: PreprocessSpec) -> Image.Image:
 COLOR_CONSTANCY = ("none", "shades_of_gray")
 
 
-def shades_of_gray(arr: np.ndarray, power: float = 6.0) -> np.ndarray:
-    """Shades of Gray colour constancy on an HxWx3 float array of 0-255 values (returns a new array).
+def shades_of_gray(planes: np.ndarray, power: float = 6.0) -> np.ndarray:
+    """Shades of Gray colour constancy on a contiguous 3xHxW float32 array of 0-255 values, in place
+    (returns it).
 
     The illuminant is estimated per channel as the Minkowski ``power``-mean of its values; each
     channel is scaled so that the estimate becomes grey (unit vector times sqrt(3)), then clipped
     to 0-255. Power 6 is what Barata et al. 2015 and the ISIC 2018/2019 winners used.
-    """
-    planes = np.ascontiguousarray(np.asarray(arr, dtype=np.float32).transpose(2, 0, 1))
-    return _shades_of_gray_planes(planes, power).transpose(1, 2, 0)
-
-
-def _shades_of_gray_planes(planes: np.ndarray, power: float) -> np.ndarray:
-    """``shades_of_gray`` on a contiguous 3xHxW float32 array, in place (returns it).
-
     Per-channel work runs on whole contiguous planes with a scalar: numpy broadcasting a 3-vector
-    over the last axis of HxWx3 ran an inner loop of length 3 and cost ~15x more per element; the
-    elementwise results are the same float32 operations, so the pixels are identical (issue 26).
+    over the last axis of HxWx3 ran an inner loop of length 3 and cost ~15x more per element (issue 26).
     """
     flat = planes.reshape(3, -1)
     x = flat * np.float32(1.0 / 255.0)
@@ -192,11 +184,11 @@ def to_array(img: Image.Image, spec: PreprocessSpec) -> np.ndarray:
     """RGB image of ``input_size`` -> (colour constancy, if the spec asks) -> normalised float32 CHW array."""
     planes = np.ascontiguousarray(np.asarray(img, dtype=np.float32).transpose(2, 0, 1))  # a new array
     if spec.color_constancy == "shades_of_gray":
-        planes = _shades_of_gray_planes(planes, spec.color_constancy_power)
+        planes = shades_of_gray(planes, spec.color_constancy_power)
     elif spec.color_constancy != "none":
         raise ValueError(f"unknown colour constancy {spec.color_constancy!r} (known: {', '.join(COLOR_CONSTANCY)})")
     scale, mean, std = np.float32(spec.scale), np.asarray(spec.mean, np.float32), np.asarray(spec.std, np.float32)
-    for c in range(3):  # per contiguous plane with a scalar (see _shades_of_gray_planes); same float32 ops
+    for c in range(3):  # per contiguous plane with a scalar (see shades_of_gray)
         plane = planes[c]
         if spec.scale != 1.0:  # x / 1.0 is x: skip a pass over the image
             np.divide(plane, scale, out=plane)

@@ -28,4 +28,3 @@ for sp in (spec2,spec3,spec4):
     print('spec variant differ', sum(not np.array_equal(old.preprocess(d,sp)[0],pp.preprocess(d,sp)[0]) for d in datas[:300]))
 from PIL import Image
 im=np.asarray(pp.resize_and_crop(pp.open_image(datas[5],spec)[0],spec),dtype=np.float32)
-print('hwc', np.array_equal(old.shades_of_gray(im),pp.shades_of_gray(im)), np.array_equal(old.shades_of_gray(np.zeros((8,8,3),np.float32)),pp.shades_of_gray(np.zeros((8,8,3),np.float32))))

@@ -148,6 +148,11 @@ def screening_lines(test: dict[str, Any], prevalence: float = 0.018) -> list[str
             f"{100 * r['n_malignant'] / max(1, r['n_images']):.1f} % melanomas, enriched on purpose)."]
 
 
+def _in_order(evaluations: dict[str, dict[str, Any]]) -> list[str]:
+    """The evaluations' keys as the card shows them: test, val, then the others (other artifacts) as given."""
+    return [k for k in ("test", "val") if k in evaluations] + [k for k in evaluations if k not in ("test", "val")]
+
+
 def gate_section(manifest: dict[str, Any], evaluations: dict[str, dict[str, Any]], commands: dict[str, str],
                  candidates: str | None) -> list[str]:
     """The not-dermoscopy gate: what it is, how it was chosen, and its rates from `dermsort evaluate --ood`."""
@@ -171,10 +176,9 @@ def gate_section(manifest: dict[str, Any], evaluations: dict[str, dict[str, Any]
         lines.append(f"- Candidates compared on the same splits (max-softmax, energy, Mahalanobis, probe): "
                      f"[{candidates}]({candidates}).")
     lines.append("")
-    # every evaluation (test, val, then each other artifact's, e.g. the fastest accepted one): the gate must
-    # hold for every accepted artifact, so each one's rates are shown
-    order = [k for k in ("test", "val") if k in evaluations] + [k for k in evaluations if k not in ("test", "val")]
-    for split in order:
+    # every evaluation (e.g. the fastest accepted artifact's too): the gate must hold for every accepted
+    # artifact, so each one's rates are shown
+    for split in _in_order(evaluations):
         ev = evaluations[split]
         g, o = ev.get("gate"), ev.get("ood")
         if not g and not o:
@@ -296,8 +300,7 @@ def render(manifest: dict[str, Any], evaluations: dict[str, dict[str, Any]], com
         lines += ["## Heads and recipes compared (same splits; each run's own val-chosen epoch and threshold)", ""]
         lines += comparison_table(runs) + ["", "Source: each run's `metrics.json` (copied to `docs/model-card/`)."]
         lines += [""]
-    order = [k for k in ("test", "val") if k in evaluations] + [k for k in evaluations if k not in ("test", "val")]
-    for split in order:
+    for split in _in_order(evaluations):
         ev = evaluations[split]
         artifact = Path(str(ev["runner"].get("artifact"))).name
         title = {"test": "Test split", "val": "Validation split (chose the epoch, flips and threshold)"}.get(

@@ -148,6 +148,59 @@ def screening_lines(test: dict[str, Any], prevalence: float = 0.018) -> list[str
             f"{100 * r['n_malignant'] / max(1, r['n_images']):.1f} % melanomas, enriched on purpose)."]
 
 
+def read_scores(folder: Path) -> dict[str, Any] | None:
+    """The per-image rows (data set, malignant, p(malignant)) of a `dermsort evaluate` output's scores.csv."""
+    import csv
+
+    path = Path(folder) / "scores.csv"
+    if not path.is_file():
+        return None
+    with path.open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    return {"dataset": [r["dataset"] for r in rows], "malignant": [int(r["malignant"]) for r in rows],
+            "p": [float(r["p_malignant"]) for r in rows]}
+
+
+def rule_cost_lines(basis: dict[str, Any], threshold: float, scores: dict[str, dict[str, Any]]) -> list[str]:
+    """What the threshold rule's binding set costs: each large set's sensitivity / specificity at the
+    operating threshold and at the threshold the same rule gives on the val images without that set.
+
+    Both thresholds come from val scores (the second is the rule re-run, never a test figure); the test
+    rows only report. Threshold alone (the gate is left out, as in the sensitivity tables)."""
+    import numpy as np
+
+    from dermsort.runtime.metrics import operating_point
+
+    from .metrics import choose_threshold_sets, large_sets
+
+    binding = basis.get("binding")
+    if "val" not in scores or not binding or binding == "pooled":
+        return []
+    val = scores["val"]
+    keep = np.asarray(val["dataset"]) != binding
+    if not keep.any():
+        return []
+    alt, _ = choose_threshold_sets(np.asarray(val["malignant"])[keep], np.asarray(val["p"])[keep],
+                                   np.asarray(val["dataset"])[keep], basis.get("target_sensitivity", 0.95),
+                                   basis.get("min_malignant", 50))
+    lines = ["## What the screening rule costs", "",
+             f"The binding set ({binding}) sets the threshold. The same rule on the val images without {binding} "
+             f"would give {alt:.4g} instead of {threshold:.4g}. Sensitivity / specificity at each (threshold alone):",
+             "", f"| split | set | at {threshold:.4g} (rule with {binding}) | at {alt:.4g} (rule without {binding}) |",
+             "|---|---|---|---|"]
+    for split in (s for s in ("val", "test") if s in scores):
+        rows = scores[split]
+        y, p, g = np.asarray(rows["malignant"]), np.asarray(rows["p"]), np.asarray(rows["dataset"])
+        sets = large_sets(y, g, basis.get("min_malignant", 50))
+        for name, mask in [("all sets pooled", np.ones(len(y), bool))] + [(n, g == n) for n in sets]:
+            cells = []
+            for t in (threshold, alt):
+                sens, spec = operating_point(y[mask], p[mask], t)
+                cells.append(f"{_pct(sens)} / {_pct(spec)}")
+            lines.append(f"| {split} | {name} | {cells[0]} | {cells[1]} |")
+    return lines + [""]
+
+
 def _in_order(evaluations: dict[str, dict[str, Any]]) -> list[str]:
     """The evaluations' keys as the card shows them: test, val, then the others (other artifacts) as given."""
     return [k for k in ("test", "val") if k in evaluations] + [k for k in evaluations if k not in ("test", "val")]
@@ -238,7 +291,8 @@ def comparison_table(runs: dict[str, dict[str, Any]]) -> list[str]:
 
 def render(manifest: dict[str, Any], evaluations: dict[str, dict[str, Any]], commands: dict[str, str],
            bundle_label: str, roc: dict[str, str], extra_notes: Sequence[str] = (),
-           runs: dict[str, dict[str, Any]] | None = None, gate_candidates: str | None = None) -> str:
+           runs: dict[str, dict[str, Any]] | None = None, gate_candidates: str | None = None,
+           scores: dict[str, dict[str, Any]] | None = None) -> str:
     meta = manifest["metadata"]
     recipe = meta.get("provenance", {}).get("recipe", {})
     basis = meta.get("validation", {}).get("threshold_basis") or {}
@@ -295,6 +349,7 @@ def render(manifest: dict[str, Any], evaluations: dict[str, dict[str, Any]], com
         screening = screening_lines(evaluations["test"])
         if screening:
             lines += ["## Screening population (ISIC 2020)", ""] + screening + [""]
+    lines += rule_cost_lines(basis, meta["threshold"], scores or {})
     lines += gate_section(manifest, evaluations, commands, gate_candidates)
     if runs:
         lines += ["## Heads and recipes compared (same splits; each run's own val-chosen epoch and threshold)", ""]
@@ -335,12 +390,14 @@ def main(bundle: Path, evals: tuple[str, ...], commands: tuple[str, ...], notes:
          gate_report: Path | None, shortcut: Path | None, out: Path) -> None:
     """Write the model card for BUNDLE from its manifest and evaluation outputs."""
     manifest = json.loads((bundle / "manifest.json").read_text())
-    evaluations, roc = {}, {}
+    evaluations, roc, scores = {}, {}, {}
     assets = out.parent / "model-card"
     assets.mkdir(parents=True, exist_ok=True)
     for item in evals:
         split, _, folder = item.partition("=")
         evaluations[split] = json.loads((Path(folder) / "metrics.json").read_text())
+        if split in ("val", "test") and read_scores(Path(folder)) is not None:
+            scores[split] = read_scores(Path(folder))
         if (Path(folder) / "roc.png").is_file():
             shutil.copyfile(Path(folder) / "roc.png", assets / f"roc-{split}.png")
             shutil.copyfile(Path(folder) / "metrics.json", assets / f"metrics-{split}.json")
@@ -365,7 +422,7 @@ def main(bundle: Path, evals: tuple[str, ...], commands: tuple[str, ...], notes:
 
         notes = (*notes, line(json.loads(shortcut.read_text()))
                  + f" Command: `python -m dermsort.train.shortcut CHECKPOINT --data ... --out {shortcut.name}`.")
-    out.write_text(render(manifest, evaluations, named, label, roc, notes, compared, candidates))
+    out.write_text(render(manifest, evaluations, named, label, roc, notes, compared, candidates, scores))
     click.echo(f"wrote {out}")
 
 

@@ -263,3 +263,26 @@ def test_model_card_shows_the_gate_rates_of_every_evaluated_artifact(tmp_path):
         sd198 = figures["ood"]["per_source"]["sd198"]
         assert next(l for l in section.splitlines() if l.startswith("| source: sd198 |")).startswith(
             f"| source: sd198 | {sd198['n']} | {sd198['reached_benign']} (")
+
+
+def test_model_card_shows_what_the_binding_set_costs(tmp_path):
+    """Issue 28: 'report the specificity this costs on each set'. The card re-runs the threshold rule on the val
+    scores without the binding set and shows each set's sensitivity / specificity at both thresholds.
+    Hand-worked: target 50 %, sets with >= 2 malignant. A alone -> 0.8; B binds at 0.275."""
+    from dermsort.train import model_card
+
+    rows = {"A": ([0.9, 0.7], [0.1, 0.6]), "B": ([0.3, 0.2], [0.05, 0.25])}
+    folder = tmp_path / "val"
+    folder.mkdir()
+    lines = ["path,dataset,dx,malignant,p_malignant,decision,gate_score"]
+    for name, (mal, ben) in rows.items():
+        lines += [f"x.jpg,{name},mel,1,{p},review,0.1" for p in mal] + [f"x.jpg,{name},nv,0,{p},benign,0.1" for p in ben]
+    (folder / "scores.csv").write_text("\n".join(lines) + "\n")
+    scores = {"val": model_card.read_scores(folder)}
+    basis = {"binding": "B", "target_sensitivity": 0.5, "min_malignant": 2}
+    text = "\n".join(model_card.rule_cost_lines(basis, 0.275, scores))
+    assert "would give 0.8 instead of 0.275" in text
+    assert "| val | A | 100.0 % / 50.0 % | 50.0 % / 100.0 % |" in text
+    assert "| val | B | 50.0 % / 100.0 % | 0.0 % / 100.0 % |" in text
+    # no binding set (or the pooled one binds): nothing to compare
+    assert model_card.rule_cost_lines({"binding": "pooled"}, 0.275, scores) == []

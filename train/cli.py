@@ -149,15 +149,19 @@ def evaluate(model, data, split, out, backend, artifact, threshold, device, batc
               help="Where the candidates' comparison goes (default: next to --out).")
 @click.option("--use", type=click.Choice(["auto", "mahalanobis", "probe", "mahalanobis + probe"]), default="auto",
               show_default=True, help="Which score becomes the gate (auto: the best on val).")
+@click.option("--features", type=click.Choice(["auto", "penultimate"]), default="auto", show_default=True,
+              help="auto: compare the penultimate features alone and with the means of early/middle stages on "
+                   "val; penultimate: that one only.")
 @click.option("--k", type=click.IntRange(8), default=None, help="Mahalanobis subspace dimensions (default: all).")
 @click.option("--rendered", type=click.IntRange(0), default=280, show_default=True,
               help="Rendered negatives (screens, documents, patterns) added to the real non-dermoscopy photos.")
-def fit_gate(checkpoint, data, ood, out, report_dir, use, k, rendered) -> None:
+def fit_gate(checkpoint, data, ood, out, report_dir, use, features, k, rendered) -> None:
     """Fit the not-dermoscopy gate on a trained checkpoint: the gate then travels inside every export."""
     from .gate_fit import fit_gate as run
 
     try:
         run(checkpoint, [str(d) for d in data], str(ood), out, report_dir or out.parent / "gate", k=k,
-            n_rendered=rendered, use=use, echo=click.echo)
+            n_rendered=rendered, use=use, feature_sets={"": []} if features == "penultimate" else None,
+            echo=click.echo)
     except (ValueError, FileNotFoundError, KeyError) as exc:
         raise click.ClickException(str(exc)) from None

@@ -10,6 +10,11 @@ exported artifact and backend computes it. Two scores are fitted on training ima
 - ``probe``: a logistic regression of "not dermoscopy" on the same features, trained against real
   non-dermoscopy photos (outlier exposure, Hendrycks et al., ICLR 2019) plus cheap rendered negatives.
 
+The features may also hold the spatial means of earlier stages' outputs (``gate["layers"]``: stage indices
+of the architecture's ``stages``): those keep what the classifier was trained to ignore (the camera's
+light, blur and colour), which is what tells a clinical photo from a dermoscopy image (the multi-layer
+feature ensemble of Lee et al. 2018). They come first in the vector, then the penultimate features.
+
 The gate's output is ``sigmoid(max(z_mahalanobis, z_probe))`` (or one of them alone): each ``z`` is its
 score standardised so that 0 is that score's own operating point; the combined threshold is chosen on
 validation images only. ``fit_gate`` (train side) measures the candidates side by side on the val split;
@@ -24,7 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .models import TTA_MODES, classifier_of
+from .models import TTA_MODES, classifier_of, get_entry
 
 #: the gate's components, in the order their standardised scores are stacked
 COMPONENTS = ("mahalanobis", "probe")
@@ -47,6 +52,11 @@ class GatedClassifier(nn.Module):
         self.tta = tta or "none"
         self.flips = TTA_MODES[self.tta]
         self.head = classifier_of(model, architecture)
+        #: stage indices whose output's spatial mean joins the features (before the penultimate ones)
+        self.layers = [int(i) for i in gate.get("layers", [])]
+        stages = get_entry(architecture).stages(model) if self.layers else []
+        # a stage is hooked at its last module (stages are ModuleLists: the last block or BatchNorm gives its output)
+        self._taps = [_last_module(stages[i]) for i in self.layers]
         self.components = [c for c in COMPONENTS if c in gate["use"]]
         k = int(gate["mahalanobis"]["projection"].shape[0]) if "mahalanobis" in gate else 1
         f = int(gate["feature_mean"].shape[0])
@@ -69,12 +79,17 @@ class GatedClassifier(nn.Module):
     def features_and_logits(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(penultimate features, logits) of a batch: the features are the head's input."""
         captured: list[torch.Tensor] = []
-        hook = self.head.register_forward_pre_hook(lambda _m, args: captured.append(args[0]))
+        taps: list[torch.Tensor | None] = [None] * len(self._taps)
+        hooks = [self.head.register_forward_pre_hook(lambda _m, args: captured.append(args[0]))]
+        for i, module in enumerate(self._taps):
+            hooks.append(module.register_forward_hook(lambda _m, _a, out, i=i: taps.__setitem__(i, out)))
         try:
             logits = self.model(x)
         finally:
-            hook.remove()
-        return captured[0].flatten(1), logits
+            for hook in hooks:
+                hook.remove()
+        pooled = [t.mean(dim=(2, 3)) for t in taps if t is not None]
+        return torch.cat([*pooled, captured[0].flatten(1)], dim=1), logits
 
     def component_score(self, feats: torch.Tensor, name: str) -> torch.Tensor:
         """(N,) standardised score of one component: 0 at its own operating point, larger = less dermoscopy."""
@@ -110,6 +125,31 @@ class GatedClassifier(nn.Module):
         probs = torch.softmax(logits, dim=1)
         gate = torch.sigmoid(self.gate_logit(feats)).unsqueeze(1)
         return torch.cat([probs, gate], dim=1)
+
+
+def _last_module(stage: nn.Module) -> nn.Module:
+    children = list(stage.children())
+    return _last_module(children[-1]) if isinstance(stage, (nn.ModuleList, nn.Sequential)) and children else stage
+
+
+def layer_widths(model: nn.Module, architecture: str, layers: list[int], input_size: int = 64) -> list[int]:
+    """Channels of each tapped stage's output (one forward pass on zeros)."""
+    if not layers:
+        return []
+    stages = get_entry(architecture).stages(model)
+    widths: dict[int, int] = {}
+    hooks = [_last_module(stages[i]).register_forward_hook(
+        lambda _m, _a, out, i=i: widths.__setitem__(i, int(out.shape[1]))) for i in layers]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, 3, input_size, input_size))
+    finally:
+        for hook in hooks:
+            hook.remove()
+        model.train(was_training)
+    return [widths[i] for i in layers]
 
 
 def gate_to_state(gate: dict[str, Any]) -> dict[str, Any]:

@@ -26,7 +26,7 @@ from dermsort.runtime.ood import read_ood
 from dermsort.runtime.preprocess import UnreadableImage, preprocess
 
 from . import metrics
-from .gate import COMPONENTS, GatedClassifier, gate_to_state
+from .gate import GatedClassifier, gate_to_state, layer_widths
 from .negatives import rendered_negatives
 
 log = logging.getLogger(__name__)
@@ -227,7 +227,7 @@ def _standardise(part: dict[str, Any], val_in: np.ndarray, sets: np.ndarray) -> 
 
 def fit_gate(checkpoint: str | os.PathLike, data: Sequence[str], ood: str, out: Path, report_dir: Path,
              k: int | None = None, n_rendered: int = 280, per_set_train: int = 1000, use: str = "auto",
-             echo: Echo = print) -> dict[str, Any]:
+             feature_sets: dict[str, list[int]] | None = None, echo: Echo = print) -> dict[str, Any]:
     """Fit, compare and write the gated checkpoint; returns the comparison (also in ``report_dir``)."""
     import random
 
@@ -235,7 +235,7 @@ def fit_gate(checkpoint: str | os.PathLike, data: Sequence[str], ood: str, out: 
 
     from .data import class_index, read_sources
     from .checkpoint import read_checkpoint
-    from .models import build_model, classifier_of
+    from .models import build_model, classifier_of, count_stages
 
     ckpt = read_checkpoint(checkpoint)
     metadata = ModelMetadata.from_dict(ckpt["metadata"])
@@ -244,7 +244,11 @@ def fit_gate(checkpoint: str | os.PathLike, data: Sequence[str], ood: str, out: 
     base = build_model(arch, int(ckpt["num_classes"]), pretrained=False)
     base.load_state_dict(ckpt["state_dict"], strict=True)
     width = classifier_of(base, arch).in_features
-    model = GatedClassifier(base, arch, ckpt.get("tta"), empty_gate(width)).eval()
+    feature_sets = candidate_feature_sets(count_stages(base, arch)) if feature_sets is None else feature_sets
+    taps = sorted({i for layers in feature_sets.values() for i in layers})
+    tap_widths = layer_widths(base, arch, taps)
+    # one pass extracts every candidate's features: the tapped stages' means, then the penultimate
+    model = GatedClassifier(base, arch, ckpt.get("tta"), {**empty_gate(width), "layers": taps}).eval()
     spec = metadata.preprocess
     torch.set_num_threads(max(1, os.cpu_count() or 1))
 
@@ -293,53 +297,62 @@ def fit_gate(checkpoint: str | os.PathLike, data: Sequence[str], ood: str, out: 
     lg_ood["val"] = np.concatenate([lg_ood["val"], lg_rend[n_fit:]])
     kinds_ood["val"] = np.concatenate([kinds_ood["val"], kinds_rend[n_fit:]])
 
-    mean = f_tr.mean(axis=0)
-    maha = fit_mahalanobis(f_tr, cls_tr, mean, k)
-    probe = fit_probe(f_ood_fit, f_tr, mean)
     threshold_p = metadata.threshold
 
     def p_of(lg: np.ndarray) -> np.ndarray:
         e = np.exp(lg - lg.max(axis=1, keepdims=True))
         return (e / e.sum(axis=1, keepdims=True))[:, mal].sum(axis=1)
 
-    raw = {"msp": lambda f, lg: msp(lg), "energy": lambda f, lg: energy(lg),
-           "mahalanobis": lambda f, lg: mahalanobis_distance(f, mean, maha),
-           "probe": lambda f, lg: probe_score(f, mean, probe)}
-    _standardise(maha, raw["mahalanobis"](f_in["val"], None), sets_in["val"])
-    _standardise(probe, raw["probe"](f_in["val"], None), sets_in["val"])
+    def judged(fn: Callable[[np.ndarray, np.ndarray], np.ndarray], cols: np.ndarray) -> dict[str, Any]:
+        t = pick_threshold(fn(f_in["val"][:, cols], lg_in["val"]), sets_in["val"])
+        return {split: rates(fn(f_in[split][:, cols], lg_in[split]), sets_in[split],
+                             fn(f_ood[split][:, cols], lg_ood[split]), kinds_ood[split], p_of(lg_ood[split]), t,
+                             threshold_p) for split in ("val", "test")}
 
-    def z(part: dict[str, Any], name: str) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
-        return lambda f, lg: (raw[name](f, lg) - part["offset"]) * part["scale"]
-
-    candidates = dict(raw)
-    candidates["mahalanobis + probe"] = lambda f, lg: np.maximum(z(maha, "mahalanobis")(f, lg), z(probe, "probe")(f, lg))
-    results: dict[str, Any] = {}
-    for name, fn in candidates.items():
-        s_val = fn(f_in["val"], lg_in["val"])
-        t = pick_threshold(s_val, sets_in["val"])
-        results[name] = {split: rates(fn(f_in[split], lg_in[split]), sets_in[split], fn(f_ood[split], lg_ood[split]),
-                                      kinds_ood[split], p_of(lg_ood[split]), t, threshold_p)
-                         for split in ("val", "test")}
-    # held-out classes: the probe refitted without half the clinical classes, judged on the others (val)
-    results["probe, unseen clinical classes (val)"] = _unseen_classes(f_tr, f_ood, f_rend[:n_fit], mean, ood_split,
-                                                                      f_in["val"], sets_in["val"], lg_ood, p_of,
-                                                                      threshold_p)
-    chosen = _choose(results) if use == "auto" else use
-    comps = ["mahalanobis", "probe"] if chosen == "mahalanobis + probe" else [chosen]
-    if not set(comps) <= set(COMPONENTS):
-        raise ValueError(f"cannot build a gate from {chosen!r}; choose mahalanobis, probe or mahalanobis + probe")
-    gate = {"use": comps, "feature_mean": mean.astype(np.float32), "mahalanobis": maha, "probe": probe}
-    final = candidates[chosen] if len(comps) == 2 else z(maha if comps == ["mahalanobis"] else probe, comps[0])
-    s_val = final(f_in["val"], lg_in["val"])
-    gate_logit_t = pick_threshold(s_val, sets_in["val"])
+    every = np.arange(f_tr.shape[1])
+    results: dict[str, Any] = {"msp": judged(lambda f, lg: msp(lg), every),
+                               "energy": judged(lambda f, lg: energy(lg), every)}
+    fitted: dict[str, tuple[list[int], np.ndarray, dict[str, Any]]] = {}
+    for suffix, layers in feature_sets.items():
+        cols = _columns(layers, taps, tap_widths, width)
+        mean = f_tr[:, cols].mean(axis=0)
+        maha = fit_mahalanobis(f_tr[:, cols], cls_tr, mean, k)
+        probe = fit_probe(f_ood_fit[:, cols], f_tr[:, cols], mean)
+        scores = _component_scores(mean, maha, probe)
+        _standardise(maha, scores["mahalanobis"](f_in["val"][:, cols], None), sets_in["val"])
+        _standardise(probe, scores["probe"](f_in["val"][:, cols], None), sets_in["val"])
+        z = _standardised(scores, maha, probe)
+        for name, fn in (("mahalanobis", scores["mahalanobis"]), ("probe", scores["probe"]),
+                         ("mahalanobis + probe", lambda f, lg, z=z: np.maximum(z["mahalanobis"](f, lg),
+                                                                                z["probe"](f, lg)))):
+            results[name + suffix] = judged(fn, cols)
+            fitted[name + suffix] = (layers, cols, {"mean": mean, "maha": maha, "probe": probe, "z": z, "fn": fn})
+    chosen = _choose(results, list(fitted)) if use == "auto" else use
+    if chosen not in fitted:
+        raise ValueError(f"cannot build a gate from {chosen!r}; choose one of: {', '.join(fitted)}")
+    layers, cols, part = fitted[chosen]
+    base_name = chosen.split(" [")[0]
+    comps = ["mahalanobis", "probe"] if base_name == "mahalanobis + probe" else [base_name]
+    # held-out classes: the chosen features' probe refitted without half the clinical classes, judged on the others
+    results["probe, unseen clinical classes (val)"] = _unseen_classes(
+        f_tr[:, cols], {key: v[:, cols] for key, v in f_ood.items()}, f_rend[:n_fit][:, cols], part["mean"], ood_split,
+        f_in["val"][:, cols], sets_in["val"], lg_ood, p_of, threshold_p)
+    gate = {"use": comps, "layers": list(layers), "feature_mean": part["mean"].astype(np.float32),
+            "mahalanobis": part["maha"], "probe": part["probe"]}
+    final = part["fn"] if len(comps) == 2 else part["z"][comps[0]]
+    gate_logit_t = pick_threshold(final(f_in["val"][:, cols], lg_in["val"]), sets_in["val"])
     threshold = float(1.0 / (1.0 + np.exp(-gate_logit_t)))
-    validated = {split: rates(final(f_in[split], lg_in[split]), sets_in[split], final(f_ood[split], lg_ood[split]),
-                              kinds_ood[split], p_of(lg_ood[split]), gate_logit_t, threshold_p)
+    validated = {split: rates(final(f_in[split][:, cols], lg_in[split]), sets_in[split],
+                              final(f_ood[split][:, cols], lg_ood[split]), kinds_ood[split], p_of(lg_ood[split]),
+                              gate_logit_t, threshold_p)
                  for split in ("val", "test")}
     for split in validated.values():
         split["threshold"] = threshold
-    details = {"features": f"penultimate ({width}), mean of the test-time views", "components": comps,
-               "mahalanobis_k": maha["k"], "shrinkage": maha["shrinkage"], "probe_l2": probe["l2"],
+    feature_text = f"penultimate ({width})" + "".join(
+        f" + stage {i} mean ({w})" for i, w in zip(taps, tap_widths) if i in layers)
+    details = {"features": f"{feature_text}, mean of the test-time views", "components": comps,
+               "layers": list(layers), "mahalanobis_k": part["maha"]["k"], "shrinkage": part["maha"]["shrinkage"],
+               "probe_l2": part["probe"]["l2"],
                "fit": {"dermoscopy_train": int(len(f_tr)), "ood_train": int(len(f_ood["train"])),
                        "rendered_train": int(n_fit), "rendered_val": int(n_rendered - n_fit)},
                "rule": f"smallest threshold rejecting <= {100 * VAL_REJECT_BUDGET:g} % of every dermoscopy val set "
@@ -354,6 +367,39 @@ def fit_gate(checkpoint: str | os.PathLike, data: Sequence[str], ood: str, out: 
     (report_dir / "gate-candidates.md").write_text(candidates_markdown(payload))
     echo(f"gate: {chosen}, threshold {threshold:.4f}; wrote {out} and {report_dir}/gate-candidates.md")
     return payload
+
+
+def candidate_feature_sets(n_stages: int) -> dict[str, list[int]]:
+    """The feature sets compared on val, by the suffix their candidates' names get: the penultimate features
+    alone (no suffix) and, where the backbone has them, with the means of its early and middle stages."""
+    sets: dict[str, list[int]] = {"": []}
+    if n_stages >= 7:
+        sets[" [+ stages 1-3]"] = [1, 2, 3]
+        sets[" [+ stages 1-5]"] = [1, 2, 3, 4, 5]
+    return sets
+
+
+def _columns(layers: Sequence[int], taps: Sequence[int], tap_widths: Sequence[int], width: int) -> np.ndarray:
+    """Columns of the extracted vector (tapped stages in order, then the penultimate) that ``layers`` uses."""
+    cols, start = [], 0
+    for i, w in zip(taps, tap_widths):
+        if i in layers:
+            cols += range(start, start + w)
+        start += w
+    return np.asarray(cols + list(range(start, start + width)), dtype=int)
+
+
+def _component_scores(mean: np.ndarray, maha: dict[str, Any], probe: dict[str, Any]
+                      ) -> dict[str, Callable[[np.ndarray, Any], np.ndarray]]:
+    return {"mahalanobis": lambda f, lg: mahalanobis_distance(f, mean, maha),
+            "probe": lambda f, lg: probe_score(f, mean, probe)}
+
+
+def _standardised(scores: dict[str, Callable[[np.ndarray, Any], np.ndarray]], maha: dict[str, Any],
+                  probe: dict[str, Any]) -> dict[str, Callable[[np.ndarray, Any], np.ndarray]]:
+    """Each component's score as the graph computes it: 0 at its own val operating point."""
+    return {name: (lambda f, lg, fn=scores[name], part=part: (fn(f, lg) - part["offset"]) * part["scale"])
+            for name, part in (("mahalanobis", maha), ("probe", probe))}
 
 
 def _unseen_classes(f_tr, f_ood, f_rend_fit, mean, ood_split, f_val_in, sets_val, lg_ood, p_of, threshold_p):
@@ -378,14 +424,15 @@ def _unseen_classes(f_tr, f_ood, f_rend_fit, mean, ood_split, f_val_in, sets_val
     return out
 
 
-def _choose(results: dict[str, Any]) -> str:
-    """Fewest real val OOD images reaching benign/ (then the best worst-kind AUROC) among gate-able candidates."""
+def _choose(results: dict[str, Any], gateable: Sequence[str]) -> str:
+    """Fewest real val OOD images reaching benign/ (then the best worst-kind AUROC) among gate-able candidates;
+    on a tie, the first of ``gateable`` (the simpler features come first)."""
     def key(name: str) -> tuple[float, float]:
         ood = results[name]["val"]["ood"]
         real = [v for k, v in ood.items() if not k.startswith("rendered")]
         return (sum(v["reached_benign"] for v in real) / max(1, sum(v["n"] for v in real)),
                 -min(v["auroc"] or 0 for v in ood.values()))
-    return min(["mahalanobis", "probe", "mahalanobis + probe"], key=key)
+    return min(gateable, key=key)
 
 
 def candidates_markdown(payload: dict[str, Any]) -> str:

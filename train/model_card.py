@@ -226,7 +226,8 @@ def gate_section(manifest: dict[str, Any], evaluations: dict[str, dict[str, Any]
              "- INT8 artifacts keep the gate's operations in float; the export's parity gate counts an image the "
              "reference rejects and an artifact lets through like a malignant-to-benign flip."]
     if candidates:
-        lines.append(f"- Candidates compared on the same splits (max-softmax, energy, Mahalanobis, probe): "
+        lines.append(f"- Candidates compared on the same splits (max-softmax, energy; Mahalanobis, probe and both on "
+                     f"the penultimate features alone and with the means of earlier stages): "
                      f"[{candidates}]({candidates}).")
     lines.append("")
     # every evaluation (e.g. the fastest accepted artifact's too): the gate must hold for every accepted

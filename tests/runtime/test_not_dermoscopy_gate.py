@@ -150,9 +150,9 @@ REFERENCE = next(a.name for a in BUNDLE.artifacts if a.path == BUNDLE.reference)
 @needs_gate
 @pytest.mark.parametrize("artifact", _runnable())
 def test_no_artifact_lets_more_non_dermoscopy_images_reach_benign_than_measured(artifact, tmp_path):
-    """Every accepted artifact this machine runs: at most 1 image per ood test source in benign/ (the v3
-    model's measured 1/81 SD-198 clinical photo, 0/9 everyday photos; docs/MODEL_CARD.md), and never more
-    than the reference."""
+    """Every accepted artifact this machine runs: at most 1 image per ood test source in benign/ (measured:
+    0/81 SD-198 clinical photos, 0/9 everyday photos on onnx-fp32 and openvino-bf16; docs/MODEL_CARD.md),
+    and never more than the reference."""
     got = _ood_benign(artifact, tmp_path)
     for source, (benign, n) in got.items():
         assert benign <= 1, f"{artifact}: {benign}/{n} {source} images in benign/"
@@ -162,8 +162,6 @@ def test_no_artifact_lets_more_non_dermoscopy_images_reach_benign_than_measured(
 
 
 @needs_gate
-@pytest.mark.xfail(strict=True, reason="issue 25 target not met by model v3: 1/81 SD-198 test photos reach "
-                   "benign/ (1.2 % > 1 %); strict, so meeting it fails here and this marker must go")
 def test_issue_25_target_at_most_1_percent_of_each_ood_test_source_in_benign(tmp_path):
     for source, (benign, n) in _ood_benign(REFERENCE, tmp_path).items():
         assert benign <= 0.01 * n, f"{benign}/{n} {source} images in benign/"
@@ -183,19 +181,20 @@ def _gate_rejected(name: str) -> tuple[int, int]:
     return int((np.concatenate(scores) >= GATE.threshold).sum()), len(rows)
 
 
-@needs_gate
-def test_screening_camera_loses_at_most_2_percent_to_the_gate():
-    """isic2020 test split (screening patients, other cameras), reference artifact."""
-    rejected, n = _gate_rejected("isic2020")
-    assert rejected <= 0.02 * n, f"the gate rejects {rejected}/{n} isic2020 test images"
+#: the test sets where the bundled gate misses issue 25's "at most 2 %" (docs/MODEL_CARD.md, chosen on val)
+_MISSES = {"ham10000": "issue 25 target not met: the stage-feature gate chosen on val rejects 15 of 656 ham10000 test "
+                       "images (2.3 % > 2 %; val: 6/662 = 0.9 %); strict, so meeting it fails here and this marker "
+                       "must go"}
 
 
 @needs_gate
-@pytest.mark.xfail(strict=True, reason="issue 25 target not met by model v3 on ph2: the gate rejects 1 of its 24 "
-                   "test images (4.2 % > 2 %; on 24 images any rejection exceeds 2 %)")
-def test_issue_25_target_ph2_loses_at_most_2_percent_to_the_gate():
-    rejected, n = _gate_rejected("ph2")
-    assert rejected <= 0.02 * n
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.xfail(strict=True, reason=_MISSES[n]))
+                                  if n in _MISSES else n
+                                  for n in ("ham10000", "isic2019", "isic2020", "ph2")])
+def test_issue_25_target_each_dermoscopy_test_set_loses_at_most_2_percent_to_the_gate(name):
+    """Reference artifact, the set's whole test split (isic2020: screening patients, other cameras)."""
+    rejected, n = _gate_rejected(name)
+    assert rejected <= 0.02 * n, f"the gate rejects {rejected}/{n} {name} test images"
 
 
 @needs_gate

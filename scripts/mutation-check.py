@@ -110,6 +110,13 @@ MUTATIONS = [
      "            fsync_dir(self.out / folder)\n        fault_point(\"dir_fsync\")",
      "            pass\n        fault_point(\"dir_fsync\")",
      "tests/runtime/test_loss_paths.py -k strace"),
+    ("not-dermoscopy gate: its score ignored by the decision", "runtime/decision.py",
+     "        if gate_score >= gate.threshold:\n", "        if gate_score > 1.0:\n",
+     "tests/runtime/test_not_dermoscopy_gate.py -k 'every_artifact and onnx-fp32'"),
+    ("not-dermoscopy gate: the stage features dropped from its vector", "train/gate.py",
+     "        return torch.cat([*pooled, captured[0].flatten(1)], dim=1), logits",
+     "        return captured[0].flatten(1), logits",
+     "tests/train/test_gate_features.py"),
 ]
 
 

@@ -149,22 +149,16 @@ REFERENCE = next(a.name for a in BUNDLE.artifacts if a.path == BUNDLE.reference)
 
 @needs_gate
 @pytest.mark.parametrize("artifact", _runnable())
-def test_no_artifact_lets_more_non_dermoscopy_images_reach_benign_than_measured(artifact, tmp_path):
-    """Every accepted artifact this machine runs: at most 1 image per ood test source in benign/ (measured:
-    0/81 SD-198 clinical photos, 0/9 everyday photos on onnx-fp32 and openvino-bf16; docs/MODEL_CARD.md),
-    and never more than the reference."""
+def test_issue_25_target_every_artifact_at_most_1_percent_of_each_ood_test_source_in_benign(artifact, tmp_path):
+    """Issue 25 for every accepted artifact this machine runs: at most 1 % of each ood test source in benign/
+    (measured: 0/81 SD-198 clinical photos, 0/9 everyday photos; docs/MODEL_CARD.md), and never more than
+    the reference."""
     got = _ood_benign(artifact, tmp_path)
     for source, (benign, n) in got.items():
-        assert benign <= 1, f"{artifact}: {benign}/{n} {source} images in benign/"
+        assert benign <= 0.01 * n, f"{artifact}: {benign}/{n} {source} images in benign/"
     if artifact != REFERENCE:
         ref = _ood_benign(REFERENCE, tmp_path)
         assert sum(b for b, _ in got.values()) <= sum(b for b, _ in ref.values())
-
-
-@needs_gate
-def test_issue_25_target_at_most_1_percent_of_each_ood_test_source_in_benign(tmp_path):
-    for source, (benign, n) in _ood_benign(REFERENCE, tmp_path).items():
-        assert benign <= 0.01 * n, f"{benign}/{n} {source} images in benign/"
 
 
 def _gate_rejected(name: str) -> tuple[int, int]:

@@ -334,7 +334,8 @@ def gate_lines(gate: Any) -> list[str]:
     """``info``'s lines about the not-dermoscopy gate: what it is, its threshold and its validated rates."""
     if not gate.enabled:
         return ["gate         none: this model has no not-dermoscopy gate (any colour image is judged as dermoscopy)"]
-    lines = [f"gate         not-dermoscopy gate ({gate.method} on the penultimate features): score >= "
+    features = str((gate.details or {}).get("features") or "penultimate features").split(", mean of")[0]
+    lines = [f"gate         not-dermoscopy gate ({gate.method} on {features}): score >= "
              f"{gate.threshold:.4f} -> review/ ('not recognised as a dermoscopy image')"]
     for split in ("val", "test"):
         r = gate.validated.get(split) or {}

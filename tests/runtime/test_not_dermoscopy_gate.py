@@ -119,6 +119,8 @@ def test_info_states_the_gate_and_its_validated_rates():
     assert res.exit_code == 0, res.output
     lines = [line for line in res.output.splitlines() if line.startswith("gate") or "dermoscopy rejected" in line]
     assert lines and f"{GATE.threshold:.4f}" in lines[0]
+    # which features it reads (the bundled gate: the penultimate ones and the stages' means)
+    assert GATE.details["features"].split(", mean of")[0] in lines[0]
     assert any("val: dermoscopy rejected" in line for line in lines)
 
 

@@ -152,16 +152,19 @@ def evaluate(model, data, split, out, backend, artifact, threshold, device, batc
 @click.option("--features", type=click.Choice(["auto", "penultimate"]), default="auto", show_default=True,
               help="auto: compare the penultimate features alone and with the means of early/middle stages on "
                    "val; penultimate: that one only.")
+@click.option("--per-set-train", type=click.IntRange(1), default=None,
+              help="At most this many dermoscopy train images per data set fit the gate (default: all of them).")
 @click.option("--k", type=click.IntRange(8), default=None, help="Mahalanobis subspace dimensions (default: all).")
 @click.option("--rendered", type=click.IntRange(0), default=280, show_default=True,
               help="Rendered negatives (screens, documents, patterns) added to the real non-dermoscopy photos.")
-def fit_gate(checkpoint, data, ood, out, report_dir, use, features, k, rendered) -> None:
+def fit_gate(checkpoint, data, ood, out, report_dir, use, features, per_set_train, k, rendered) -> None:
     """Fit the not-dermoscopy gate on a trained checkpoint: the gate then travels inside every export."""
     from .gate_fit import fit_gate as run
 
     try:
         run(checkpoint, [str(d) for d in data], str(ood), out, report_dir or out.parent / "gate", k=k,
             n_rendered=rendered, use=use, feature_sets={"": []} if features == "penultimate" else None,
+            per_set_train=per_set_train,
             echo=click.echo)
     except (ValueError, FileNotFoundError, KeyError) as exc:
         raise click.ClickException(str(exc)) from None

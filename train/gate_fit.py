@@ -226,7 +226,7 @@ def _standardise(part: dict[str, Any], val_in: np.ndarray, sets: np.ndarray) -> 
 
 
 def fit_gate(checkpoint: str | os.PathLike, data: Sequence[str], ood: str, out: Path, report_dir: Path,
-             k: int | None = None, n_rendered: int = 280, per_set_train: int = 1000, use: str = "auto",
+             k: int | None = None, n_rendered: int = 280, per_set_train: int | None = None, use: str = "auto",
              feature_sets: dict[str, list[int]] | None = None, echo: Echo = print) -> dict[str, Any]:
     """Fit, compare and write the gated checkpoint; returns the comparison (also in ``report_dir``)."""
     import random
@@ -261,7 +261,7 @@ def fit_gate(checkpoint: str | os.PathLike, data: Sequence[str], ood: str, out: 
     train_rows = []
     for name in sorted(by_set):
         rng.shuffle(by_set[name])
-        train_rows += by_set[name][:per_set_train]
+        train_rows += by_set[name][:per_set_train]  # None: every train image
     ood_rows = read_ood(ood)
     rendered = rendered_negatives(n_rendered, seed=0)
     n_fit = n_rendered * 2 // 3  # the rest judge the rendered kinds on val, apart from the real photos

@@ -177,16 +177,8 @@ def _gate_rejected(name: str) -> tuple[int, int]:
     return int((np.concatenate(scores) >= GATE.threshold).sum()), len(rows)
 
 
-#: the test sets where the bundled gate misses issue 25's "at most 2 %" (docs/MODEL_CARD.md, chosen on val)
-_MISSES = {"ham10000": "issue 25 target not met: the stage-feature gate chosen on val rejects 15 of 656 ham10000 test "
-                       "images (2.3 % > 2 %; val: 6/662 = 0.9 %); strict, so meeting it fails here and this marker "
-                       "must go"}
-
-
 @needs_gate
-@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.xfail(strict=True, reason=_MISSES[n]))
-                                  if n in _MISSES else n
-                                  for n in ("ham10000", "isic2019", "isic2020", "ph2")])
+@pytest.mark.parametrize("name", ["ham10000", "isic2019", "isic2020", "ph2"])
 def test_issue_25_target_each_dermoscopy_test_set_loses_at_most_2_percent_to_the_gate(name):
     """Reference artifact, the set's whole test split (isic2020: screening patients, other cameras)."""
     rejected, n = _gate_rejected(name)

@@ -54,9 +54,7 @@ class GatedClassifier(nn.Module):
         self.head = classifier_of(model, architecture)
         #: stage indices whose output's spatial mean joins the features (before the penultimate ones)
         self.layers = [int(i) for i in gate.get("layers", [])]
-        stages = get_entry(architecture).stages(model) if self.layers else []
-        # a stage is hooked at its last module (stages are ModuleLists: the last block or BatchNorm gives its output)
-        self._taps = [_last_module(stages[i]) for i in self.layers]
+        self._taps = stage_taps(model, architecture, self.layers)
         self.components = [c for c in COMPONENTS if c in gate["use"]]
         k = int(gate["mahalanobis"]["projection"].shape[0]) if "mahalanobis" in gate else 1
         f = int(gate["feature_mean"].shape[0])
@@ -132,14 +130,22 @@ def _last_module(stage: nn.Module) -> nn.Module:
     return _last_module(children[-1]) if isinstance(stage, (nn.ModuleList, nn.Sequential)) and children else stage
 
 
+def stage_taps(model: nn.Module, architecture: str, layers: list[int]) -> list[nn.Module]:
+    """The module whose output is each stage's output: stages are ModuleLists, so their last block (or
+    BatchNorm) is hooked."""
+    if not layers:
+        return []
+    stages = get_entry(architecture).stages(model)
+    return [_last_module(stages[i]) for i in layers]
+
+
 def layer_widths(model: nn.Module, architecture: str, layers: list[int], input_size: int = 64) -> list[int]:
     """Channels of each tapped stage's output (one forward pass on zeros)."""
     if not layers:
         return []
-    stages = get_entry(architecture).stages(model)
     widths: dict[int, int] = {}
-    hooks = [_last_module(stages[i]).register_forward_hook(
-        lambda _m, _a, out, i=i: widths.__setitem__(i, int(out.shape[1]))) for i in layers]
+    hooks = [module.register_forward_hook(lambda _m, _a, out, i=i: widths.__setitem__(i, int(out.shape[1])))
+             for i, module in zip(layers, stage_taps(model, architecture, layers))]
     was_training = model.training
     model.eval()
     try:

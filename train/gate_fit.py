@@ -339,13 +339,9 @@ def fit_gate(checkpoint: str | os.PathLike, data: Sequence[str], ood: str, out: 
         f_in["val"][:, cols], sets_in["val"], lg_ood, p_of, threshold_p)
     gate = {"use": comps, "layers": list(layers), "feature_mean": part["mean"].astype(np.float32),
             "mahalanobis": part["maha"], "probe": part["probe"]}
-    final = part["fn"] if len(comps) == 2 else part["z"][comps[0]]
-    gate_logit_t = pick_threshold(final(f_in["val"][:, cols], lg_in["val"]), sets_in["val"])
-    threshold = float(1.0 / (1.0 + np.exp(-gate_logit_t)))
-    validated = {split: rates(final(f_in[split][:, cols], lg_in[split]), sets_in[split],
-                              final(f_ood[split][:, cols], lg_ood[split]), kinds_ood[split], p_of(lg_ood[split]),
-                              gate_logit_t, threshold_p)
-                 for split in ("val", "test")}
+    # the chosen score as the graph computes it (standardised), judged like every candidate: its val threshold
+    validated = judged(part["fn"] if len(comps) == 2 else part["z"][comps[0]], cols)
+    threshold = float(1.0 / (1.0 + np.exp(-validated["val"]["threshold"])))
     for split in validated.values():
         split["threshold"] = threshold
     feature_text = f"penultimate ({width})" + "".join(

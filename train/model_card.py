@@ -397,8 +397,9 @@ def main(bundle: Path, evals: tuple[str, ...], commands: tuple[str, ...], notes:
     for item in evals:
         split, _, folder = item.partition("=")
         evaluations[split] = json.loads((Path(folder) / "metrics.json").read_text())
-        if split in ("val", "test") and read_scores(Path(folder)) is not None:
-            scores[split] = read_scores(Path(folder))
+        rows = read_scores(Path(folder)) if split in ("val", "test") else None
+        if rows is not None:
+            scores[split] = rows
         if (Path(folder) / "roc.png").is_file():
             shutil.copyfile(Path(folder) / "roc.png", assets / f"roc-{split}.png")
             shutil.copyfile(Path(folder) / "metrics.json", assets / f"metrics-{split}.json")
